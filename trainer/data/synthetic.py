@@ -1,0 +1,123 @@
+"""Generated multilingual text for tests and demos (no downloads).
+
+Each language gets a deterministic lexicon of pseudo-words written in its own
+script, one word per concept; a sentence is a sequence of concepts drawn from
+a few templates. Rendering the same concept sequence in two languages gives a
+translation pair with word-level correspondence, which is what contrastive
+alignment needs to have something to learn. English uses real words so that
+demo output is readable.
+"""
+
+from __future__ import annotations
+
+import random
+
+# Concept inventory: English surface forms double as concept ids.
+SUBJECTS = ["the farmer", "a child", "the teacher", "my sister", "the doctor", "our neighbour",
+            "the old man", "a student", "the baker", "the singer", "her brother", "the pilot"]
+VERBS = ["sees", "buys", "carries", "paints", "finds", "sells", "cooks", "reads", "builds",
+         "loves", "washes", "opens"]
+OBJECTS = ["a red apple", "the small house", "an old book", "the blue boat", "a warm bread",
+           "the green door", "a long letter", "the heavy box", "a bright lamp", "the white horse",
+           "a new chair", "the wooden table"]
+PLACES = ["in the market", "near the river", "at school", "in the garden", "on the hill",
+          "in the city", "by the sea", "at home"]
+TIMES = ["today", "every morning", "in the evening", "last week", "on sunday", "at night"]
+
+CONCEPTS = SUBJECTS + VERBS + OBJECTS + PLACES + TIMES
+
+# Alphabets used to spell pseudo-words, by ISO 15924-style script name.
+SCRIPT_ALPHABETS = {
+    "Latn": "abcdefghijklmnopqrstuvwxyzäöüéèñç",
+    "Grek": "αβγδεζηθικλμνξοπρστυφχψω",
+    "Cyrl": "абвгдежзийклмнопрстуфхцчшыэюя",
+    "Arab": "ابتثجحخدذرزسشصضطظعغفقكلمنهوي",
+    "Hans": "的一是不了人我在有他这中大来上国个到说们为子和你地出道也时年得就那要下以生会自着去之过家学对可",
+    "Deva": "कखगघचछजझटठडढणतथदधनपफबभमयरलवशसह",
+    "Ethi": "ሀለሐመሠረሰሸቀበተቸኀነኘአከኸወዐዘዠየደጀገጠጨጰጸፀፈፐ",
+    "Hebr": "אבגדהוזחטיכלמנסעפצקרשת",
+    "Thai": "กขคฆงจฉชซฌญฎฏฐฑฒณดตถทธนบปผฝพฟภมยรลวศษสหฬอฮ",
+}
+
+DEMO_LANGUAGES = ["eng_Latn", "deu_Latn", "fra_Latn", "ell_Grek", "rus_Cyrl", "arb_Arab",
+                  "zho_Hans", "hin_Deva", "amh_Ethi", "swh_Latn"]
+
+
+def script_of(flores_code: str) -> str:
+    """The script part of a FLORES-200 code (`ell_Grek` -> `Grek`)."""
+    try:
+        return flores_code.split("_", 1)[1]
+    except IndexError:
+        raise ValueError(f"not a FLORES-200 code (expected xxx_Script): {flores_code!r}") from None
+
+
+def lexicon(flores_code: str) -> dict[str, str]:
+    """Concept -> pseudo-word in the language's script; English maps to itself.
+
+    Deterministic in the language code, so every process builds the same table.
+    """
+    if flores_code == "eng_Latn":
+        return {c: c for c in CONCEPTS}
+    alphabet = SCRIPT_ALPHABETS.get(script_of(flores_code), SCRIPT_ALPHABETS["Latn"])
+    rng = random.Random(f"lexicon:{flores_code}")
+    table: dict[str, str] = {}
+    used: set[str] = set()
+    cjk = script_of(flores_code) == "Hans"
+    for concept in CONCEPTS:
+        while True:
+            words = []
+            for _ in concept.split():
+                length = rng.randint(1, 2) if cjk else rng.randint(2, 7)
+                words.append("".join(rng.choice(alphabet) for _ in range(length)))
+            form = ("" if cjk else " ").join(words)
+            if form not in used:
+                used.add(form)
+                table[concept] = form
+                break
+    return table
+
+
+def concept_sentences(n: int, seed: int) -> list[list[str]]:
+    """`n` sentences as concept sequences (subject verb object [place] [time])."""
+    rng = random.Random(seed)
+    sentences = []
+    for _ in range(n):
+        s = [rng.choice(SUBJECTS), rng.choice(VERBS), rng.choice(OBJECTS)]
+        if rng.random() < 0.6:
+            s.append(rng.choice(PLACES))
+        if rng.random() < 0.5:
+            s.append(rng.choice(TIMES))
+        sentences.append(s)
+    return sentences
+
+
+def render(concepts: list[str], flores_code: str) -> str:
+    """Write a concept sequence as a sentence of the given language."""
+    table = lexicon(flores_code)
+    words = [table[c] for c in concepts]
+    if script_of(flores_code) == "Hans":
+        return "".join(words) + "。"
+    text = " ".join(words)
+    return text[0].upper() + text[1:] + "."
+
+
+def sentences(flores_code: str, n: int, seed: int = 0) -> list[str]:
+    """`n` generated sentences in one language."""
+    return [render(c, flores_code) for c in concept_sentences(n, seed)]
+
+
+def parallel_sentences(flores_code: str, n: int, seed: int = 0,
+                       source: str = "eng_Latn") -> list[tuple[str, str]]:
+    """`n` translation pairs (source sentence, target sentence)."""
+    return [(render(c, source), render(c, flores_code)) for c in concept_sentences(n, seed)]
+
+
+def english_documents(n: int, seed: int = 0, min_sentences: int = 1,
+                      max_sentences: int = 4) -> list[str]:
+    """`n` English documents of a few generated sentences each."""
+    rng = random.Random(f"docs:{seed}")
+    docs = []
+    for i in range(n):
+        k = rng.randint(min_sentences, max_sentences)
+        docs.append(" ".join(sentences("eng_Latn", k, seed=seed * 1_000_003 + i)))
+    return docs
