@@ -1,0 +1,94 @@
+"""Load LLMs and the NLLB encoder by hub name, local path or `tiny:NAME`.
+
+One code path for all three: a `tiny:` name is first built into a local
+directory (see `tiny.py`), then every model goes through `from_pretrained`.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer, M2M100Model, PreTrainedTokenizerBase
+
+from trainer.config import EncoderConfig, LLMConfig
+from trainer.models import tiny
+from trainer.models.bidirectional import make_bidirectional
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_model_path(name_or_path: str, cache_dir: str | os.PathLike = ".cache/tiny-models") -> str:
+    """`tiny:NAME` -> a built local directory (built once, atomically); anything else unchanged."""
+    if not name_or_path.startswith("tiny:"):
+        return name_or_path
+    name = name_or_path.split(":", 1)[1]
+    if name not in tiny.TINY_NAMES:
+        raise ValueError(f"unknown tiny model {name_or_path!r}; choose one of "
+                         + ", ".join(f"tiny:{n}" for n in tiny.TINY_NAMES))
+    target = Path(cache_dir) / name
+    if not (target / "config.json").is_file():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        # Build beside the target and rename, so concurrent ranks never see half a model.
+        tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))
+        tiny.build_tiny(name, tmp)
+        try:
+            tmp.rename(target)
+        except OSError:  # another process won the race; its copy is identical
+            shutil.rmtree(tmp, ignore_errors=True)
+    return str(target)
+
+
+def choose_attn_implementation(requested: str) -> str:
+    """`auto` -> flash_attention_2 when flash_attn imports and CUDA is present, else sdpa, else eager."""
+    if requested != "auto":
+        return requested
+    if torch.cuda.is_available() and importlib.util.find_spec("flash_attn") is not None:
+        return "flash_attention_2"
+    if hasattr(torch.nn.functional, "scaled_dot_product_attention"):
+        return "sdpa"
+    return "eager"
+
+
+def load_llm_tokenizer(cfg: LLMConfig, cache_dir: str = ".cache/tiny-models") -> PreTrainedTokenizerBase:
+    """The LLM's tokenizer with a pad token (Llama 3 has none: reuse EOS) and the configured padding side."""
+    tok = AutoTokenizer.from_pretrained(resolve_model_path(cfg.name_or_path, cache_dir))
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    tok.padding_side = cfg.padding_side
+    return tok
+
+
+def load_llm(cfg: LLMConfig, cache_dir: str = ".cache/tiny-models", causal_lm: bool = False) -> torch.nn.Module:
+    """The frozen LLM (base model, or with its LM head if `causal_lm`), dtype and attention from config."""
+    path = resolve_model_path(cfg.name_or_path, cache_dir)
+    auto = AutoModelForCausalLM if causal_lm else AutoModel
+    model = auto.from_pretrained(path, dtype=DTYPES[cfg.dtype],
+                                 attn_implementation=choose_attn_implementation(cfg.attn_implementation))
+    model.requires_grad_(False)
+    if cfg.bidirectional:
+        make_bidirectional(model)
+    return model
+
+
+def load_nllb_tokenizer(cfg: EncoderConfig, cache_dir: str = ".cache/tiny-models") -> PreTrainedTokenizerBase:
+    """NLLB tokenizer with `src_lang` set to the config's FLORES-200 code (change it per language)."""
+    tok = AutoTokenizer.from_pretrained(resolve_model_path(cfg.name_or_path, cache_dir), src_lang=cfg.source_lang)
+    if cfg.source_lang not in tok.get_vocab():
+        raise ValueError(f"encoder.source_lang: {cfg.source_lang!r} is not a language code of this NLLB tokenizer "
+                         f"(FLORES-200 codes such as eng_Latn, ell_Grek, zho_Hans, arb_Arab)")
+    return tok
+
+
+def load_nllb_encoder(cfg: EncoderConfig, cache_dir: str = ".cache/tiny-models") -> torch.nn.Module:
+    """The NLLB (M2M100) encoder alone, frozen and in eval mode; the decoder is dropped after loading."""
+    path = resolve_model_path(cfg.name_or_path, cache_dir)
+    full = M2M100Model.from_pretrained(path, dtype=DTYPES[cfg.dtype])
+    encoder = full.get_encoder()
+    del full
+    encoder.requires_grad_(False)
+    return encoder.eval()
