@@ -43,15 +43,23 @@ def resolve_model_path(name_or_path: str, cache_dir: str | os.PathLike = ".cache
     return str(target)
 
 
-def choose_attn_implementation(requested: str) -> str:
-    """`auto` -> flash_attention_2 when flash_attn imports and CUDA is present, else sdpa, else eager."""
+def attn_candidates(requested: str) -> list[str]:
+    """Attention implementations to try, best first.
+
+    `auto` -> flash_attention_2 when flash_attn imports and CUDA is present, then sdpa, then
+    eager (an architecture without sdpa support, such as Gemma 2, falls through to eager).
+    """
     if requested != "auto":
-        return requested
+        return [requested]
+    preferred = []
     if torch.cuda.is_available() and importlib.util.find_spec("flash_attn") is not None:
-        return "flash_attention_2"
-    if hasattr(torch.nn.functional, "scaled_dot_product_attention"):
-        return "sdpa"
-    return "eager"
+        preferred.append("flash_attention_2")
+    return preferred + ["sdpa", "eager"]
+
+
+def choose_attn_implementation(requested: str) -> str:
+    """The first candidate of `attn_candidates` (before asking the model what it supports)."""
+    return attn_candidates(requested)[0]
 
 
 def load_llm_tokenizer(cfg: LLMConfig, cache_dir: str = ".cache/tiny-models") -> PreTrainedTokenizerBase:
@@ -67,8 +75,15 @@ def load_llm(cfg: LLMConfig, cache_dir: str = ".cache/tiny-models", causal_lm: b
     """The frozen LLM (base model, or with its LM head if `causal_lm`), dtype and attention from config."""
     path = resolve_model_path(cfg.name_or_path, cache_dir)
     auto = AutoModelForCausalLM if causal_lm else AutoModel
-    model = auto.from_pretrained(path, dtype=DTYPES[cfg.dtype],
-                                 attn_implementation=choose_attn_implementation(cfg.attn_implementation))
+    candidates = attn_candidates(cfg.attn_implementation)
+    for i, attn in enumerate(candidates):
+        try:
+            model = auto.from_pretrained(path, dtype=DTYPES[cfg.dtype], attn_implementation=attn)
+            break
+        except (ValueError, ImportError) as e:  # raised before weights load when unsupported
+            if i + 1 == len(candidates) or "support" not in str(e).lower():
+                raise ValueError(f"model.llm.attn_implementation={cfg.attn_implementation!r} "
+                                 f"cannot load {path}: {e}") from e
     model.requires_grad_(False)
     if cfg.bidirectional:
         make_bidirectional(model)

@@ -1,0 +1,59 @@
+"""Stage-1 demo end to end: loss falls, MLflow holds one complete run, the export reloads."""
+
+from pathlib import Path
+
+import mlflow
+import pytest
+import yaml
+
+from data_prep.demo_text import write_demo_text
+from trainer.config import ConfigError, load_job
+from trainer.train import main, run_job
+
+DEMO = Path(__file__).resolve().parents[1] / "jobs" / "demo_stage1.yaml"
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory, tiny_cache):
+    tmp = tmp_path_factory.mktemp("stage1")
+    write_demo_text(tmp / "english")
+    uri = f"sqlite:///{tmp / 'mlflow.db'}"
+    job = load_job(DEMO, [f"data.files=['{tmp}/english/*.jsonl']", f"output_dir={tmp}/out",
+                          f"tracking.uri={uri}", f"model.cache_dir={tiny_cache}"])
+    summary = run_job(job)
+    return job, summary, uri
+
+
+def test_demo_loss_falls_below_half_of_its_first_value(demo_run):
+    job, summary, _ = demo_run
+    losses = summary["losses"]
+    assert len(losses) == job.optim.max_steps
+    assert losses[-1] < 0.5 * losses[0], (losses[0], losses[-1])
+
+
+def test_mlflow_holds_one_run_with_config_metrics_and_export(demo_run):
+    job, summary, uri = demo_run
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    experiment = client.get_experiment_by_name(job.tracking.experiment)
+    runs = client.search_runs([experiment.experiment_id])
+    assert len(runs) == 1 and runs[0].info.run_id == summary["run_id"]
+    run = runs[0]
+    assert run.info.status == "FINISHED"
+    assert run.data.params["model.lora.r"] == str(job.model.lora.r)
+    assert run.data.params["optim.lr"] == str(job.optim.lr)
+    for metric in ("loss", "fvu", "lr", "tokens_per_second"):
+        history = client.get_metric_history(run.info.run_id, metric)
+        assert len(history) >= job.optim.max_steps // job.tracking.log_every, metric
+    loss_by_step = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "loss")}
+    assert loss_by_step[job.optim.max_steps] == pytest.approx(summary["losses"][-1])
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "export")}
+    assert {"export/trainable.safetensors", "export/config.yaml"} <= artifacts
+    saved = yaml.safe_load((Path(job.output_dir) / "config.yaml").read_text())
+    assert saved == job.model_dump(mode="json")
+
+
+def test_bad_job_fails_before_loading_with_the_key(tmp_path, capsys):
+    assert main([str(DEMO), "model.lora.r=0"]) == 2
+    assert "model.lora.r" in capsys.readouterr().err
+    with pytest.raises(ConfigError, match="data.files"):
+        load_job(DEMO, ["data.files=[]"])
