@@ -94,6 +94,37 @@ class TrackingConfig(Section):
     experiment: str = "trainer"
     run_name: str | None = None
     log_every: int = Field(1, gt=0, description="Log metrics every N optimizer steps")
+    parent_run_id: str | None = Field(None, description="Open the run as a child of this MLflow run (set by sweeps)")
+    tags: dict[str, str] = Field(default_factory=dict, description="Extra MLflow tags of the run")
+
+
+class EngineConfig(Section):
+    """The DeepSpeed engine: which ZeRO config, precision, process group."""
+
+    deepspeed: str = Field(
+        "zero2", description="A config in ds_configs/ by name (zero2, zero3, zero3_offload) or a path to a "
+                             "DeepSpeed JSON; its \"auto\" values are filled from this job")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto", description="Training precision; auto = the LLM's dtype (model.llm.dtype)")
+    backend: Literal["auto", "nccl", "gloo"] = Field(
+        "auto", description="Process-group backend when this job creates the group; auto = nccl with CUDA, else gloo")
+    timeout_minutes: float = Field(
+        60.0, gt=0, description="Process-group timeout: long enough for the slowest rank to save a checkpoint")
+
+
+class CheckpointConfig(Section):
+    """Resume state: when to write it, how many to keep, where to resume from."""
+
+    every: int = Field(500, ge=0, description="Write resume state every N optimizer steps; 0 = never")
+    save_final: bool = Field(False, description="Also write resume state after the last step")
+    keep_last: int = Field(2, gt=0, description="Keep the newest K checkpoints")
+    best_metric: str | None = Field(
+        None, description="Also keep the checkpoint with the best value of this logged metric (e.g. loss)")
+    best_mode: Literal["min", "max"] = "min"
+    resume: str = Field(
+        "auto", description="auto = the newest complete checkpoint in dir (none: start fresh); "
+                            "none = always start fresh; or a checkpoint directory")
+    dir: str | None = Field(None, description="Checkpoint directory; default OUTPUT_DIR/checkpoints")
 
 
 class JobConfig(Section):
@@ -104,6 +135,8 @@ class JobConfig(Section):
     data: TextDataConfig
     optim: OptimConfig = OptimConfig()
     tracking: TrackingConfig = TrackingConfig()
+    engine: EngineConfig = EngineConfig()
+    checkpoint: CheckpointConfig = CheckpointConfig()
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)

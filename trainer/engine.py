@@ -1,51 +1,286 @@
-"""The training engine: optimizer, schedule, accumulation, clipping, stepping.
+"""The DeepSpeed engine: the only module that imports DeepSpeed.
 
-The interface mirrors DeepSpeed's engine (`backward(loss)` scales by the
-accumulation and `step()` only updates at an accumulation boundary), so the
-recipes do not change when the DeepSpeed engine replaces this one.
+    engine = Engine(job)                    # joins/creates the process group, builds the DS config;
+                                            # under ZeRO-3 transformers now loads models partitioned
+    model = build_mt_llm(job.model)         # frozen LLM + encoder partitioned as they load
+    engine.prepare(model)                   # deepspeed.initialize over the trainable parameters only
+    out = engine(**engine.to_device(batch)) # forward through the DeepSpeed engine
+    engine.backward(out.loss)               # scaled by 1/grad_accum, gradients averaged over ranks
+    engine.step()                           # optimizer + schedule step at accumulation boundaries
+    engine.save_state(dir) / engine.load_state(dir)   # DeepSpeed checkpoint, frozen weights excluded
+    state = engine.gather_trainable()       # full fp32 trainable weights on rank 0 (for the export)
+    engine.close()
+
+DeepSpeed config: `engine.deepspeed` names a file in `ds_configs/` (zero2, zero3,
+zero3_offload) or gives a path. Its `"auto"` values are filled from the job
+(micro batch, accumulation, global batch, clipping, precision, AdamW
+hyper-parameters, `torch_adam` = no CUDA); an explicit value that contradicts the
+job is an error. Without a `"scheduler"` block the schedule is warm-up then
+linear decay (M1), passed to DeepSpeed as a torch LambdaLR.
+
+ZeRO-3: the `HfDeepSpeedConfig` made in `__init__` stays referenced until
+`close()`, so `from_pretrained` builds the LLM and the encoder inside
+`deepspeed.zero.Init` and loads the checkpoint into the partitions: no rank ever
+holds a full copy. The projection and LoRA are created afterwards as ordinary
+tensors (peft's own initialisation, e.g. LoRA B = 0, then runs on full
+tensors); `deepspeed.initialize` broadcasts them from rank 0 and partitions them.
 """
 
 from __future__ import annotations
 
+import copy
+import json
+import logging
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
 import torch
-from transformers import get_linear_schedule_with_warmup
 
-from trainer.config import OptimConfig
+if not torch.cuda.is_available():
+    os.environ.setdefault("DS_ACCELERATOR", "cpu")  # say it, instead of DeepSpeed warning that it guessed
+
+import deepspeed  # noqa: E402
+from deepspeed.utils import safe_get_full_fp32_param  # noqa: E402
+from transformers.integrations import HfDeepSpeedConfig  # noqa: E402
+from transformers.integrations.deepspeed import unset_hf_deepspeed_config  # noqa: E402
+
+from trainer import distributed  # noqa: E402
+from trainer.config import ConfigError, JobConfig  # noqa: E402
+
+log = logging.getLogger(__name__)
+
+DS_CONFIG_DIR = Path(__file__).resolve().parents[1] / "ds_configs"
+
+# DeepSpeed (0.19) calls a torch collective that torch now reports as deprecated, once per step.
+warnings.filterwarnings("ignore", message=r"`torch\.distributed\.\w+` is deprecated", category=FutureWarning)
+logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
 
 
-class LocalEngine:
-    """Single-process torch AdamW with warm-up then linear decay (M1 schedule)."""
+def ds_config_path(name_or_path: str) -> Path:
+    """`zero3` -> ds_configs/zero3.json; a path (with / or .json) is taken as given."""
+    if name_or_path.endswith(".json") or os.sep in name_or_path or "/" in name_or_path:
+        path = Path(name_or_path)
+    else:
+        path = DS_CONFIG_DIR / f"{name_or_path}.json"
+    if not path.is_file():
+        names = sorted(p.stem for p in DS_CONFIG_DIR.glob("*.json"))
+        raise ConfigError(f"engine.deepspeed: {name_or_path!r} is neither a config in {DS_CONFIG_DIR} "
+                          f"({', '.join(names)}) nor a JSON file")
+    return path
 
-    def __init__(self, params, cfg: OptimConfig):
-        self.params = [p for p in params if p.requires_grad]
-        if not self.params:
+
+def resolve_precision(job: JobConfig) -> str:
+    """engine.precision, with auto = the LLM's weights dtype."""
+    if job.engine.precision != "auto":
+        return job.engine.precision
+    return {"bfloat16": "bf16", "float16": "fp16"}.get(job.model.llm.dtype, "fp32")
+
+
+def auto_values(job: JobConfig, world_size: int) -> dict[str, Any]:
+    """Dotted DeepSpeed key -> the value the job implies."""
+    o = job.optim
+    precision = resolve_precision(job)
+    return {
+        "train_micro_batch_size_per_gpu": o.micro_batch_size,
+        "gradient_accumulation_steps": o.grad_accum,
+        "train_batch_size": o.micro_batch_size * o.grad_accum * world_size,
+        "gradient_clipping": o.max_grad_norm if o.max_grad_norm is not None else 0.0,
+        "bf16.enabled": precision == "bf16",
+        "fp16.enabled": precision == "fp16",
+        "optimizer.params.lr": o.lr,
+        "optimizer.params.betas": list(o.betas),
+        "optimizer.params.weight_decay": o.weight_decay,
+        "optimizer.params.torch_adam": not torch.cuda.is_available(),
+        "scheduler.params.warmup_min_lr": 0.0,
+        "scheduler.params.warmup_max_lr": o.lr,
+        "scheduler.params.warmup_num_steps": o.warmup_steps,
+        "scheduler.params.total_num_steps": o.max_steps,
+    }
+
+
+# Keys a user may set to something other than what the job implies.
+_FREE_KEYS = {"optimizer.params.torch_adam", "scheduler.params.warmup_min_lr"}
+
+
+def fill_auto(raw: dict[str, Any], values: dict[str, Any], source: str = "ds config") -> dict[str, Any]:
+    """Replace every "auto" in `raw` by `values[dotted.key]`; explicit values must agree with the job."""
+    out = copy.deepcopy(raw)
+
+    def walk(node: dict, prefix: str) -> None:
+        for key, value in node.items():
+            dotted = f"{prefix}{key}"
+            if isinstance(value, dict):
+                walk(value, dotted + ".")
+            elif value == "auto":
+                if dotted not in values:
+                    raise ConfigError(f"{source}: {dotted} is \"auto\" but the job has no value for it")
+                node[key] = values[dotted]
+            elif dotted in values and dotted not in _FREE_KEYS and not _same(value, values[dotted]):
+                raise ConfigError(f"{source}: {dotted} = {value!r} contradicts the job ({values[dotted]!r}); "
+                                  f"set it to \"auto\" or change the job")
+
+    walk(out, "")
+    return out
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool):
+        return float(a) == float(b)
+    return a == b
+
+
+def build_ds_config(job: JobConfig, world_size: int) -> dict[str, Any]:
+    """The job's DeepSpeed config with every "auto" filled."""
+    path = ds_config_path(job.engine.deepspeed)
+    try:
+        raw = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"engine.deepspeed: {path} is not valid JSON: {e}") from None
+    return fill_auto(raw, auto_values(job, world_size), source=str(path))
+
+
+def warmup_linear_decay(warmup_steps: int, max_steps: int):
+    """lr factor: 0 -> 1 over `warmup_steps`, then linearly to 0 at `max_steps` (M1's schedule)."""
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return step / max(1, warmup_steps)
+        return max(0.0, (max_steps - step) / max(1, max_steps - warmup_steps))
+    return factor
+
+
+class Engine:
+    """One DeepSpeed engine for one job, in the current process group."""
+
+    def __init__(self, job: JobConfig):
+        self.job = job
+        distributed.setup(job.engine.backend, job.engine.timeout_minutes)
+        from datetime import timedelta
+        deepspeed.init_distributed(dist_backend=distributed.resolve_backend(job.engine.backend),
+                                   timeout=timedelta(minutes=job.engine.timeout_minutes), verbose=False)
+        self.rank = distributed.rank()
+        self.world_size = distributed.world_size()
+        self.precision = resolve_precision(job)
+        self.config = build_ds_config(job, self.world_size)
+        self.zero_stage = int(self.config.get("zero_optimization", {}).get("stage", 0))
+        # Kept referenced until close(): transformers holds only a weak reference to it.
+        self._hf_ds_config = HfDeepSpeedConfig(copy.deepcopy(self.config)) if self.zero_stage == 3 else None
+        self.ds = None
+        self.module: torch.nn.Module | None = None
+
+    # ---- set-up -------------------------------------------------------------------------------
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def partitioned(self) -> bool:
+        """True under ZeRO-3: parameters live in per-rank partitions (p.data is empty outside a gather)."""
+        return self.zero_stage == 3
+
+    def prepare(self, model: torch.nn.Module) -> "Engine":
+        """Wrap `model` in DeepSpeed; the optimizer sees only parameters with requires_grad."""
+        params = [p for p in model.parameters() if p.requires_grad]
+        if not params:
             raise ValueError("engine: the model has no trainable parameters")
-        self.cfg = cfg
-        self.optimizer = torch.optim.AdamW(self.params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
-        self.scheduler = get_linear_schedule_with_warmup(self.optimizer, cfg.warmup_steps, cfg.max_steps)
-        self.micro_step = 0
-        self.global_step = 0
-        self.last_grad_norm: float | None = None
+        kwargs = {}
+        if "scheduler" not in self.config:
+            factor = warmup_linear_decay(self.job.optim.warmup_steps, self.job.optim.max_steps)
+            kwargs["lr_scheduler"] = lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, factor)
+        self.ds, self.optimizer, _, self.scheduler = deepspeed.initialize(
+            model=model, model_parameters=params, config=copy.deepcopy(self.config), **kwargs)
+        self.module = model
+        return self
+
+    @property
+    def device(self) -> torch.device:
+        return self.ds.device if self.ds is not None else distributed.device()
+
+    def to_device(self, batch: dict[str, Any]) -> dict[str, Any]:
+        return {k: v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+    # ---- training -----------------------------------------------------------------------------
+    def __call__(self, *args, **kwargs):
+        return self.ds(*args, **kwargs)
 
     def backward(self, loss: torch.Tensor) -> None:
-        (loss / self.cfg.grad_accum).backward()
-        self.micro_step += 1
+        self.ds.backward(loss)
 
     def is_boundary(self) -> bool:
-        return self.micro_step % self.cfg.grad_accum == 0
+        """Whether the next `step()` ends an accumulation window (updates the weights)."""
+        return self.ds.is_gradient_accumulation_boundary()
 
     def step(self) -> bool:
-        """Update at an accumulation boundary; returns whether an optimizer step happened."""
-        if not self.is_boundary():
-            return False
-        if self.cfg.max_grad_norm is not None:
-            self.last_grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, self.cfg.max_grad_norm))
-        self.optimizer.step()
-        self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        self.global_step += 1
-        return True
+        """Optimizer and schedule step at an accumulation boundary; returns whether one happened."""
+        boundary = self.ds.is_gradient_accumulation_boundary()
+        self.ds.step()
+        return boundary
+
+    @property
+    def global_step(self) -> int:
+        return int(self.ds.global_steps)
 
     @property
     def lr(self) -> float:
-        return self.scheduler.get_last_lr()[0]
+        return float(self.ds.get_lr()[0])
+
+    @property
+    def grad_norm(self) -> float | None:
+        norm = self.ds.get_global_grad_norm()
+        return None if norm is None else float(norm)
+
+    def reduce_sum(self, values: list[float]) -> list[float]:
+        """Sum a few floats over ranks (for logging global losses and token counts)."""
+        return distributed.all_reduce_sum(values)
+
+    # ---- state --------------------------------------------------------------------------------
+    def save_state(self, path: str | Path) -> None:
+        """DeepSpeed checkpoint of the trainable state (frozen weights excluded) into `path`. Collective."""
+        path = Path(path)
+        self.ds.save_checkpoint(str(path.parent), tag=path.name, client_state={}, save_latest=False,
+                                exclude_frozen_parameters=True)
+
+    def load_state(self, path: str | Path) -> None:
+        """Restore weights, optimizer, schedule and step counters from `save_state`'s directory. Collective."""
+        path = Path(path)
+        loaded, _ = self.ds.load_checkpoint(str(path.parent), tag=path.name, load_module_strict=False,
+                                            load_optimizer_states=True, load_lr_scheduler_states=True)
+        if loaded is None:
+            raise RuntimeError(f"DeepSpeed could not load the checkpoint in {path}")
+
+    def gather_trainable(self) -> dict[str, torch.Tensor]:
+        """Full fp32 copies of every trainable parameter on rank 0 ({} elsewhere). Collective.
+
+        Under ZeRO-3 a parameter's `.data` is an empty placeholder outside a gather; reading
+        it directly is how empty adapter files get written. Here each tensor comes from
+        the optimizer's fp32 master partitions (`safe_get_full_fp32_param`), or from a
+        `GatheredParameters` gather where DeepSpeed keeps no fp32 copy.
+        """
+        out: dict[str, torch.Tensor] = {}
+        for name, p in self.module.named_parameters():
+            if not p.requires_grad:
+                continue
+            full = safe_get_full_fp32_param(p)
+            if full is None:
+                with deepspeed.zero.GatheredParameters([p], modifier_rank=None):
+                    full = p.data.detach().float().clone()
+            if self.is_main:
+                out[name] = full.detach().to("cpu", dtype=torch.float32, copy=True).contiguous()
+        return out
+
+    def gather(self, params: list[torch.nn.Parameter]):
+        """Context manager: the full values of `params` on every rank (read-only)."""
+        return deepspeed.zero.GatheredParameters(params, modifier_rank=None)
+
+    # ---- teardown -----------------------------------------------------------------------------
+    def close(self) -> None:
+        """Release DeepSpeed's hooks and transformers' ZeRO-3 switch (the process group lives until exit)."""
+        if self.ds is not None:
+            self.ds.destroy()
+            self.ds = None
+        if self._hf_ds_config is not None:
+            self._hf_ds_config = None
+            unset_hf_deepspeed_config()

@@ -16,6 +16,14 @@ def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
     return (attention_mask.long().cumsum(dim=1) - 1).clamp(min=0)
 
 
+ENCODER_ONLY_TYPES = {"xlm-roberta", "roberta", "bert", "xlm-roberta-xl"}
+
+
+def is_encoder_only(model: torch.nn.Module) -> bool:
+    """True for BERT-like encoders, which attend both ways and number positions themselves."""
+    return base_model_of(model).config.model_type in ENCODER_ONLY_TYPES
+
+
 def base_model_of(model: torch.nn.Module) -> torch.nn.Module:
     """The transformers model under any peft wrappers (for its config)."""
     get = getattr(model, "get_base_model", None)
@@ -26,6 +34,9 @@ def run_llm(model: torch.nn.Module, attention_mask: torch.Tensor, input_ids: tor
             inputs_embeds: torch.Tensor | None = None, output_hidden_states: bool = False, **kwargs):
     """Forward `model` (plain or peft-wrapped) on ids or embeddings; returns the transformers output."""
     base = base_model_of(model)
+    if is_encoder_only(base):
+        return model(input_ids=input_ids, inputs_embeds=inputs_embeds, attention_mask=attention_mask,
+                     output_hidden_states=output_hidden_states, **kwargs)
     mask = attention_mask
     if is_bidirectional(base) and base.config._attn_implementation != "flash_attention_2":
         dtype = inputs_embeds.dtype if inputs_embeds is not None else base.dtype

@@ -26,7 +26,8 @@ from transformers import (
 from trainer.data import synthetic
 
 TINY_LLMS = ("llama", "qwen2", "gpt2", "gemma2")
-TINY_NAMES = TINY_LLMS + ("nllb",)
+TINY_ENCODERS = ("xlmr",)  # XLM-R-like bidirectional encoder (realignment with encoder models)
+TINY_NAMES = TINY_LLMS + TINY_ENCODERS + ("nllb",)
 
 # Small but real: several layers so "middle layer" and per-layer retrieval mean something.
 _LLM_CONFIGS = {
@@ -38,6 +39,8 @@ _LLM_CONFIGS = {
                    num_attention_heads=4, num_key_value_heads=2, head_dim=16,
                    max_position_embeddings=512, sliding_window=256),
     "gpt2": dict(model_type="gpt2", n_embd=64, n_layer=4, n_head=4, n_positions=512),
+    "xlmr": dict(model_type="xlm-roberta", hidden_size=64, intermediate_size=128, num_hidden_layers=4,
+                 num_attention_heads=4, max_position_embeddings=520),
 }
 
 
@@ -94,7 +97,7 @@ def _bpe_merges(tok: Tokenizer) -> list[tuple[str, str]]:
 def build_tiny_llm(kind: str, out_dir: str | os.PathLike, seed: int = 0) -> Path:
     """Write a tiny random LLM of architecture `kind` and its tokenizer to `out_dir`."""
     if kind not in _LLM_CONFIGS:
-        raise ValueError(f"unknown tiny LLM {kind!r}; choose one of {', '.join(TINY_LLMS)}")
+        raise ValueError(f"unknown tiny LLM {kind!r}; choose one of {', '.join(TINY_LLMS + TINY_ENCODERS)}")
     out = Path(out_dir)
     tokenizer = train_llm_tokenizer()
     spec = dict(_LLM_CONFIGS[kind])
@@ -105,7 +108,7 @@ def build_tiny_llm(kind: str, out_dir: str | os.PathLike, seed: int = 0) -> Path
                                   pad_token_id=tokenizer.pad_token_id, **spec)
     torch.manual_seed(seed)
     from transformers import AutoModelForCausalLM
-    model = AutoModelForCausalLM.from_config(config)
+    model = (AutoModel if kind in TINY_ENCODERS else AutoModelForCausalLM).from_config(config)
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     return out
@@ -134,5 +137,5 @@ def build_tiny(name: str, out_dir: str | os.PathLike) -> Path:
     return build_tiny_llm(name, out_dir)
 
 
-__all__ = ["TINY_NAMES", "TINY_LLMS", "build_tiny", "build_tiny_llm", "build_tiny_nllb",
-           "train_llm_tokenizer", "train_nllb_tokenizer", "AutoModel"]
+__all__ = ["TINY_NAMES", "TINY_LLMS", "TINY_ENCODERS", "build_tiny", "build_tiny_llm", "build_tiny_nllb",
+           "train_llm_tokenizer", "train_nllb_tokenizer"]

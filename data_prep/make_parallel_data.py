@@ -1,0 +1,76 @@
+"""Write small generated parallel corpora (English, other language) for tests and the demo.
+
+    python -m data_prep.make_parallel_data --out data/demo/parallel --languages deu_Latn ell_Grek zho_Hans --n 200
+    python -m data_prep.make_parallel_data --out DIR --languages deu_Latn:1000 ell_Grek:10 swh_Latn:100
+
+One JSONL file per pair, `eng_Latn-<code>.jsonl`, one pair per line:
+`{"eng_Latn": "...", "<code>": "..."}`; `--format tsv` writes two
+tab-separated columns instead (English first). Sentences come from
+`trainer.data.synthetic` (the same concept sequences rendered in each
+language, so with one seed the corpora are multi-way parallel). `code:n`
+sets one language's size. Any code the language table knows is accepted
+and written as its FLORES-200 code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from trainer.data.languages import language_table
+from trainer.data.synthetic import parallel_sentences
+
+
+def parse_languages(items: list[str], default_n: int) -> list[tuple[str, int]]:
+    """`code` or `code:n` -> (FLORES code, n)."""
+    table = language_table()
+    out = []
+    for item in items:
+        code, _, n = item.partition(":")
+        if n and not n.isdigit():
+            raise ValueError(f"--languages: {item!r}: the size after ':' must be a whole number")
+        out.append((table.flores(code, "--languages"), int(n) if n else default_n))
+    codes = [c for c, _ in out]
+    if len(set(codes)) != len(codes):
+        raise ValueError(f"--languages: a language is listed twice: {codes}")
+    return out
+
+
+def write_parallel_data(out_dir: str | Path, languages: list[tuple[str, int]], seed: int = 0,
+                        fmt: str = "jsonl", english: str = "eng_Latn") -> list[Path]:
+    """One file per (English, language) pair under `out_dir`; returns the paths."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for code, n in languages:
+        if code == english:
+            raise ValueError(f"--languages: {english} is the English side; list the other languages")
+        pairs = parallel_sentences(code, n, seed=seed, source=english)
+        path = out / f"{english}-{code}.{fmt}"
+        with path.open("w", encoding="utf-8") as f:
+            for en, other in pairs:
+                if fmt == "tsv":
+                    f.write(f"{en}\t{other}\n")
+                else:
+                    f.write(json.dumps({english: en, code: other}, ensure_ascii=False) + "\n")
+        paths.append(path)
+    return paths
+
+
+def main(argv: list[str] | None = None) -> list[Path]:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", required=True, help="output directory")
+    parser.add_argument("--languages", nargs="+", required=True, help="codes, optionally code:n")
+    parser.add_argument("--n", type=int, default=200, help="pairs per language (default 200)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the generated sentences")
+    parser.add_argument("--format", choices=["jsonl", "tsv"], default="jsonl")
+    args = parser.parse_args(argv)
+    paths = write_parallel_data(args.out, parse_languages(args.languages, args.n), args.seed, args.format)
+    for path in paths:
+        print(path)
+    return paths
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,75 @@
+"""Sweep files validate fully before Ray starts, and errors name the key."""
+
+import pytest
+import yaml
+
+from trainer.config import ConfigError, JobConfig, validate
+from trainer.sweep import grid_points, load_sweep
+from trainer.tune import format_table, param_space, trial_job, trial_tags
+
+JOB = {"recipe": "stage1", "data": {"files": ["x.jsonl"]}, "optim": {"max_steps": 10}}
+
+
+def write_sweep(tmp_path, **sweep):
+    (tmp_path / "job.yaml").write_text(yaml.safe_dump(JOB))
+    body = {"name": "t", "job": "job.yaml", **sweep}
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(body))
+    return path
+
+
+def test_grid_and_random_axes_become_tune_objects(tmp_path):
+    sweep = load_sweep(write_sweep(tmp_path, search={"optim.lr": {"grid": [1e-3, 3e-3]},
+                                                     "model.lora.r": {"choice": [4, 8]},
+                                                     "optim.weight_decay": {"uniform": [0.0, 0.1]}}))
+    assert sweep.grid_size() == 2
+    assert grid_points(sweep) == [{"optim.lr": 1e-3}, {"optim.lr": 3e-3}]
+    space = param_space(sweep)
+    assert set(space["settings"]) == {"optim.lr", "model.lora.r", "optim.weight_decay"}
+    assert space["settings"]["optim.lr"] == {"grid_search": [1e-3, 3e-3]}
+
+
+@pytest.mark.parametrize("search, needle", [
+    ({"model.lora.rr": {"grid": [4]}}, "search.model.lora.rr"),                     # unknown job key
+    ({"model.lora.r": {"grid": [4, 0]}}, "search.model.lora.r = 0"),                # impossible value
+    ({"optim.lr": {"loguniform": [0.0, 1.0]}}, "loguniform: bounds must be positive"),
+    ({"optim.lr": {"uniform": [1.0, 0.1]}}, "low must be below high"),
+    ({"optim.lr": {"grid": [1], "choice": [2]}}, "exactly one of"),
+    ({"optim.warmup_steps": {"randint": [0, 50]}}, "warmup_steps"),                 # bound breaks a cross-field check
+])
+def test_bad_search_fails_naming_the_key(tmp_path, search, needle):
+    with pytest.raises(ConfigError) as err:
+        load_sweep(write_sweep(tmp_path, search=search))
+    assert needle in str(err.value)
+
+
+def test_bad_sweep_keys_and_subsets_fail(tmp_path):
+    with pytest.raises(ConfigError, match="max_concurent_trials: unknown key"):
+        load_sweep(write_sweep(tmp_path, max_concurent_trials=2))
+    with pytest.raises(ConfigError, match="subsets.file: .* not found"):
+        load_sweep(write_sweep(tmp_path, subsets={"key": "data.files", "file": "nope.yaml"}))
+    (tmp_path / "subsets.yaml").write_text(yaml.safe_dump({"subsets": {"a": {"languages": ["x.jsonl"]}}}))
+    with pytest.raises(ConfigError, match=r"\['b'\] not in .*available: a"):
+        load_sweep(write_sweep(tmp_path, subsets={"key": "data.files", "file": "subsets.yaml", "names": ["b"]}))
+
+
+def test_trial_job_applies_settings_subset_and_child_run_tags(tmp_path):
+    (tmp_path / "subsets.yaml").write_text(yaml.safe_dump({"subsets": {
+        "s1": {"languages": ["a.jsonl", "b.jsonl"], "heuristic": "random", "size": 2, "seed": 17}}}))
+    sweep = load_sweep(write_sweep(tmp_path, search={"optim.lr": {"grid": [0.01]}},
+                                   subsets={"key": "data.files", "file": "subsets.yaml"}))
+    raw = trial_job(sweep, {"settings": {"optim.lr": 0.01}, "subset": "s1"}, tmp_path / "trial0", "PARENT", "trial0")
+    job = validate(raw, JobConfig)
+    assert job.optim.lr == 0.01 and job.data.files == ["a.jsonl", "b.jsonl"]
+    assert job.output_dir == str(tmp_path / "trial0")
+    assert job.tracking.parent_run_id == "PARENT"
+    tags = trial_tags(sweep, {"optim.lr": 0.01}, "s1")
+    assert tags == {"sweep": "t", "subset": "s1", "languages": "a.jsonl,b.jsonl", "subset_heuristic": "random",
+                    "subset_size": "2", "subset_seed": "17", "setting.optim.lr": "0.01"}
+    assert job.tracking.tags == tags
+
+
+def test_summary_table_formats_every_column():
+    text = format_table([{"trial": "t0", "subset": "a", "loss": 0.51234}, {"trial": "t1", "subset": "b", "loss": None}])
+    lines = text.splitlines()
+    assert lines[0].split() == ["trial", "subset", "loss"] and "0.5123" in lines[2] and lines[3].split() == ["t1", "b"]

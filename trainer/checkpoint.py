@@ -1,0 +1,292 @@
+"""Resume state: written atomically, kept in rotation, found again after any kill.
+
+Layout (default `OUTPUT_DIR/checkpoints/`):
+
+    latest                       name of the newest complete checkpoint (written last)
+    step-00000040/
+      ds/                        DeepSpeed checkpoint, frozen weights excluded
+                                 (model states + each rank's ZeRO optimizer partition)
+      rank-00000.pt ...          one per rank: its data-stream position and RNG states
+      trainer_state.json         step, world size, MLflow run id, metrics, config hash
+      MANIFEST.json              every file above with its size (written last, by rank 0)
+    .tmp-step-00000050/          a write in progress (or killed): never resumed from
+
+Write protocol (all ranks): rank 0 makes `.tmp-step-N/`; DeepSpeed and every
+rank write into it; barrier; rank 0 writes trainer_state.json, fsyncs, writes
+MANIFEST.json, renames the directory to `step-N`, then replaces `latest`, then
+prunes old checkpoints. A kill at any point leaves either the previous
+checkpoints untouched plus a `.tmp-*` directory, or a complete `step-N`.
+
+DeepSpeed's own `client_state` is written by one rank only, so per-rank state
+(each rank's position in its share of the data, its RNG streams) goes into
+the `rank-*.pt` files instead.
+
+Resume (`checkpoint.resume`): `auto` takes the newest complete checkpoint in the
+directory (complete = MANIFEST.json present and every file in it present with
+its size); each newer incomplete or corrupt one is skipped with a warning naming
+it. `none` starts fresh; any other value is a checkpoint directory that must be
+complete. All ranks use rank 0's choice.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+
+from trainer import distributed
+from trainer.config import CheckpointConfig
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "MANIFEST.json"
+TRAINER_STATE = "trainer_state.json"
+LATEST = "latest"
+DS_TAG = "ds"
+STEP_RE = re.compile(r"^step-(\d+)$")
+
+
+class Stateful(Protocol):
+    def state_dict(self) -> dict: ...
+    def load_state_dict(self, state: dict) -> None: ...
+
+
+def step_name(step: int) -> str:
+    return f"step-{step:08d}"
+
+
+def rank_file(rank: int) -> str:
+    return f"rank-{rank:05d}.pt"
+
+
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def write_manifest(ckpt: Path) -> dict[str, int]:
+    """Fsync every file under `ckpt`, then record name -> size in MANIFEST.json (atomically, last)."""
+    files: dict[str, int] = {}
+    for path in sorted(ckpt.rglob("*")):
+        if path.is_file() and path.name != MANIFEST and not path.name.startswith("."):
+            _fsync_file(path)
+            files[str(path.relative_to(ckpt))] = path.stat().st_size
+    for d in [ckpt, *[p for p in ckpt.rglob("*") if p.is_dir()]]:
+        _fsync_dir(d)
+    _write_atomic(ckpt / MANIFEST, json.dumps({"files": files}, indent=1))
+    return files
+
+
+def check_complete(ckpt: Path) -> str | None:
+    """None if `ckpt` is a complete checkpoint, else why not."""
+    if not ckpt.is_dir():
+        return "not a directory"
+    try:
+        manifest = json.loads((ckpt / MANIFEST).read_text())
+        files = manifest["files"]
+    except FileNotFoundError:
+        return f"no {MANIFEST} (the write did not finish)"
+    except (ValueError, KeyError, TypeError) as e:
+        return f"unreadable {MANIFEST}: {e}"
+    for name, size in files.items():
+        path = ckpt / name
+        if not path.is_file():
+            return f"missing file {name}"
+        if path.stat().st_size != size:
+            return f"{name} has {path.stat().st_size} bytes, the manifest says {size}"
+    try:
+        state = json.loads((ckpt / TRAINER_STATE).read_text())
+        world = int(state["world_size"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        return f"unreadable {TRAINER_STATE}: {e}"
+    absent = [rank_file(r) for r in range(world) if rank_file(r) not in files]
+    if absent:
+        return f"no per-rank state {', '.join(absent)}"
+    return None
+
+
+def read_trainer_state(ckpt: str | Path) -> dict[str, Any]:
+    return json.loads((Path(ckpt) / TRAINER_STATE).read_text())
+
+
+def list_checkpoints(root: Path) -> list[tuple[int, Path]]:
+    """(step, path) of every `step-N` directory under `root`, newest first."""
+    if not root.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in root.iterdir() if p.is_dir() and (m := STEP_RE.match(p.name))]
+    return sorted(found, reverse=True)
+
+
+def find_latest_complete(root: str | Path) -> Path | None:
+    """The newest complete checkpoint under `root`; warns naming every newer one it skips."""
+    root = Path(root)
+    if root.is_dir():
+        for tmp in sorted(p for p in root.iterdir() if p.name.startswith(".tmp-")):
+            log.warning("checkpoint: skipping %s: an interrupted write (incomplete)", tmp)
+    pointer = None
+    if (root / LATEST).is_file():
+        pointer = (root / LATEST).read_text().strip()
+    for _, path in list_checkpoints(root):
+        reason = check_complete(path)
+        if reason is None:
+            if pointer and pointer != path.name:
+                log.warning("checkpoint: %s names %s, but %s is the newest complete checkpoint; using it",
+                            root / LATEST, pointer, path.name)
+            return path
+        log.warning("checkpoint: skipping %s: incomplete or corrupt (%s)", path, reason)
+    return None
+
+
+class Checkpointer:
+    """Saves and restores resume state for one run; every method is called on every rank."""
+
+    def __init__(self, cfg: CheckpointConfig, output_dir: str | Path, config_hash: str = ""):
+        self.cfg = cfg
+        self.root = Path(cfg.dir) if cfg.dir else Path(output_dir) / "checkpoints"
+        self.config_hash = config_hash
+        self.resume_from: Path | None = None
+
+    # ---- choosing where to resume -------------------------------------------------------------
+    def resume_target(self) -> Path | None:
+        """Decide (rank 0) and agree (all ranks) which checkpoint to resume from, if any."""
+        target: str | None = None
+        error: str | None = None
+        if distributed.is_main():
+            mode = self.cfg.resume
+            if mode == "none":
+                target = None
+            elif mode == "auto":
+                found = find_latest_complete(self.root)
+                target = str(found) if found else None
+            else:
+                reason = check_complete(Path(mode))
+                if reason is not None:
+                    error = f"checkpoint.resume: {mode} is not a usable checkpoint: {reason}"
+                target = mode
+        target, error = distributed.broadcast_object((target, error))
+        if error:
+            raise RuntimeError(error)
+        self.resume_from = Path(target) if target else None
+        if self.resume_from:
+            log.info("checkpoint: resuming from %s", self.resume_from)
+        return self.resume_from
+
+    def run_id(self) -> str | None:
+        """The MLflow run id stored with the checkpoint being resumed (None when starting fresh)."""
+        if self.resume_from is None:
+            return None
+        return read_trainer_state(self.resume_from).get("mlflow_run_id")
+
+    # ---- restoring ----------------------------------------------------------------------------
+    def restore(self, engine, data: Stateful) -> int:
+        """Load `resume_from` into the engine, this rank's data stream and RNGs; returns the step (0 if fresh)."""
+        if self.resume_from is None:
+            return 0
+        ckpt = self.resume_from
+        state = read_trainer_state(ckpt)
+        if int(state["world_size"]) != engine.world_size:
+            raise RuntimeError(f"checkpoint {ckpt} was written by {state['world_size']} ranks, this run has "
+                               f"{engine.world_size}: resume with the same number of ranks")
+        if self.config_hash and state.get("config_sha256") not in (None, self.config_hash):
+            log.warning("checkpoint: %s was written under a different resolved config; resuming anyway", ckpt)
+        engine.load_state(ckpt / DS_TAG)
+        mine = torch.load(ckpt / rank_file(engine.rank), map_location="cpu", weights_only=False)
+        data.load_state_dict(mine["data"])
+        distributed.set_rng_state(mine["rng"])
+        step = int(state["step"])
+        if engine.global_step != step:
+            raise RuntimeError(f"checkpoint {ckpt}: DeepSpeed restored step {engine.global_step}, "
+                               f"trainer_state says {step}")
+        return step
+
+    # ---- saving -------------------------------------------------------------------------------
+    def due(self, step: int, max_steps: int) -> bool:
+        every = self.cfg.every
+        return (every > 0 and step % every == 0) or (self.cfg.save_final and step == max_steps)
+
+    def save(self, step: int, engine, data: Stateful, metrics: dict[str, float] | None = None,
+             run_id: str | None = None) -> Path:
+        """Write `step-N` atomically (see the module docstring). Collective."""
+        final = self.root / step_name(step)
+        tmp = self.root / f".tmp-{step_name(step)}"
+        if engine.is_main:
+            self.root.mkdir(parents=True, exist_ok=True)
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir()
+        distributed.barrier()
+        engine.save_state(tmp / DS_TAG)
+        mine = {"rank": engine.rank, "step": step, "data": data.state_dict(), "rng": distributed.rng_state()}
+        part = tmp / f".{rank_file(engine.rank)}.part"
+        torch.save(mine, part)
+        os.replace(part, tmp / rank_file(engine.rank))
+        distributed.barrier()
+        if engine.is_main:
+            state = {"step": step, "world_size": engine.world_size, "mlflow_run_id": run_id,
+                     "metrics": metrics or {}, "config_sha256": self.config_hash, "time": time.time()}
+            _write_atomic(tmp / TRAINER_STATE, json.dumps(state, indent=1))
+            write_manifest(tmp)
+            if final.exists():  # a resumed run writing a step it wrote before the kill
+                old = self.root / f".old-{final.name}"
+                shutil.rmtree(old, ignore_errors=True)
+                final.rename(old)
+                tmp.rename(final)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                tmp.rename(final)
+            _fsync_dir(self.root)
+            _write_atomic(self.root / LATEST, final.name + "\n")
+            self.prune(keep_also=final)
+            log.info("checkpoint: saved %s", final)
+        distributed.barrier()
+        return final
+
+    def prune(self, keep_also: Path | None = None) -> list[Path]:
+        """Delete all but the newest `keep_last` complete checkpoints (and the best one); returns what went."""
+        complete, broken = [], []
+        for step, path in list_checkpoints(self.root):
+            (complete if check_complete(path) is None else broken).append((step, path))
+        keep = {p for _, p in complete[: self.cfg.keep_last]}
+        if keep_also is not None:
+            keep.add(keep_also)
+        if self.cfg.best_metric:
+            scored = [(read_trainer_state(p).get("metrics", {}).get(self.cfg.best_metric), p) for _, p in complete]
+            scored = [(v, p) for v, p in scored if v is not None]
+            if scored:
+                best = (min if self.cfg.best_mode == "min" else max)(scored, key=lambda vp: vp[0])[1]
+                keep.add(best)
+                _write_atomic(self.root / "best", best.name + "\n")
+        removed = [p for _, p in complete + broken if p not in keep]
+        for path in removed:
+            shutil.rmtree(path, ignore_errors=True)
+        for stale in [*self.root.glob(".old-*"), *self.root.glob(".tmp-*")]:  # no write is in progress now
+            shutil.rmtree(stale, ignore_errors=True)
+        return removed

@@ -1,0 +1,502 @@
+"""Parallel corpora: (English, other language) sentence pairs, language-balanced sampling, rank sharding.
+
+Sources, tried in order for each requested language:
+
+1. local files (`files`): one file per language pair named `<code>-<code>.<ext>`
+   with English as one of the two codes (`eng_Latn-deu_Latn.jsonl`; any code the
+   language table knows works, `en-de.tsv` too):
+   - `.jsonl` / `.json` (JSON lines) and `.parquet`: one pair per record, either
+     one column per language keyed by a code (`{"eng_Latn": ..., "deu_Latn": ...}`,
+     `{"en": ..., "de": ...}`) or a `translation` mapping with such keys (OPUS style);
+   - `.tsv`: two tab-separated columns in the file name's order, no header.
+2. hub datasets (`hub`), via `datasets.load_dataset(name, config, split=...)`:
+   presets `opus-100` (Helsinki-NLP/opus-100, configs like `de-en`), `nllb`
+   (allenai/nllb, the fallback for languages OPUS lacks), `tatoeba`
+   (Helsinki-NLP/tatoeba_mt) and `flores-200` (openlanguagedata/flores_plus,
+   one config per language aligned row by row; for evaluation), or any
+   `HubSource`. A source "lacks" a language when its config cannot be
+   formed (OPUS-100 needs an ISO 639-1 code) or loading fails.
+
+A language found nowhere raises a `ValueError` listing what is available,
+or is skipped with a warning (`on_missing: skip`).
+
+Sampling (`BalancedPairStream`): at each step a language is drawn with
+probability `p_l ~ n_l ** (1 / T)` (temperature `T`; `None` or `inf` =
+uniform over languages whatever their sizes, `T = 1` = proportional to size),
+then that language's next example in a shuffled order that is reshuffled
+after each pass (small corpora are repeated, large ones subsampled).
+Deterministic under `seed`. Sharding: each language's examples are split
+into `world_size * num_workers` disjoint parts after a seeded permutation,
+so ranks (and DataLoader workers) never share an example; every shard draws
+languages with the same global probabilities.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import logging
+import math
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator, Literal
+
+import datasets
+import numpy as np
+import pyarrow.parquet as pq
+import torch
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from trainer.data.languages import Language, LanguageTable, UnknownLanguageError, language_table
+
+log = logging.getLogger(__name__)
+
+FILE_SUFFIXES = (".tsv", ".jsonl", ".json", ".parquet")
+
+
+class HubSource(BaseModel):
+    """A hub dataset of parallel text; templates are filled per language pair.
+
+    Placeholders (paired layout): `{eng_flores}`, `{oth_flores}`, `{eng_iso1}`,
+    `{oth_iso1}`, `{eng_iso3}`, `{oth_iso3}`, `{eng_macro}`, `{oth_macro}` (the
+    ISO 639-3 macrolanguage code where there is one, else the ISO 639-3 code),
+    `{iso1_pair}` / `{iso3_pair}` / `{macro_pair}` / `{flores_pair}` (the two
+    codes sorted and joined by `-`), `{eng_side}` / `{oth_side}` (`source` /
+    `target` by sorted macrolanguage-code order, Tatoeba style).
+    Multiway layout: `config` is filled per language with `{flores}`, `{iso1}`,
+    `{iso3}`, `{macro}`, and the two configs are aligned row by row (checked on `id_field`).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(description="hub dataset id, e.g. Helsinki-NLP/opus-100")
+    config: str | None = Field(None, description="config name template (see placeholders)")
+    split: str = Field("train", description="dataset split")
+    english_field: str = Field(description="field with the English side; dots go into nested mappings")
+    other_field: str = Field(description="field with the other language's side")
+    layout: Literal["paired", "multiway"] = Field("paired", description="one config per pair, or per language")
+    id_field: str | None = Field(None, description="multiway: column that must match row by row")
+
+
+HUB_PRESETS: dict[str, HubSource] = {
+    "opus-100": HubSource(name="Helsinki-NLP/opus-100", config="{iso1_pair}",
+                          english_field="translation.{eng_iso1}", other_field="translation.{oth_iso1}"),
+    "nllb": HubSource(name="allenai/nllb", config="{flores_pair}",
+                      english_field="translation.{eng_flores}", other_field="translation.{oth_flores}"),
+    "tatoeba": HubSource(name="Helsinki-NLP/tatoeba_mt", config="{macro_pair}", split="test",
+                         english_field="{eng_side}String", other_field="{oth_side}String"),
+    "flores-200": HubSource(name="openlanguagedata/flores_plus", config="{flores}", split="dev", layout="multiway",
+                            english_field="text", other_field="text", id_field="id"),
+}
+
+
+class ParallelDataConfig(BaseModel):
+    """Where (English, other) pairs come from and how they are sampled."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    languages: list[str] = Field(default_factory=list, description=(
+        "non-English languages to load (any code the language table knows; stored as FLORES-200 codes); "
+        "empty: every language the local files provide, or `subset` of `subsets_file`"))
+    subsets_file: str | None = Field(None, description="subsets.yaml written by python -m data_prep.select_languages")
+    subset: str | None = Field(None, description="name of a subset in `subsets_file` (e.g. featural_max_5)")
+    english: str = Field("eng_Latn", description="the English side's language code")
+    files: list[str] = Field(default_factory=list, description=(
+        "local files, globs or directories of <eng>-<lang>.{tsv,jsonl,parquet} files"))
+    hub: list[str | HubSource] = Field(default_factory=list, description=(
+        "hub sources tried in order for languages the files lack: preset names "
+        f"({', '.join(HUB_PRESETS)}) or a HubSource mapping"))
+    split: str | None = Field(None, description="override the split of every hub source")
+    on_missing: Literal["error", "skip"] = Field("error", description=(
+        "a language with no data: fail listing what is available, or skip it with a warning"))
+    max_pairs_per_language: int | None = Field(None, ge=1, description=(
+        "keep at most this many pairs per language (a seeded random sample)"))
+    min_chars: int = Field(1, ge=0, description="drop pairs whose either side is shorter than this after stripping")
+    temperature: float | None = Field(None, gt=0, description=(
+        "language sampling p_l ~ n_l^(1/T); null or inf: uniform over languages; 1: proportional to size"))
+    seed: int = Field(0, description="seed of sampling, shuffling and sharding")
+
+    @field_validator("english")
+    @classmethod
+    def _english(cls, v: str) -> str:
+        return language_table().flores(v, "english")
+
+    @field_validator("languages")
+    @classmethod
+    def _languages(cls, v: list[str]) -> list[str]:
+        return language_table().resolve(v, "languages")
+
+    @field_validator("hub")
+    @classmethod
+    def _hub(cls, v: list[str | HubSource]) -> list[str | HubSource]:
+        for item in v:
+            if isinstance(item, str) and item not in HUB_PRESETS:
+                raise ValueError(f"hub: unknown preset {item!r}; valid: {', '.join(HUB_PRESETS)} or a HubSource")
+        return v
+
+    @model_validator(mode="after")
+    def _subset(self) -> "ParallelDataConfig":
+        if (self.subset is None) != (self.subsets_file is None):
+            raise ValueError("subset and subsets_file go together: name a subset of a subsets.yaml")
+        if self.subset is not None and self.languages:
+            raise ValueError("give either languages or subset/subsets_file, not both")
+        if self.english in self.languages:
+            raise ValueError(f"languages: {self.english} is the English side; list only the other languages")
+        if not self.files and not self.hub:
+            raise ValueError("no data source: set files and/or hub")
+        return self
+
+
+class PairTable:
+    """The pairs of one language: parallel lists of English and other-language sentences."""
+
+    def __init__(self, english: list[str], other: list[str], source: str):
+        if len(english) != len(other):
+            raise ValueError(f"{source}: {len(english)} English sentences but {len(other)} translations")
+        self.english = english
+        self.other = other
+        self.source = source
+
+    def __len__(self) -> int:
+        return len(self.english)
+
+    def __getitem__(self, i: int) -> tuple[str, str]:
+        return self.english[i], self.other[i]
+
+
+@dataclass
+class ParallelCorpus:
+    """Pairs per language (FLORES code -> PairTable), English side `english`."""
+
+    english: str
+    tables: dict[str, PairTable]
+    skipped: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def languages(self) -> list[str]:
+        return sorted(self.tables)
+
+    def sizes(self) -> dict[str, int]:
+        return {lang: len(t) for lang, t in sorted(self.tables.items())}
+
+
+# ----------------------------------------------------------------------------------------- local files
+
+
+def _expand(patterns: list[str]) -> list[Path]:
+    files: list[Path] = []
+    for pattern in patterns:
+        p = Path(pattern)
+        if p.is_dir():
+            matches = sorted(f for f in p.iterdir() if f.suffix in FILE_SUFFIXES)
+        elif any(c in pattern for c in "*?["):
+            matches = sorted(Path(m) for m in glob.glob(pattern) if Path(m).is_file())
+        else:
+            matches = [p] if p.is_file() else []
+        if not matches:
+            raise FileNotFoundError(f"parallel data files: {pattern!r} matches no file "
+                                    f"(for generated demo data: python -m data_prep.make_parallel_data --out DIR)")
+        files += matches
+    return files
+
+
+def file_language(path: Path, english: str, table: LanguageTable) -> tuple[str, bool]:
+    """(other language's FLORES code, whether English is first) from a `<code>-<code>.<ext>` file name."""
+    parts = path.stem.split("-")
+    if len(parts) != 2 or path.suffix not in FILE_SUFFIXES:
+        raise ValueError(f"{path}: parallel files must be named <code>-<code>.(tsv|jsonl|json|parquet), "
+                         f"e.g. {english}-deu_Latn.jsonl")
+    codes = [table.flores(c, f"file name {path.name}") for c in parts]
+    if english not in codes or codes[0] == codes[1]:
+        raise ValueError(f"{path}: one side must be {english} and the other another language (got {codes})")
+    return (codes[1], True) if codes[0] == english else (codes[0], False)
+
+
+def _pick(record: dict, lang: str, table: LanguageTable, path: Path) -> str:
+    source = record.get("translation") if isinstance(record.get("translation"), dict) else record
+    for key, value in source.items():
+        if key in table and table.flores(key) == lang:
+            return value
+    raise ValueError(f"{path}: record has no field for {lang} (fields: {', '.join(source)}); "
+                     f"key each side by a language code, e.g. {{\"{lang}\": ...}}")
+
+
+def read_pair_file(path: Path, english: str, table: LanguageTable | None = None) -> tuple[str, list[str], list[str]]:
+    """One file -> (other language, English sentences, other sentences)."""
+    table = table or language_table()
+    lang, english_first = file_language(path, english, table)
+    if path.suffix == ".tsv":
+        eng, oth = [], []
+        with path.open(encoding="utf-8") as f:
+            for n, line in enumerate(f, 1):
+                cols = line.rstrip("\n").split("\t")
+                if len(cols) != 2:
+                    raise ValueError(f"{path}:{n}: expected 2 tab-separated columns, got {len(cols)}")
+                a, b = cols if english_first else cols[::-1]
+                eng.append(a)
+                oth.append(b)
+        return lang, eng, oth
+    if path.suffix == ".parquet":
+        records = pq.read_table(path).to_pylist()
+    else:
+        with path.open(encoding="utf-8") as f:
+            records = [json.loads(line) for line in f if line.strip()]
+    return lang, [_pick(r, english, table, path) for r in records], [_pick(r, lang, table, path) for r in records]
+
+
+def scan_files(patterns: list[str], english: str, table: LanguageTable | None = None) -> dict[str, list[Path]]:
+    """Language -> files that provide it (from file names only; nothing is read)."""
+    table = table or language_table()
+    out: dict[str, list[Path]] = {}
+    for path in _expand(patterns):
+        lang, _ = file_language(path, english, table)
+        out.setdefault(lang, []).append(path)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------- hub
+
+
+def _codes(lang: Language) -> dict[str, str | None]:
+    return {"flores": lang.flores, "iso1": lang.iso639_1, "iso3": lang.iso639_3,
+            "macro": lang.macrolanguage or lang.iso639_3}
+
+
+def hub_placeholders(english: Language, other: Language) -> dict[str, str]:
+    """Template values for a pair; ISO 639-1 entries are absent where a language has no such code."""
+    e, o = _codes(english), _codes(other)
+    values = {f"eng_{k}": v for k, v in e.items() if v} | {f"oth_{k}": v for k, v in o.items() if v}
+    for k in ("flores", "iso1", "iso3", "macro"):
+        if e[k] and o[k]:
+            values[f"{k}_pair"] = "-".join(sorted([e[k], o[k]]))
+    eng_first = e["macro"] <= o["macro"]
+    values["eng_side"], values["oth_side"] = ("source", "target") if eng_first else ("target", "source")
+    return values
+
+
+def _get(record: dict, dotted: str):
+    value = record
+    for part in dotted.split("."):
+        value = value[part]
+    return value
+
+
+def _fill(template: str, values: dict[str, str], what: str) -> str:
+    try:
+        return template.format(**values)
+    except KeyError as e:
+        raise LookupError(f"no {e.args[0]} code for {what}") from None
+
+
+def load_hub_pairs(source: HubSource, english: Language, other: Language,
+                   split: str | None = None) -> tuple[list[str], list[str]]:
+    """(English sentences, other sentences) of one language from a hub dataset.
+
+    Raises LookupError when the source cannot serve the language (no code for
+    its template, or the dataset/config does not load).
+    """
+    split = split or source.split
+    what = f"{other.flores} in {source.name}"
+    try:
+        if source.layout == "paired":
+            values = hub_placeholders(english, other)
+            config = _fill(source.config, values, what) if source.config else None
+            ds = datasets.load_dataset(source.name, config, split=split)
+            ef, of = _fill(source.english_field, values, what), _fill(source.other_field, values, what)
+            flat = ds.flatten()            # nested `translation.en` becomes a column of that name
+            if ef in flat.column_names and of in flat.column_names:
+                return list(flat[ef]), list(flat[of])
+            return [_get(r, ef) for r in ds], [_get(r, of) for r in ds]
+        sides = []
+        for lang in (english, other):
+            values = {k: v for k, v in _codes(lang).items() if v}
+            config = _fill(source.config, values, what) if source.config else None
+            sides.append(datasets.load_dataset(source.name, config, split=split))
+        eng_ds, oth_ds = sides
+        if len(eng_ds) != len(oth_ds) or (source.id_field and eng_ds[source.id_field] != oth_ds[source.id_field]):
+            raise LookupError(f"{what}: the {english.flores} and {other.flores} configs are not row-aligned")
+        return list(eng_ds[source.english_field]), list(oth_ds[source.other_field])
+    except LookupError:
+        raise
+    except Exception as e:  # noqa: BLE001 - any load failure means "this source lacks the language"
+        raise LookupError(f"{what}: {type(e).__name__}: {e}") from e
+
+
+# -------------------------------------------------------------------------------------------- loading
+
+
+def _requested_languages(cfg: ParallelDataConfig, available_files: dict[str, list[Path]]) -> list[str]:
+    if cfg.subset is not None:
+        from trainer.data.subsets import load_subsets
+
+        subsets = load_subsets(cfg.subsets_file)
+        if cfg.subset not in subsets:
+            raise ValueError(f"subset: {cfg.subset!r} is not in {cfg.subsets_file} "
+                             f"(subsets: {', '.join(sorted(subsets))})")
+        return subsets[cfg.subset]
+    if cfg.languages:
+        return list(cfg.languages)
+    if not available_files:
+        raise ValueError("languages: empty and no local files to take languages from; list the languages")
+    return sorted(available_files)
+
+
+def _clean(eng: list[str], oth: list[str], min_chars: int) -> tuple[list[str], list[str]]:
+    keep = [i for i, (a, b) in enumerate(zip(eng, oth))
+            if isinstance(a, str) and isinstance(b, str) and len(a.strip()) >= min_chars and len(b.strip()) >= min_chars]
+    return [eng[i].strip() for i in keep], [oth[i].strip() for i in keep]
+
+
+def load_parallel(cfg: ParallelDataConfig, table: LanguageTable | None = None) -> ParallelCorpus:
+    """Load the configured languages' pairs (files first, then hub sources in order)."""
+    table = table or language_table()
+    english = table.get(cfg.english)
+    by_lang = scan_files(cfg.files, english.flores, table) if cfg.files else {}
+    wanted = _requested_languages(cfg, by_lang)
+    hubs = [HUB_PRESETS[h] if isinstance(h, str) else h for h in cfg.hub]
+    tables: dict[str, PairTable] = {}
+    skipped: dict[str, str] = {}
+    for code in wanted:
+        lang = table.get(code)
+        tried: list[str] = []
+        eng: list[str] | None = None
+        if lang.flores in by_lang:
+            eng, oth = [], []
+            for path in by_lang[lang.flores]:
+                _, e, o = read_pair_file(path, english.flores, table)
+                eng += e
+                oth += o
+            where = ", ".join(str(p) for p in by_lang[lang.flores])
+        elif cfg.files:
+            tried.append("local files: none named for it")
+        if eng is None:
+            for hub in hubs:
+                try:
+                    eng, oth = load_hub_pairs(hub, english, lang, cfg.split)
+                    where = f"hub:{hub.name}"
+                    break
+                except LookupError as e:
+                    tried.append(f"hub {hub.name}: {e}")
+        if eng is not None:
+            eng, oth = _clean(eng, oth, cfg.min_chars)
+        if not eng:
+            available = ", ".join(f"{c} ({len(p)} file{'s' if len(p) > 1 else ''})" for c, p in sorted(by_lang.items()))
+            message = (f"no parallel data for {lang.flores} ({lang.name}); tried: {'; '.join(tried) or 'nothing'}; "
+                       f"available in local files: {available or 'none'}"
+                       + (f" (files: {', '.join(cfg.files)})" if cfg.files else ""))
+            if cfg.on_missing == "error":
+                raise ValueError(message)
+            log.warning("%s -- skipping it (on_missing: skip)", message)
+            skipped[lang.flores] = message
+            continue
+        if cfg.max_pairs_per_language is not None and len(eng) > cfg.max_pairs_per_language:
+            keep = np.sort(np.random.default_rng([cfg.seed, _stable(lang.flores)])
+                           .choice(len(eng), cfg.max_pairs_per_language, replace=False))
+            eng, oth = [eng[i] for i in keep], [oth[i] for i in keep]
+        tables[lang.flores] = PairTable(eng, oth, where)
+        log.info("%s: %d pairs from %s", lang.flores, len(eng), where)
+    if not tables:
+        raise ValueError("parallel data: no language has any data " + (f"({'; '.join(skipped.values())})" if skipped else ""))
+    return ParallelCorpus(english.flores, tables, skipped)
+
+
+# ------------------------------------------------------------------------------------------- sampling
+
+
+def language_probabilities(sizes: dict[str, int], temperature: float | None = None) -> dict[str, float]:
+    """p_l ~ n_l ** (1 / T) over languages with data; T None or inf: uniform."""
+    langs = sorted(lang for lang, n in sizes.items() if n > 0)
+    if not langs:
+        raise ValueError("no language has any pairs to sample from")
+    if temperature is None or math.isinf(temperature):
+        weights = np.ones(len(langs))
+    else:
+        if temperature <= 0:
+            raise ValueError(f"temperature must be > 0 (or None/inf for uniform), got {temperature}")
+        weights = np.array([sizes[lang] for lang in langs], dtype=np.float64) ** (1.0 / temperature)
+    weights /= weights.sum()
+    return dict(zip(langs, weights.tolist()))
+
+
+def _stable(text: str) -> int:
+    return zlib.crc32(text.encode("utf-8"))
+
+
+class BalancedPairStream(torch.utils.data.IterableDataset):
+    """Yields {"language", "english", "other", "id"} dicts, languages drawn with `language_probabilities`.
+
+    `rank`/`world_size` (and DataLoader workers, detected at iteration) select
+    a disjoint part of every language's examples. `num_samples`: examples this
+    rank yields in total (split over its workers); None = endless.
+    """
+
+    def __init__(self, corpus: ParallelCorpus, temperature: float | None = None, seed: int = 0,
+                 rank: int = 0, world_size: int = 1, num_samples: int | None = None):
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is not in [0, world_size={world_size})")
+        self.corpus = corpus
+        self.temperature = temperature
+        self.seed = seed
+        self.rank = rank
+        self.world_size = world_size
+        self.num_samples = num_samples
+        self.probabilities = language_probabilities(corpus.sizes(), temperature)
+
+    def shard_indices(self, lang: str, shard: int, num_shards: int) -> np.ndarray:
+        """The example indices of `lang` that belong to `shard` of `num_shards` (a seeded permutation, sliced)."""
+        n = len(self.corpus.tables[lang])
+        perm = np.random.default_rng([self.seed, _stable(lang)]).permutation(n)
+        part = perm[shard::num_shards]
+        if len(part) == 0:
+            raise ValueError(f"{lang} has {n} pairs, fewer than the {num_shards} shards "
+                             f"(ranks x DataLoader workers); every shard needs at least one")
+        return part
+
+    def __iter__(self) -> Iterator[dict]:
+        info = torch.utils.data.get_worker_info()
+        workers, worker = (info.num_workers, info.id) if info is not None else (1, 0)
+        shard, num_shards = self.rank * workers + worker, self.world_size * workers
+        langs = list(self.probabilities)
+        probs = np.array([self.probabilities[lang] for lang in langs])
+        parts = {lang: self.shard_indices(lang, shard, num_shards) for lang in langs}
+        cursor = {lang: 0 for lang in langs}
+        passes = {lang: 0 for lang in langs}
+        order = {lang: parts[lang] for lang in langs}
+        rng = np.random.default_rng([self.seed, shard, 1])
+        total = None
+        if self.num_samples is not None:
+            total = self.num_samples // workers + (1 if worker < self.num_samples % workers else 0)
+        produced = 0
+        draws: list[int] = []
+        while total is None or produced < total:
+            if not draws:      # draw languages in blocks of 4096 (deterministic in seed and shard)
+                draws = rng.choice(len(langs), size=4096, p=probs).tolist()[::-1]
+            lang = langs[draws.pop()]
+            if cursor[lang] == len(order[lang]):
+                passes[lang] += 1
+                cursor[lang] = 0
+                order[lang] = np.random.default_rng([self.seed, shard, _stable(lang), passes[lang]]).permutation(parts[lang])
+            i = int(order[lang][cursor[lang]])
+            cursor[lang] += 1
+            english, other = self.corpus.tables[lang][i]
+            yield {"language": lang, "english": english, "other": other, "id": f"{lang}:{i}"}
+            produced += 1
+
+
+def sample_pairs(corpus: ParallelCorpus, n: int, temperature: float | None = None, seed: int = 0,
+                 rank: int = 0, world_size: int = 1) -> list[dict]:
+    """The first `n` examples of a `BalancedPairStream` (convenience for tests and small jobs)."""
+    return list(BalancedPairStream(corpus, temperature, seed, rank, world_size, num_samples=n))
+
+
+def stream_from_config(cfg: ParallelDataConfig, rank: int = 0, world_size: int = 1,
+                       num_samples: int | None = None, table: LanguageTable | None = None) -> BalancedPairStream:
+    """Load the configured corpus and wrap it in a sampler with the configured temperature and seed."""
+    corpus = load_parallel(cfg, table)
+    return BalancedPairStream(corpus, cfg.temperature, cfg.seed, rank, world_size, num_samples)
+
+
+__all__ = ["HUB_PRESETS", "BalancedPairStream", "HubSource", "ParallelCorpus", "ParallelDataConfig", "PairTable",
+           "UnknownLanguageError", "file_language", "hub_placeholders", "language_probabilities", "load_hub_pairs",
+           "load_parallel", "read_pair_file", "sample_pairs", "scan_files", "stream_from_config"]

@@ -1,0 +1,564 @@
+"""Streamed, dual-tokenized, rank-sharded and exactly resumable batches over a shard manifest (M1, stage 1).
+
+    cfg = StreamConfig(manifest="data/fineweb-2B/manifest.json", max_length=512)
+    loader = StreamLoader(cfg, llm_tokenizer, nllb_tokenizer, batch_size=8,
+                          rank=rank, world_size=world_size, seed=job.seed)
+    batches = iter(loader)
+    batch = next(batches)          # llm_input_ids, llm_attention_mask, nllb_input_ids, nllb_attention_mask
+    state = loader.state_dict()    # save with the checkpoint
+    ...
+    loader.load_state_dict(state)  # a fresh loader resumes at the exact next batch
+
+Pipeline, and the choices made (see docs/streaming.md for the long form):
+
+1. Global document order per epoch, computed from the manifest's row counts
+   alone (no text is read): shards in a seeded random order, then a windowed
+   shuffle (documents permuted inside consecutive windows of `shuffle_window`).
+   Deterministic in (seed, epoch); different epochs differ.
+2. Consumers. There are `world_size * max(1, num_workers)` consumers; consumer
+   `rank * W + worker`.
+   - `split="document"` (default, efficient): consumer c reads the contiguous
+     slice [c*D/C, (c+1)*D/C) of the epoch's order (D documents, C consumers).
+     Every document is read by exactly one consumer per epoch, for any world
+     size and worker count, whatever the shard sizes; each consumer reads and
+     tokenizes only its own documents. A rank's batch sequence is deterministic
+     in (seed, world_size, num_workers) but changes with them.
+   - `split="batch"` (reproducible across world sizes): every consumer walks
+     the whole order, chunks it and forms the same global batch sequence; global
+     batch k goes to rank k % world_size (and, inside a rank, to worker
+     (k // world_size) % W, matching the DataLoader's round robin). A 1-rank run
+     with gradient accumulation 2 then sees exactly the batches of a 2-rank
+     run. Cost: every consumer tokenizes everything, so throughput per consumer
+     is divided by world_size * W. For tests and small equivalence runs.
+3. Dual tokenization (`DualChunker`): each document is tokenized once by each
+   tokenizer with character offsets, and cut at positions that are token
+   boundaries in BOTH tokenizations, greedily as far as both views (special
+   tokens included) stay <= max_length, preferring sentence ends. A view is
+   then the tokenizer's own prefix/suffix specials around the slice of the
+   document's ids. Both views therefore cover exactly the same text span; no
+   truncation anywhere. A stretch without a common boundary that does not fit
+   (an over-long "word") is hard-split by characters and tokenized piece by piece.
+4. Pools and batches: chunks are gathered into pools of `pool_batches *
+   batch_size`; a pool is shuffled (or sorted by length, with `length_bucketing`,
+   whose batches are then shuffled) and cut into batches, padded dynamically to
+   the longest sequence of the batch on each tokenizer's `padding_side`.
+5. State: per consumer (epoch, position of the current pool's first chunk as
+   (document, chunk) in the consumer's order, global batch index of the pool,
+   batches of the pool already taken) plus which worker yields next. Resuming
+   re-reads one shard and re-tokenizes at most one pool of chunks; skipped
+   documents are never read (their position is arithmetic on the order).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any, Iterator, Literal
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from transformers import PreTrainedTokenizerBase
+
+from trainer.data.shards import Manifest, ShardError, load_manifest, missing_shards, read_shard_texts
+
+STATE_FORMAT = "trainer.stream/1"
+SENTENCE_ENDS = ".!?…。！？"
+WHITESPACE = np.array([c for c in range(0x3001) if chr(c).isspace()], dtype=np.uint32)
+MIN_FILL = 0.5  # a sentence-end (else word-start) cut is preferred when it keeps >= this share of the longest cut
+TOKENIZE_GROUP = 8  # documents tokenized per encode_batch call
+
+
+class StreamConfig(BaseModel):
+    """Streaming reader settings (the data section of a stage-1 job)."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    manifest: str = Field(description="Shard manifest (manifest.json, or its folder) from data_prep.fineweb_shards")
+    max_length: int = Field(512, gt=0, description="Most tokens per example in EACH view, special tokens included; "
+                                                   "documents are cut into spans that fit both tokenizers")
+    split: Literal["document", "batch"] = Field(
+        "document", description="document: each consumer (rank x worker) reads its own contiguous slice of the "
+                                "epoch's document order (efficient); batch: every consumer builds the global batch "
+                                "sequence and keeps batch k if k % world_size == rank (same global batches for any "
+                                "world size; costs world_size x workers tokenization)")
+    shuffle: bool = Field(True, description="Seeded shuffling of shard order, documents (window) and chunks (pool)")
+    shuffle_window: int = Field(10_000, ge=1, description="Documents are permuted inside consecutive windows of this "
+                                                          "many documents of the shard-shuffled order; memory grows "
+                                                          "with it (texts of the shards a window spans)")
+    pool_batches: int = Field(8, ge=1, description="Chunks are shuffled (or length-bucketed) in pools of "
+                                                   "pool_batches x batch_size; resuming re-tokenizes at most one pool")
+    length_bucketing: bool = Field(False, description="Sort each pool by length before cutting it into batches "
+                                                      "(less padding), then shuffle the batches")
+    drop_last: bool = Field(False, description="Drop a consumer's short last batch of each epoch (loses at most "
+                                               "batch_size - 1 chunks per consumer per epoch)")
+    epochs: int | None = Field(None, gt=0, description="Stop after this many epochs; null streams forever "
+                                                       "(epoch e+1 reshuffles with seed and epoch)")
+    num_workers: int = Field(0, ge=0, description="DataLoader worker processes per rank; 0 reads in the training "
+                                                  "process. 0 and 1 give the same batch sequence")
+    prefetch_factor: int = Field(4, gt=0, description="Batches each worker prepares ahead (num_workers > 0)")
+    verify_checksums: bool = Field(True, description="Check each shard's sha256 against the manifest on read "
+                                                     "(hashing the bytes that are read anyway)")
+    return_text: bool = Field(False, description="Add text (list of spans), doc_index and chunk_index ([batch] "
+                                                 "LongTensors) to each batch, for tests and debugging")
+
+    def sequence_key(self) -> dict[str, Any]:
+        """The settings that determine the batch sequence (a resume state must match them)."""
+        return self.model_dump(include={"max_length", "split", "shuffle", "shuffle_window", "pool_batches",
+                                        "length_bucketing", "drop_last", "epochs"})
+
+
+# ---------------------------------------------------------------- dual tokenization
+
+
+@dataclass
+class Chunk:
+    """One example: a text span and its two views (special tokens included, unpadded)."""
+
+    text: str
+    llm_ids: np.ndarray  # [n_llm] int64, <= max_length
+    nllb_ids: np.ndarray  # [n_nllb] int64, <= max_length
+
+
+class _View:
+    """One tokenizer as the chunker needs it: fast backend, special-token prefix/suffix, budget."""
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, name: str, max_length: int):
+        self.backend = getattr(tokenizer, "backend_tokenizer", None)
+        if self.backend is None:
+            raise ValueError(f"{name} tokenizer {type(tokenizer).__name__} is not a fast tokenizer: the stream "
+                             f"needs character offsets (load it with AutoTokenizer, use_fast=True)")
+        probe = "hello world"
+        plain = list(tokenizer(probe, add_special_tokens=False)["input_ids"])
+        full = list(tokenizer(probe)["input_ids"])
+        for start in range(len(full) - len(plain) + 1):
+            if full[start:start + len(plain)] == plain:
+                self.prefix, self.suffix = full[:start], full[start + len(plain):]
+                break
+        else:
+            raise ValueError(f"{name} tokenizer: its special tokens do not wrap the text (got {full} for {plain}); "
+                             f"only prefix/suffix templates are supported")
+        self.budget = max_length - len(self.prefix) - len(self.suffix)
+        if self.budget < 1:
+            raise ValueError(f"max_length={max_length} leaves no room for text in the {name} view "
+                             f"({len(self.prefix) + len(self.suffix)} special tokens)")
+        self.name = name
+
+    def encode(self, texts: list[str]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """texts -> [(ids [n], offsets [n, 2] in characters)] without special tokens."""
+        out = []
+        for enc in self.backend.encode_batch(texts, add_special_tokens=False):
+            ids = np.asarray(enc.ids, dtype=np.int64)
+            offsets = np.asarray(enc.offsets, dtype=np.int64).reshape(-1, 2)
+            out.append((ids, offsets))
+        return out
+
+    def wrap(self, ids: np.ndarray) -> np.ndarray:
+        return np.concatenate([np.asarray(self.prefix, dtype=np.int64), ids,
+                               np.asarray(self.suffix, dtype=np.int64)])
+
+
+def _canonical_starts(offsets: np.ndarray, nonws: np.ndarray, n_chars: int) -> tuple[np.ndarray, np.ndarray]:
+    """Token starts moved forward past whitespace, and the positions where a clean cut is possible.
+
+    A token's canonical start is the first non-space character at or after its
+    start (so " word" and "word" both start at "w"). A position P is a cut when
+    the first token with canonical start P begins at or after the end of the
+    previous token (no token straddles it).
+    """
+    starts, ends = offsets[:, 0], offsets[:, 1]
+    idx = np.searchsorted(nonws, starts)
+    cs = np.where(idx < len(nonws), nonws[np.minimum(idx, len(nonws) - 1)], n_chars)
+    cs = np.maximum.accumulate(cs) if len(cs) else cs
+    first = np.ones(len(cs), dtype=bool)
+    first[1:] = cs[1:] != cs[:-1]
+    clean = np.ones(len(cs), dtype=bool)
+    clean[1:] = ends[:-1] <= starts[1:]
+    return cs, cs[first & clean]
+
+
+class DualChunker:
+    """Cut documents into spans whose LLM view and NLLB view both fit `max_length`.
+
+    `chunk_documents(texts)` -> for each text a list of `Chunk`s (possibly empty
+    for a blank text). Concatenated, a document's chunk texts give back the
+    document up to whitespace. Each view = the tokenizer's specials around the
+    slice of the document-level token ids between two common token boundaries,
+    so both views decode to the same span. Greedy: each chunk extends to the
+    farthest common boundary that fits both budgets; the farthest sentence end
+    (else the farthest word start) is taken instead when it keeps at least half
+    of that length, so cuts inside words happen only for over-long words.
+    """
+
+    def __init__(self, llm_tokenizer: PreTrainedTokenizerBase, nllb_tokenizer: PreTrainedTokenizerBase,
+                 max_length: int):
+        self.max_length = max_length
+        self.llm = _View(llm_tokenizer, "llm", max_length)
+        self.nllb = _View(nllb_tokenizer, "nllb", max_length)
+
+    def chunk_documents(self, texts: list[str]) -> list[list[Chunk]]:
+        llm, nllb = self.llm.encode(texts), self.nllb.encode(texts)
+        return [self._chunk(t, *a, *b) for t, a, b in zip(texts, llm, nllb)]
+
+    def chunk(self, text: str) -> list[Chunk]:
+        return self.chunk_documents([text])[0]
+
+    def _chunk(self, doc: str, l_ids, l_off, n_ids, n_off) -> list[Chunk]:
+        codes = np.frombuffer(doc.encode("utf-32-le"), dtype=np.uint32)
+        is_ws = np.isin(codes, WHITESPACE)
+        nonws = np.flatnonzero(~is_ws)
+        if len(nonws) == 0:
+            return []
+        n_chars = len(doc)
+        l_cs, l_cuts = _canonical_starts(l_off, nonws, n_chars)
+        n_cs, n_cuts = _canonical_starts(n_off, nonws, n_chars)
+        common = np.intersect1d(l_cuts, n_cuts)
+        common = common[(common > nonws[0]) & (common < n_chars)]
+        # Sentence cuts: the previous non-space character ends a sentence, or a newline lies between.
+        prev = nonws[np.searchsorted(nonws, common) - 1]
+        newlines = np.cumsum(codes == 10)
+        sentence = np.isin(codes[prev], np.frombuffer(SENTENCE_ENDS.encode("utf-32-le"), dtype=np.uint32))
+        sentence |= newlines[common - 1] > newlines[prev]
+        preferred = (common[sentence], common[is_ws[common - 1]])  # sentence ends, then word starts
+        bl, bn = self.llm.budget, self.nllb.budget
+        chunks: list[Chunk] = []
+        pos = int(nonws[0])
+        while True:
+            kl, kn = np.searchsorted(l_cs, pos), np.searchsorted(n_cs, pos)
+            if len(l_cs) - kl <= bl and len(n_cs) - kn <= bn:  # the rest fits: one last chunk
+                chunks.append(Chunk(doc[pos:].strip(), self.llm.wrap(l_ids[kl:]), self.nllb.wrap(n_ids[kn:])))
+                return chunks
+            limit = min(l_cs[kl + bl] if kl + bl < len(l_cs) else n_chars + 1,
+                        n_cs[kn + bn] if kn + bn < len(n_cs) else n_chars + 1)
+            lo = np.searchsorted(common, pos, side="right")
+            hi = np.searchsorted(common, limit, side="right")
+            if hi > lo:
+                cut = int(common[hi - 1])
+                size = max(np.searchsorted(l_cs, cut) - kl, np.searchsorted(n_cs, cut) - kn)
+                for cuts in preferred:
+                    s = np.searchsorted(cuts, limit, side="right") - 1
+                    if s >= 0 and cuts[s] > pos:
+                        alt = int(cuts[s])
+                        if max(np.searchsorted(l_cs, alt) - kl, np.searchsorted(n_cs, alt) - kn) >= \
+                                MIN_FILL * size:
+                            cut = alt
+                            break
+                el, en = np.searchsorted(l_cs, cut), np.searchsorted(n_cs, cut)
+                chunks.append(Chunk(doc[pos:cut].strip(), self.llm.wrap(l_ids[kl:el]),
+                                    self.nllb.wrap(n_ids[kn:en])))
+                pos = cut
+            else:  # no common boundary fits: hard-split the stretch up to the next one
+                end = int(common[lo]) if lo < len(common) else n_chars
+                chunks += self._hard_split(doc, pos, end)
+                if end == n_chars:
+                    return chunks
+                pos = end
+
+    def _hard_split(self, doc: str, start: int, end: int) -> list[Chunk]:
+        """Pieces of doc[start:end], each the longest prefix whose separate tokenizations both fit."""
+        pieces = []
+        while start < end and doc[start:end].strip():
+            lo, hi = start + 1, end  # invariant: doc[start:lo] fits (checked below), search the largest
+            if not self._fits(doc[start:lo]):
+                raise ValueError(f"max_length={self.max_length} cannot hold even the character {doc[start]!r}")
+            while lo < hi:
+                mid = (lo + hi + 1) // 2
+                if self._fits(doc[start:mid]):
+                    lo = mid
+                else:
+                    hi = mid - 1
+            text = doc[start:lo]
+            (l_ids, _), = self.llm.encode([text])
+            (n_ids, _), = self.nllb.encode([text])
+            if text.strip():
+                pieces.append(Chunk(text.strip(), self.llm.wrap(l_ids), self.nllb.wrap(n_ids)))
+            start = lo
+        return pieces
+
+    def _fits(self, text: str) -> bool:
+        (l_ids, _), = self.llm.encode([text])
+        (n_ids, _), = self.nllb.encode([text])
+        return len(l_ids) <= self.llm.budget and len(n_ids) <= self.nllb.budget
+
+
+# ---------------------------------------------------------------- order and batches
+
+
+def epoch_order(rows: list[int], seed: int, epoch: int, shuffle: bool = True, window: int = 10_000) -> np.ndarray:
+    """The epoch's global document order: [D] int64 global document ids (shard offset + row).
+
+    Shards in a random order, then documents permuted inside consecutive windows
+    of `window` documents. Deterministic in (seed, epoch); identity without shuffle.
+    """
+    offsets = np.concatenate([[0], np.cumsum(rows, dtype=np.int64)])
+    if not shuffle:
+        return np.arange(offsets[-1], dtype=np.int64)
+    rng = np.random.default_rng([seed & 0xFFFFFFFF, epoch, 0xD0C5])
+    perm = rng.permutation(len(rows))
+    order = np.concatenate([np.arange(offsets[s], offsets[s + 1], dtype=np.int64) for s in perm] or
+                           [np.zeros(0, dtype=np.int64)])
+    if window > 1 and len(order) > 1:
+        keys = rng.random(len(order))
+        order = order[np.lexsort((keys, np.arange(len(order)) // window))]
+    return order
+
+
+def consumer_slice(num_docs: int, consumer: int, consumers: int) -> tuple[int, int]:
+    """[lo, hi) of the epoch order that consumer `consumer` of `consumers` reads (split="document")."""
+    return num_docs * consumer // consumers, num_docs * (consumer + 1) // consumers
+
+
+class _ShardCache:
+    """Texts of the most recently used shards of one consumer (bounded LRU)."""
+
+    def __init__(self, manifest: Manifest, capacity: int, checksum: bool):
+        self.manifest, self.capacity, self.checksum = manifest, capacity, checksum
+        self.offsets = np.concatenate([[0], np.cumsum([s.rows for s in manifest.shards], dtype=np.int64)])
+        self.cache: OrderedDict[int, list[str]] = OrderedDict()
+
+    def text(self, doc: int) -> str:
+        shard = int(np.searchsorted(self.offsets, doc, side="right") - 1)
+        if shard not in self.cache:
+            self.cache[shard] = read_shard_texts(self.manifest, shard, self.checksum)
+            while len(self.cache) > self.capacity:
+                self.cache.popitem(last=False)
+        self.cache.move_to_end(shard)
+        return self.cache[shard][doc - int(self.offsets[shard])]
+
+
+def pad_batch(seqs: list[np.ndarray], pad_id: int, side: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sequences -> (ids [batch, longest] LongTensor, attention mask [batch, longest]), padded on `side`."""
+    longest = max(len(s) for s in seqs)
+    ids = np.full((len(seqs), longest), pad_id, dtype=np.int64)
+    mask = np.zeros((len(seqs), longest), dtype=np.int64)
+    for i, s in enumerate(seqs):
+        if side == "left":
+            ids[i, longest - len(s):], mask[i, longest - len(s):] = s, 1
+        else:
+            ids[i, :len(s)], mask[i, :len(s)] = s, 1
+    return torch.from_numpy(ids), torch.from_numpy(mask)
+
+
+def _fresh_state() -> dict[str, int]:
+    return {"epoch": 0, "doc": 0, "chunk": 0, "batch": 0, "skip": 0}
+
+
+class StreamDataset(IterableDataset):
+    """The per-process part of the stream; use it through `StreamLoader`, which owns the resume state.
+
+    Iterating yields collated batches with an extra `_stream_state` entry (JSON:
+    logical worker and its state after this batch) that `StreamLoader` removes.
+    """
+
+    def __init__(self, cfg: StreamConfig, manifest: Manifest, llm_tokenizer: PreTrainedTokenizerBase,
+                 nllb_tokenizer: PreTrainedTokenizerBase, batch_size: int, rank: int, world_size: int, seed: int):
+        self.cfg, self.manifest = cfg, manifest
+        self.batch_size, self.rank, self.world_size, self.seed = batch_size, rank, world_size, seed
+        self.workers = max(1, cfg.num_workers)
+        self.chunker = DualChunker(llm_tokenizer, nllb_tokenizer, cfg.max_length)
+        self.pad = {}
+        for name, tok in (("llm", llm_tokenizer), ("nllb", nllb_tokenizer)):
+            if tok.pad_token_id is None:
+                raise ValueError(f"the {name} tokenizer has no pad token: set tokenizer.pad_token "
+                                 f"(for Llama 3, the EOS token) before building the stream")
+            self.pad[name] = (tok.pad_token_id, tok.padding_side)
+        self.rows = [s.rows for s in manifest.shards]
+        min_rows = max(1, min((r for r in self.rows if r), default=1))
+        window = cfg.shuffle_window if cfg.shuffle else 1
+        self.cache_shards = math.ceil(window / min_rows) + 1
+        self.resume: tuple[list[dict | None], int] = ([None] * self.workers, 0)
+
+    # --- what each consumer reads and owns
+
+    def _docs(self, epoch: int, worker: int) -> np.ndarray:
+        order = epoch_order(self.rows, self.seed, epoch, self.cfg.shuffle, self.cfg.shuffle_window)
+        if self.cfg.split == "batch":
+            return order
+        lo, hi = consumer_slice(len(order), self.rank * self.workers + worker, self.world_size * self.workers)
+        return order[lo:hi]
+
+    def _owns(self, batch: int, worker: int) -> bool:
+        if self.cfg.split == "document":
+            return True
+        return batch % self.world_size == self.rank and (batch // self.world_size) % self.workers == worker
+
+    def _pool_rng(self, epoch: int, batch: int, worker: int) -> np.random.Generator:
+        stream = 2 ** 31 if self.cfg.split == "batch" else self.rank * self.workers + worker
+        return np.random.default_rng([self.seed & 0xFFFFFFFF, epoch, batch, stream, 0xB00C])
+
+    # --- iteration
+
+    def _chunks(self, docs: np.ndarray, doc: int, chunk: int, cache: _ShardCache) -> Iterator[tuple]:
+        """(chunk, global doc id, chunk index, position after it) from position (doc, chunk) of `docs`."""
+        start_doc = doc
+        while doc < len(docs):
+            group = docs[doc:doc + TOKENIZE_GROUP]
+            chunked = self.chunker.chunk_documents([cache.text(int(g)) for g in group])
+            for k, chunks in enumerate(chunked):
+                d = doc + k
+                for j in range(chunk if d == start_doc else 0, len(chunks)):
+                    after = (d, j + 1) if j + 1 < len(chunks) else (d + 1, 0)
+                    yield chunks[j], int(group[k]), j, after
+            doc += len(group)
+
+    def _pool_batches(self, pool: list[tuple], rng: np.random.Generator, final: bool) -> list[list[tuple]]:
+        bs = self.batch_size
+        if self.cfg.length_bucketing:
+            lengths = np.array([len(c.llm_ids) + len(c.nllb_ids) for c, *_ in pool])
+            order = np.lexsort((rng.random(len(pool)), lengths))
+        elif self.cfg.shuffle:
+            order = rng.permutation(len(pool))
+        else:
+            order = np.arange(len(pool))
+        batches = [[pool[i] for i in order[s:s + bs]] for s in range(0, len(pool), bs)]
+        if self.cfg.length_bucketing and self.cfg.shuffle:
+            batches = [batches[i] for i in rng.permutation(len(batches))]
+        if final and self.cfg.drop_last:
+            batches = [b for b in batches if len(b) == bs]
+        return batches
+
+    def _collate(self, items: list[tuple]) -> dict[str, Any]:
+        chunks = [c for c, *_ in items]
+        llm_ids, llm_mask = pad_batch([c.llm_ids for c in chunks], *self.pad["llm"])
+        nllb_ids, nllb_mask = pad_batch([c.nllb_ids for c in chunks], *self.pad["nllb"])
+        batch: dict[str, Any] = {"llm_input_ids": llm_ids, "llm_attention_mask": llm_mask,
+                                 "nllb_input_ids": nllb_ids, "nllb_attention_mask": nllb_mask}
+        if self.cfg.return_text:
+            batch["text"] = [c.text for c in chunks]
+            batch["doc_index"] = torch.tensor([d for _, d, _, _ in items], dtype=torch.long)
+            batch["chunk_index"] = torch.tensor([j for _, _, j, _ in items], dtype=torch.long)
+        return batch
+
+    def consumer_batches(self, worker: int, state: dict | None) -> Iterator[tuple[dict, dict]]:
+        """(batch, state after it) for logical worker `worker` of this rank, from `state` (None: the start)."""
+        state = dict(state or _fresh_state())
+        cache = _ShardCache(self.manifest, self.cache_shards, self.cfg.verify_checksums)
+        pool_size = self.cfg.pool_batches * self.batch_size
+        while self.cfg.epochs is None or state["epoch"] < self.cfg.epochs:
+            epoch = state["epoch"]
+            docs = self._docs(epoch, worker)
+            chunks = self._chunks(docs, state["doc"], state["chunk"], cache)
+            while True:
+                pool = []
+                after = (state["doc"], state["chunk"])
+                for item in chunks:
+                    pool.append(item)
+                    after = item[3]
+                    if len(pool) == pool_size:
+                        break
+                if not pool:
+                    break
+                final = len(pool) < pool_size
+                batches = self._pool_batches(pool, self._pool_rng(epoch, state["batch"], worker), final)
+                next_pool = {"epoch": epoch, "doc": after[0], "chunk": after[1],
+                             "batch": state["batch"] + len(batches), "skip": 0}
+                for i in range(state["skip"], len(batches)):
+                    if not self._owns(state["batch"] + i, worker):
+                        continue
+                    now = next_pool if i + 1 == len(batches) else {**state, "skip": i + 1}
+                    yield self._collate(batches[i]), now
+                state = next_pool
+            state = {"epoch": epoch + 1, "doc": 0, "chunk": 0, "batch": state["batch"], "skip": 0}
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        info = get_worker_info()
+        physical = info.id if info is not None else 0
+        states, rotation = self.resume
+        worker = (physical + rotation) % self.workers
+        for batch, state in self.consumer_batches(worker, states[worker]):
+            batch["_stream_state"] = json.dumps({"worker": worker, "state": state})
+            yield batch
+
+
+# ---------------------------------------------------------------- the loader
+
+
+class StreamLoader:
+    """Batches for one rank, with exact resume (see the module doc for the order and the split).
+
+    Args:
+        cfg: StreamConfig (manifest, max_length, split, shuffling, workers, ...).
+        llm_tokenizer, nllb_tokenizer: fast HF tokenizers with pad tokens; set the NLLB tokenizer's
+            `src_lang` first (its language code is read once, here). Padding side: each tokenizer's.
+        batch_size: examples (chunks) per micro-batch on this rank.
+        rank, world_size: this process's data-parallel rank and the number of ranks.
+        seed: shuffling seed (the job seed); the order also depends on the epoch.
+
+    Iterating yields dicts with `llm_input_ids`, `llm_attention_mask`, `nllb_input_ids`,
+    `nllb_attention_mask` ([batch, seq] LongTensors, seq = the longest in the batch per view,
+    <= max_length), plus `text`, `doc_index`, `chunk_index` with `cfg.return_text`. The stream
+    is endless unless `cfg.epochs` is set. Iterating again continues where the last iterator
+    stopped; use one iterator at a time. `state_dict()` describes the position after the last
+    batch handed out; `load_state_dict()` on a new loader (same config, manifest, seed, rank,
+    world size, worker count) continues with the very next batch.
+    """
+
+    def __init__(self, cfg: StreamConfig, llm_tokenizer: PreTrainedTokenizerBase,
+                 nllb_tokenizer: PreTrainedTokenizerBase, batch_size: int, rank: int = 0, world_size: int = 1,
+                 seed: int = 0):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be positive (got {batch_size})")
+        if world_size < 1 or not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is not in [0, world_size={world_size})")
+        manifest = load_manifest(cfg.manifest)
+        if not manifest.complete:
+            raise ShardError(f"{manifest.root}: manifest is marked incomplete; finish it by re-running "
+                             f"python -m data_prep.fineweb_shards with the same arguments")
+        missing = missing_shards(manifest)
+        if missing:
+            raise ShardError(f"{manifest.root}: {len(missing)} shard(s) listed in the manifest are missing: "
+                             + ", ".join(missing[:20]) + (" ..." if len(missing) > 20 else ""))
+        if manifest.num_rows == 0:
+            raise ShardError(f"{manifest.root}: the manifest lists no documents")
+        self.cfg, self.manifest = cfg, manifest
+        self.dataset = StreamDataset(cfg, manifest, llm_tokenizer, nllb_tokenizer, batch_size, rank, world_size,
+                                     seed)
+        self.workers = self.dataset.workers
+        self._states: list[dict | None] = [None] * self.workers
+        self._next_worker = 0
+        self.batches_seen = 0
+
+    @property
+    def num_documents(self) -> int:
+        return self.manifest.num_rows
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        self.dataset.resume = (list(self._states), self._next_worker)
+        if self.cfg.num_workers == 0:
+            source: Any = iter(self.dataset)
+        else:
+            source = DataLoader(self.dataset, batch_size=None, num_workers=self.cfg.num_workers,
+                                prefetch_factor=self.cfg.prefetch_factor, persistent_workers=False)
+        for batch in source:
+            info = json.loads(batch.pop("_stream_state"))
+            self._states[info["worker"]] = info["state"]
+            self._next_worker = (info["worker"] + 1) % self.workers
+            self.batches_seen += 1
+            yield batch
+
+    def _key(self) -> dict[str, Any]:
+        d = self.dataset
+        return {"manifest": self.manifest.fingerprint(), "seed": d.seed, "rank": d.rank,
+                "world_size": d.world_size, "workers": self.workers, "batch_size": d.batch_size,
+                "config": self.cfg.sequence_key()}
+
+    def state_dict(self) -> dict[str, Any]:
+        """Position after the last batch handed out: per-worker states, the next worker, and the settings
+        they are valid for (JSON-serialisable)."""
+        return {"format": STATE_FORMAT, **self._key(), "states": [dict(s) if s else None for s in self._states],
+                "next_worker": self._next_worker, "batches_seen": self.batches_seen}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from `state` (from `state_dict()` of a loader with the same settings)."""
+        if state.get("format") != STATE_FORMAT:
+            raise ValueError(f"stream state: format {state.get('format')!r}, expected {STATE_FORMAT!r}")
+        key = self._key()
+        wrong = [f"{k} (state {state.get(k)!r}, now {v!r})" for k, v in key.items() if state.get(k) != v]
+        if wrong:
+            raise ValueError("stream state was saved with other settings: " + "; ".join(wrong))
+        self._states = [dict(s) if s else None for s in state["states"]]
+        self._next_worker = int(state["next_worker"])
+        self.batches_seen = int(state.get("batches_seen", 0))

@@ -1,0 +1,199 @@
+"""URIEL typological feature vectors and the angular distance of the realignment study (M3).
+
+Data: `trainer/data/uriel_features.csv`, built from the URIEL data that the
+`lang2vec` package ships (see `data_prep/build_uriel_features.py`), so nothing
+is downloaded and no extra package is needed at run time. Per NLLB-200
+language it holds 289 features (103 syntax, 28 phonology, 158 inventory) twice:
+
+- `observed`: URIEL's values averaged over its sources; missing where no
+  source has the feature (lang2vec `*_average` sets);
+- `knn`: lang2vec's k-nearest-neighbour predictions, complete (`*_knn` sets).
+
+Missing values are NaN in every array this module returns (the CSV leaves
+the cell empty; lang2vec's own files use -1).
+
+Feature modes (`feature_matrix(..., mode=)`):
+
+- `imputed` (default): observed values, with each missing value filled from
+  the kNN prediction. Every pair of languages then has all 289 features in
+  common. This is how the study's sparse pool languages (Tswana, Twi,
+  Kazakh, Nyanja, ... with few or no observed features) get a distance.
+- `observed`: observed values only; a distance is computed over the features
+  both languages have, and is undefined (NaN) when they share fewer than
+  `min_shared` features. Callers must not treat NaN as 0.
+- `knn`: the kNN predictions only.
+"""
+
+from __future__ import annotations
+
+import csv
+import functools
+from dataclasses import dataclass
+from importlib import resources
+from typing import Literal, Sequence
+
+import numpy as np
+
+FEATURE_FILE = "uriel_features.csv"
+FeatureMode = Literal["imputed", "observed", "knn"]
+FEATURE_MODES: tuple[str, ...] = ("imputed", "observed", "knn")
+
+
+@dataclass(frozen=True)
+class UrielTable:
+    """Observed and kNN feature arrays ([n_languages, n_features], NaN = missing), rows keyed by FLORES code."""
+
+    languages: tuple[str, ...]
+    uriel_codes: tuple[str, ...]
+    features: tuple[str, ...]
+    observed: np.ndarray
+    knn: np.ndarray
+
+    def row(self, flores: str) -> int:
+        """Row index of a FLORES code; KeyError naming the code if URIEL has no data for it."""
+        try:
+            return self.languages.index(flores)
+        except ValueError:
+            raise KeyError(f"no URIEL features for {flores!r} in trainer/data/{FEATURE_FILE} "
+                           f"({len(self.languages)} languages available)") from None
+
+
+@functools.lru_cache(maxsize=1)
+def load_uriel() -> UrielTable:
+    """The shipped feature table (read once)."""
+    text = resources.files("trainer.data").joinpath(FEATURE_FILE).read_text(encoding="utf-8")
+    rows = csv.reader(line for line in text.splitlines() if not line.startswith("#"))
+    header = next(rows)
+    features = tuple(header[3:])
+    langs: list[str] = []
+    codes: list[str] = []
+    obs: list[list[float]] = []
+    knn: list[list[float]] = []
+    for row in rows:
+        values = [float(x) if x else np.nan for x in row[3:]]
+        if row[2] == "observed":
+            langs.append(row[0])
+            codes.append(row[1])
+            obs.append(values)
+        elif row[2] == "knn":
+            if not langs or langs[-1] != row[0]:
+                raise ValueError(f"trainer/data/{FEATURE_FILE}: knn row for {row[0]} must follow its observed row")
+            knn.append(values)
+        else:
+            raise ValueError(f"trainer/data/{FEATURE_FILE}: kind must be observed or knn, got {row[2]!r}")
+    return UrielTable(tuple(langs), tuple(codes), features, np.array(obs), np.array(knn))
+
+
+def feature_matrix(languages: Sequence[str], mode: FeatureMode = "imputed") -> np.ndarray:
+    """Feature vectors [len(languages), 289] for FLORES codes (NaN = missing; see module doc for modes)."""
+    if mode not in FEATURE_MODES:
+        raise ValueError(f"features mode {mode!r} is not one of {', '.join(FEATURE_MODES)}")
+    table = load_uriel()
+    idx = [table.row(code) for code in languages]
+    observed, knn = table.observed[idx], table.knn[idx]
+    if mode == "observed":
+        return observed.copy()
+    if mode == "knn":
+        return knn.copy()
+    return np.where(np.isnan(observed), knn, observed)
+
+
+def observed_counts(languages: Sequence[str]) -> dict[str, int]:
+    """Number of observed (not imputed) URIEL features per language."""
+    table = load_uriel()
+    return {code: int((~np.isnan(table.observed[table.row(code)])).sum()) for code in languages}
+
+
+def angular_distance(u: np.ndarray, v: np.ndarray, min_shared: int = 1) -> float:
+    """`arccos(u.v / (|u| |v|)) / pi` over the features both vectors have (NaN = missing).
+
+    Returns NaN (undefined, never 0) when fewer than `min_shared` features are
+    shared or either restricted vector is all zeros. Range [0, 1].
+    """
+    u = np.asarray(u, dtype=np.float64)
+    v = np.asarray(v, dtype=np.float64)
+    both = ~np.isnan(u) & ~np.isnan(v)
+    if both.sum() < max(min_shared, 1):
+        return float("nan")
+    a, b = u[both], v[both]
+    denom = np.linalg.norm(a) * np.linalg.norm(b)
+    if denom == 0:
+        return float("nan")
+    return float(np.arccos(np.clip(a @ b / denom, -1.0, 1.0)) / np.pi)
+
+
+def pairwise_angular_distances(x: np.ndarray, min_shared: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """All pairwise `angular_distance`s of the rows of `x` [n, f] (NaN = missing feature).
+
+    Returns (distances [n, n] with NaN where undefined and 0 on the diagonal,
+    shared-feature counts [n, n]).
+    """
+    x = np.asarray(x, dtype=np.float64)
+    present = (~np.isnan(x)).astype(np.float64)
+    x0 = np.nan_to_num(x, nan=0.0)
+    shared = present @ present.T
+    dot = x0 @ x0.T                       # only features both have contribute (others are 0)
+    sq = (x0 * x0) @ present.T            # sq[i, j] = |x_i|^2 over the features x_j has
+    denom = np.sqrt(sq * sq.T)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        cos = np.clip(dot / denom, -1.0, 1.0)
+    dist = np.arccos(cos) / np.pi
+    undefined = (shared < max(min_shared, 1)) | (denom == 0)
+    dist[undefined] = np.nan
+    np.fill_diagonal(dist, 0.0)
+    return dist, shared.astype(np.int64)
+
+
+@dataclass
+class DistanceReport:
+    """Which languages lack URIEL data, for the CLI output and subsets.yaml metadata."""
+
+    mode: str
+    min_shared: int
+    observed_features: dict[str, int]
+    imputed_features: dict[str, int]
+    undefined_observed_pairs: list[tuple[str, str]]
+    languages_with_undefined_pairs: list[str]
+
+    @property
+    def undefined_partners(self) -> dict[str, int]:
+        """Per affected language, how many partners have no observed-feature distance with it."""
+        counts: dict[str, int] = {}
+        for a, b in self.undefined_observed_pairs:
+            counts[a] = counts.get(a, 0) + 1
+            counts[b] = counts.get(b, 0) + 1
+        return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+
+    def as_dict(self) -> dict:
+        return {
+            "mode": self.mode,
+            "min_shared_features": self.min_shared,
+            "languages_with_undefined_observed_distance": self.languages_with_undefined_pairs,
+            "undefined_observed_pairs": len(self.undefined_observed_pairs),
+            "partners_without_observed_distance": self.undefined_partners,
+            "observed_features": self.observed_features,
+            "imputed_features": self.imputed_features,
+        }
+
+
+def distance_matrix(languages: Sequence[str], mode: FeatureMode = "imputed",
+                    min_shared: int = 1) -> tuple[np.ndarray, DistanceReport]:
+    """Pairwise URIEL angular distances [n, n] for FLORES codes, plus the missing-data report.
+
+    The report always describes the observed data (which pairs would have no
+    distance on observed features alone), whatever `mode` is used for the matrix.
+    """
+    languages = list(languages)
+    observed = feature_matrix(languages, "observed")
+    obs_dist, _ = pairwise_angular_distances(observed, min_shared)
+    bad = [(languages[i], languages[j]) for i in range(len(languages)) for j in range(i + 1, len(languages))
+           if np.isnan(obs_dist[i, j])]
+    affected = sorted({c for pair in bad for c in pair})
+    dist = obs_dist if mode == "observed" else pairwise_angular_distances(feature_matrix(languages, mode), min_shared)[0]
+    n_obs = {c: int((~np.isnan(observed[i])).sum()) for i, c in enumerate(languages)}
+    n_feat = observed.shape[1]
+    report = DistanceReport(
+        mode=mode, min_shared=min_shared, observed_features=n_obs,
+        imputed_features={c: (n_feat - n if mode == "imputed" else 0) for c, n in n_obs.items()},
+        undefined_observed_pairs=bad, languages_with_undefined_pairs=affected)
+    return dist, report

@@ -1,0 +1,185 @@
+"""The process group of one job, and the few collectives the trainer needs.
+
+One entry works under every launcher:
+
+- one process (`python -m trainer.train`): no RANK/WORLD_SIZE in the environment,
+  so a world of 1 is created (MASTER_ADDR=127.0.0.1, MASTER_PORT a free port);
+- `torchrun` / `deepspeed` launchers: they set RANK, WORLD_SIZE, LOCAL_RANK,
+  MASTER_ADDR and MASTER_PORT, and every process joins the group;
+- a Ray Train worker (or any caller that already made a group): `setup` sees
+  `torch.distributed.is_initialized()` and uses that group as is.
+
+Backend: nccl when CUDA is present, gloo otherwise (or as configured).
+No DeepSpeed here: `trainer.engine` wraps this group for DeepSpeed.
+"""
+
+from __future__ import annotations
+
+import atexit
+import hashlib
+import logging
+import os
+import random
+import socket
+from contextlib import contextmanager
+from datetime import timedelta
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+log = logging.getLogger(__name__)
+
+
+class ConfigMismatchError(RuntimeError):
+    """Ranks of one job resolved different configs (different files, overrides or code)."""
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def resolve_backend(backend: str = "auto") -> str:
+    if backend == "auto":
+        return "nccl" if torch.cuda.is_available() else "gloo"
+    return backend
+
+
+def setup(backend: str = "auto", timeout_minutes: float = 60.0) -> bool:
+    """Join (or create) the default process group; returns True when this call created it.
+
+    A group created here lives until the process exits (DeepSpeed caches groups made from
+    it, so a second job in the same process reuses it rather than a new one).
+
+    Without launcher variables this is a world of one process: RANK=0, WORLD_SIZE=1,
+    LOCAL_RANK=0, MASTER_ADDR=127.0.0.1 and a free MASTER_PORT are set (unless given).
+    """
+    if dist.is_initialized():
+        return False
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        for key, value in {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1"}.items():
+            os.environ.setdefault(key, value)
+        if "MASTER_PORT" not in os.environ:
+            os.environ["MASTER_PORT"] = str(_free_port())
+    missing = [k for k in ("RANK", "MASTER_ADDR", "MASTER_PORT") if k not in os.environ]
+    if missing:
+        raise RuntimeError(f"WORLD_SIZE={world} but {', '.join(missing)} not set: launch with torchrun, "
+                           f"the deepspeed launcher, or from a Ray Train worker")
+    backend = resolve_backend(backend)
+    if backend == "nccl":
+        torch.cuda.set_device(local_rank())
+    dist.init_process_group(backend=backend, timeout=timedelta(minutes=timeout_minutes),
+                            rank=int(os.environ["RANK"]), world_size=world)
+    atexit.register(_destroy_at_exit)
+    log.info("process group: %s, rank %d of %d", backend, dist.get_rank(), dist.get_world_size())
+    return True
+
+
+def _destroy_at_exit() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def rank() -> int:
+    return dist.get_rank() if dist.is_initialized() else 0
+
+
+def world_size() -> int:
+    return dist.get_world_size() if dist.is_initialized() else 1
+
+
+def local_rank() -> int:
+    return int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def is_main() -> bool:
+    return rank() == 0
+
+
+def device() -> torch.device:
+    return torch.device("cuda", local_rank()) if torch.cuda.is_available() else torch.device("cpu")
+
+
+def barrier() -> None:
+    if world_size() > 1:
+        dist.barrier()
+
+
+@contextmanager
+def main_first():
+    """Rank 0 runs the block first (e.g. to fill a cache), then the other ranks."""
+    if not is_main():
+        barrier()
+    try:
+        yield
+    finally:
+        if is_main():
+            barrier()
+
+
+def broadcast_object(obj: Any, src: int = 0) -> Any:
+    """`obj` from rank `src` on every rank (picklable objects)."""
+    if world_size() == 1:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
+
+
+def all_gather_object(obj: Any) -> list[Any]:
+    if world_size() == 1:
+        return [obj]
+    out: list[Any] = [None] * world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def all_reduce_sum(values: list[float]) -> list[float]:
+    """Element-wise sum of a few floats over all ranks (fp64)."""
+    t = torch.tensor(values, dtype=torch.float64, device=device())
+    if world_size() > 1:
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t.tolist()
+
+
+def config_hash(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def check_same_config(text: str) -> str:
+    """All ranks must have resolved the same config; raise `ConfigMismatchError` naming the odd ranks."""
+    mine = config_hash(text)
+    hashes = all_gather_object(mine)
+    if len(set(hashes)) > 1:
+        reference = hashes[0]
+        odd = [r for r, h in enumerate(hashes) if h != reference]
+        raise ConfigMismatchError(
+            f"ranks disagree on the resolved job config: rank(s) {odd} differ from rank 0 "
+            f"(hashes {', '.join(f'{r}:{h[:12]}' for r, h in enumerate(hashes))}); "
+            f"launch every rank with the same job file and overrides")
+    return mine
+
+
+def micro_batch_seed(seed: int, index: int) -> int:
+    """A 63-bit seed for global micro-batch `index` of a run seeded with `seed`."""
+    return int(np.random.SeedSequence([seed % 2**63, index]).generate_state(1, dtype=np.uint64)[0]) >> 1
+
+
+def rng_state() -> dict[str, Any]:
+    """Every RNG this process uses (python, numpy, torch CPU, CUDA)."""
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])

@@ -1,0 +1,203 @@
+"""Merge a task LoRA and an alignment LoRA trained separately (M2) by weighted averaging.
+
+Implemented choice (the paper's "weighted averaging of their weights", 0.9 on the task module):
+every exported tensor is averaged on its own,
+
+    A = w * A_task + (1 - w) * A_align,    B = w * B_task + (1 - w) * B_align
+
+(same for any other trainable tensor in the export, e.g. a projection). This is *not* the
+weighted average of the two weight updates: the merged update is
+
+    B A = w^2 B_t A_t + (1-w)^2 B_a A_a + w(1-w) (B_t A_a + B_a A_t)
+
+which differs from `w B_t A_t + (1-w) B_a A_a` by the cross terms and the squared weights. Only
+w = 1 and w = 0 reproduce one module exactly. Both modules must have the same shapes (same r,
+target modules) and, in peft format, the same scaling (alpha, rank/alpha patterns, rsLoRA).
+
+Alternative: `merge_with_peft` calls peft's `add_weighted_adapter` on two adapters loaded in one
+PeftModel. `combination_type="cat"` stacks the ranks (r_t + r_a) and gives exactly
+`w s_t B_t A_t + (1-w) s_a B_a A_a` (the average of the updates); `"linear"` needs equal ranks
+and gives `(sum_i sqrt(w_i s_i) B_i)(sum_i sqrt(w_i s_i) A_i)`, neither of the two above
+(at w = 0.5 and equal scaling its update is exactly twice that of separate A/B averaging).
+
+Formats (auto-detected, the merged directory has the format of its inputs):
+- peft: `adapter_model.safetensors` + `adapter_config.json` (`PeftModel.from_pretrained`);
+- ours: `trainable.safetensors` + `config.yaml` (`trainer.models.weights.load_trainable`).
+A `merge.json` with the inputs and the weight is written beside the weights.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import tempfile
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from trainer.models.weights import CONFIG_FILE, WEIGHTS_FILE, save_trainable
+
+PEFT_WEIGHTS_FILE = "adapter_model.safetensors"
+PEFT_CONFIG_FILE = "adapter_config.json"
+MERGE_INFO_FILE = "merge.json"
+PAPER_TASK_WEIGHT = 0.9
+
+# adapter_config.json keys that must agree for A/B averaging to be meaningful
+_SCALING_KEYS = ("r", "lora_alpha", "target_modules", "rank_pattern", "alpha_pattern", "use_rslora",
+                 "use_dora", "fan_in_fan_out", "layers_to_transform", "peft_type")
+
+
+def merge_state_dicts(task: Mapping[str, torch.Tensor], alignment: Mapping[str, torch.Tensor],
+                      task_weight: float = PAPER_TASK_WEIGHT, only_in_one: str = "error") -> dict[str, torch.Tensor]:
+    """name -> tensor, twice -> `w * task + (1 - w) * alignment` per tensor (A and B separately).
+
+    Computed in fp32, returned in the task tensor's dtype. `only_in_one`: "error" (default) if a
+    name is in one state dict only, or "copy" to keep such a tensor unchanged (e.g. a task head
+    the alignment module does not have). Shapes must match.
+    """
+    _check_weight(task_weight)
+    if only_in_one not in ("error", "copy"):
+        raise ValueError(f"only_in_one must be error or copy, got {only_in_one!r}")
+    task_only, align_only = sorted(task.keys() - alignment.keys()), sorted(alignment.keys() - task.keys())
+    if (task_only or align_only) and only_in_one == "error":
+        raise ValueError(f"adapters differ: only in task {task_only[:5]}, only in alignment {align_only[:5]}")
+    merged = {}
+    for name, t in task.items():
+        if name not in alignment:
+            merged[name] = t.clone()
+            continue
+        a = alignment[name]
+        if t.shape != a.shape:
+            raise ValueError(f"{name}: shape {tuple(t.shape)} (task) vs {tuple(a.shape)} (alignment); "
+                             "separate A/B averaging needs equal ranks (merge_with_peft 'cat' does not)")
+        merged[name] = (task_weight * t.float() + (1.0 - task_weight) * a.float()).to(t.dtype)
+    for name in align_only:
+        merged[name] = alignment[name].clone()
+    return merged
+
+
+def adapter_format(directory: str | Path) -> str:
+    """'peft' (adapter_model.safetensors) or 'trainable' (trainable.safetensors); error otherwise."""
+    d = Path(directory)
+    if (d / PEFT_WEIGHTS_FILE).is_file() and (d / PEFT_CONFIG_FILE).is_file():
+        return "peft"
+    if (d / WEIGHTS_FILE).is_file():
+        return "trainable"
+    raise FileNotFoundError(f"{d}: neither {PEFT_WEIGHTS_FILE} + {PEFT_CONFIG_FILE} (peft) nor {WEIGHTS_FILE} "
+                            "(trainer export); peft .bin adapters are not supported")
+
+
+def merge_adapter_dirs(task_dir: str | Path, alignment_dir: str | Path, out_dir: str | Path,
+                       task_weight: float = PAPER_TASK_WEIGHT, only_in_one: str = "error") -> Path:
+    """Merge two saved adapters of the same format into `out_dir` (same format; see module docstring).
+
+    The config (adapter_config.json or config.yaml) is the task module's. Returns `out_dir`.
+    """
+    kind, other = adapter_format(task_dir), adapter_format(alignment_dir)
+    if kind != other:
+        raise ValueError(f"cannot merge a {kind} adapter ({task_dir}) with a {other} adapter ({alignment_dir})")
+    info = {"method": "weighted average of each tensor (A and B separately)", "task_weight": task_weight,
+            "task": str(task_dir), "alignment": str(alignment_dir), "format": kind}
+    if kind == "peft":
+        return _merge_peft_dirs(Path(task_dir), Path(alignment_dir), Path(out_dir), task_weight, only_in_one, info)
+    merged = merge_state_dicts(load_file(str(Path(task_dir) / WEIGHTS_FILE)),
+                               load_file(str(Path(alignment_dir) / WEIGHTS_FILE)), task_weight, only_in_one)
+    config_path = Path(task_dir) / CONFIG_FILE
+    config_yaml = config_path.read_text() if config_path.is_file() else ""
+    out = save_trainable(merged, out_dir, config_yaml)
+    (out / MERGE_INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
+    return out
+
+
+def _merge_peft_dirs(task_dir: Path, alignment_dir: Path, out_dir: Path, task_weight: float, only_in_one: str,
+                     info: dict) -> Path:
+    task_cfg = json.loads((task_dir / PEFT_CONFIG_FILE).read_text())
+    align_cfg = json.loads((alignment_dir / PEFT_CONFIG_FILE).read_text())
+    differing = [k for k in _SCALING_KEYS if _normalised(task_cfg.get(k)) != _normalised(align_cfg.get(k))]
+    if differing:
+        raise ValueError(f"adapter configs differ in {differing}: separate A/B averaging needs the same "
+                         "shapes and scaling (use merge_with_peft with combination_type='cat')")
+    merged = merge_state_dicts(load_file(str(task_dir / PEFT_WEIGHTS_FILE)),
+                               load_file(str(alignment_dir / PEFT_WEIGHTS_FILE)), task_weight, only_in_one)
+
+    def write(tmp: Path) -> None:
+        save_file({k: v.contiguous() for k, v in merged.items()}, str(tmp / PEFT_WEIGHTS_FILE),
+                  metadata={"format": "pt"})
+        shutil.copyfile(task_dir / PEFT_CONFIG_FILE, tmp / PEFT_CONFIG_FILE)
+        (tmp / MERGE_INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
+
+    return _atomic_dir(out_dir, write)
+
+
+def merge_with_peft(model, task_adapter: str, alignment_adapter: str, task_weight: float = PAPER_TASK_WEIGHT,
+                    combination_type: str = "cat", merged_name: str = "merged") -> str:
+    """peft route: add adapter `merged_name` = weighted combination of two adapters loaded in `model`.
+
+    `model` is a PeftModel holding both adapters (e.g. `PeftModel.from_pretrained(base, task_dir,
+    adapter_name="task")` then `model.load_adapter(alignment_dir, adapter_name="alignment")`).
+    "cat" (default): exactly `w dW_task + (1-w) dW_align` at rank r_t + r_a; "linear": equal
+    ranks, see the module docstring. The new adapter is made active; save it with
+    `model.save_pretrained(dir, selected_adapters=[merged_name])` (peft writes it to
+    `dir/merged_name/`). Returns `merged_name`.
+    """
+    _check_weight(task_weight)
+    if combination_type not in ("cat", "linear"):
+        raise ValueError(f"combination_type must be cat or linear here, got {combination_type!r}")
+    model.add_weighted_adapter([task_adapter, alignment_adapter], [task_weight, 1.0 - task_weight],
+                               adapter_name=merged_name, combination_type=combination_type)
+    model.set_adapter(merged_name)
+    return merged_name
+
+
+def search_merge_weight(weights: Iterable[float], evaluate_fn: Callable[[float], float],
+                        maximize: bool = True) -> tuple[float, dict[float, float]]:
+    """Pick the task weight on dev data: `evaluate_fn(w)` -> score for each `w` -> (best w, {w: score}).
+
+    `evaluate_fn` typically merges at `w`, loads the result and returns dev accuracy (or, with
+    `maximize=False`, dev loss). NaN scores never win; ties go to the first weight given.
+    """
+    scores = {}
+    best_w, best = None, None
+    for w in weights:
+        _check_weight(w)
+        score = float(evaluate_fn(w))
+        scores[w] = score
+        if math.isnan(score):
+            continue
+        if best is None or (score > best if maximize else score < best):
+            best_w, best = w, score
+    if best_w is None:
+        raise ValueError(f"no usable score among {scores}")
+    return best_w, scores
+
+
+def _check_weight(w: float) -> None:
+    if not 0.0 <= w <= 1.0:
+        raise ValueError(f"task weight must be in [0, 1] (weighted average), got {w}")
+
+
+def _normalised(value):
+    return sorted(value) if isinstance(value, list) else value
+
+
+def _atomic_dir(out_dir: Path, write: Callable[[Path], None]) -> Path:
+    """Write into a temporary sibling directory, then rename to `out_dir` (complete or absent)."""
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
+    try:
+        write(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if out_dir.exists():
+        old = out_dir.with_name(f".{out_dir.name}-old")
+        shutil.rmtree(old, ignore_errors=True)
+        out_dir.rename(old)
+        tmp.rename(out_dir)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        tmp.rename(out_dir)
+    return out_dir

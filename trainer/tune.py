@@ -1,0 +1,277 @@
+"""Run a sweep: `python -m trainer.tune SWEEP.yaml` or `--resume SWEEP_DIR`.
+
+Ray Tune runs one function trial per point of the search space; each trial
+starts its own Ray Train `TorchTrainer` (the Ray 2.60 pattern) whose workers
+call `trainer.train.run_job`, the same entry as `python -m trainer.train`, on
+a DeepSpeed engine (gloo on CPU, NCCL on GPU). Workers report metrics with
+`ray.train.report`; `TuneReportCallback` forwards them to Tune.
+
+MLflow: the driver owns one parent run per sweep; rank 0 of each trial opens a
+child run tagged with the parent id, subset, languages and settings. At the
+end the parent gets a summary table (CSV) and a plot.
+
+Fault tolerance: each trial writes checkpoints to a fixed directory under the
+sweep directory and runs with `resume: auto`, so a retried trial (Ray Train's
+`max_failures`) continues from its last checkpoint; an interrupted sweep
+resumes with `--resume`, skipping finished trials (`Tuner.restore`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from trainer.config import ConfigError, JobConfig, validate
+from trainer.sweep import Sweep, load_sweep
+
+log = logging.getLogger("trainer.tune")
+STATE_FILE = "sweep_state.json"
+TRIALS_DIR = "trials"
+
+
+def param_space(sweep: Sweep) -> dict[str, Any]:
+    """The sweep's axes as Ray Tune search-space objects."""
+    from ray import tune
+
+    make = {"grid": tune.grid_search, "choice": tune.choice,
+            "uniform": lambda b: tune.uniform(*b), "loguniform": lambda b: tune.loguniform(*b),
+            "randint": lambda b: tune.randint(*b)}
+    space: dict[str, Any] = {"settings": {key: make[axis.kind](getattr(axis, axis.kind))
+                                          for key, axis in sweep.config.search.items()}}
+    space["subset"] = tune.grid_search(list(sweep.subsets)) if sweep.subsets else None
+    return space
+
+
+def trial_tags(sweep: Sweep, settings: dict[str, Any], subset: str | None) -> dict[str, str]:
+    """MLflow tags of a child run: sweep, subset name and metadata, every searched setting."""
+    tags = {"sweep": sweep.config.name}
+    if subset is not None:
+        meta = sweep.subsets[subset]
+        tags["subset"] = subset
+        tags["languages"] = ",".join(meta["languages"])
+        for key in ("heuristic", "size", "seed", "objective"):
+            if key in meta:
+                tags[f"subset_{key}"] = str(meta[key])
+    for key, value in settings.items():
+        tags[f"setting.{key}"] = str(value)
+    return tags
+
+
+def trial_job(sweep: Sweep, trial_config: dict[str, Any], trial_dir: Path, parent_run_id: str | None,
+              trial_name: str) -> dict[str, Any]:
+    """The raw job dict of one trial: settings, subset, output dir, tracking as a child run, resume."""
+    settings, subset = trial_config.get("settings") or {}, trial_config.get("subset")
+    raw = sweep.trial_raw(settings, subset)
+    raw["output_dir"] = str(trial_dir)
+    tracking = raw.setdefault("tracking", {})
+    tracking.update(uri=sweep_tracking_uri(sweep), experiment=sweep.config.experiment, run_name=trial_name,
+                    parent_run_id=parent_run_id, tags=trial_tags(sweep, settings, subset))
+    raw.setdefault("checkpoint", {})["resume"] = "auto"
+    return raw
+
+
+def sweep_tracking_uri(sweep: Sweep) -> str:
+    from trainer.tracking import DEFAULT_URI
+
+    uri = sweep.config.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        # workers run in other directories: pin a relative SQLite path to the driver's cwd
+        uri = "sqlite:///" + str(Path(uri[len("sqlite:///"):]).resolve())
+    return uri
+
+
+def train_worker(config: dict[str, Any]) -> None:
+    """Ray Train worker: validate the trial's job and run it, reporting metrics to Tune."""
+    import ray.train
+
+    from trainer.train import run_job
+
+    job = validate(config["raw"], JobConfig, source="trial job")
+    crash_at = config.get("crash_at_step")
+    marker = Path(job.output_dir) / ".injected_crash_done"
+
+    def report(metrics: dict[str, float], step: int) -> None:
+        ray.train.report({**metrics, "step": step})
+        if crash_at is not None and step >= crash_at and not marker.exists():
+            if ray.train.get_context().get_world_rank() == 0:
+                marker.touch()
+            raise RuntimeError(f"injected crash at step {step} (testing fault tolerance)")
+
+    run_job(job, report=report)
+
+
+def run_trial(trial_config: dict[str, Any], sweep: Sweep, sweep_dir: str, parent_run_id: str | None,
+              crash_at_step: int | None = None) -> None:
+    """One Tune trial: a TorchTrainer over `resources.workers` DeepSpeed ranks."""
+    from ray import tune
+    from ray.train import FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    trial_name = tune.get_context().get_trial_name()
+    trial_dir = Path(sweep_dir) / TRIALS_DIR / trial_name
+    raw = trial_job(sweep, trial_config, trial_dir, parent_run_id, trial_name)
+    res = sweep.config.resources
+    use_gpu = res.gpus_per_worker > 0
+    resources = {"CPU": res.cpus_per_worker, **({"GPU": res.gpus_per_worker} if use_gpu else {})}
+    trainer = TorchTrainer(
+        train_worker,
+        train_loop_config={"raw": raw, "crash_at_step": crash_at_step},
+        scaling_config=ScalingConfig(num_workers=res.workers, use_gpu=use_gpu, resources_per_worker=resources),
+        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
+        run_config=RunConfig(name=f"{sweep.config.name}-{trial_name}", storage_path=storage_root(sweep),
+                             callbacks=[TuneReportCallback()],
+                             failure_config=FailureConfig(max_failures=sweep.config.max_failures)),
+    )
+    trainer.fit()
+
+
+def storage_root(sweep: Sweep) -> str:
+    path = sweep.config.storage_path
+    return path if "://" in path else str(Path(path).resolve())
+
+
+def init_ray(sweep: Sweep) -> None:
+    """Connect to `ray.address` / $RAY_ADDRESS, or start a local Ray."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = sweep.config.ray.address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address)
+    else:
+        ray.init(num_cpus=sweep.config.ray.num_cpus, include_dashboard=False,
+                 runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false"}})
+
+
+def build_tuner(sweep: Sweep, sweep_dir: Path, parent_run_id: str | None, resume: bool,
+                crash_at_step: int | None = None):
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    trainable = tune.with_resources(
+        tune.with_parameters(run_trial, sweep=sweep, sweep_dir=str(sweep_dir), parent_run_id=parent_run_id,
+                             crash_at_step=crash_at_step),
+        {"cpu": 0.01})  # the trial function only waits on its TorchTrainer; workers hold the resources
+    if resume:
+        return tune.Tuner.restore(str(sweep_dir / "tune"), trainable=trainable, resume_errored=True)
+    cfg = sweep.config
+    scheduler = (ASHAScheduler(time_attr="training_iteration", grace_period=cfg.scheduler.grace_period,
+                               reduction_factor=cfg.scheduler.reduction_factor, max_t=cfg.scheduler.max_t)
+                 if cfg.scheduler.kind == "asha" else FIFOScheduler())
+    return tune.Tuner(
+        trainable,
+        param_space=param_space(sweep),
+        tune_config=tune.TuneConfig(metric=cfg.metric, mode=cfg.mode, scheduler=scheduler,
+                                    num_samples=cfg.num_samples, max_concurrent_trials=cfg.max_concurrent_trials),
+        run_config=tune.RunConfig(name="tune", storage_path=str(sweep_dir), verbose=1),
+    )
+
+
+def summary_rows(sweep: Sweep, results) -> list[dict[str, Any]]:
+    """One row per trial: name, subset, settings, final metric, status."""
+    rows = []
+    for result in results:
+        config = result.config or {}
+        metrics = result.metrics or {}
+        row = {"trial": Path(result.path).name if result.path else "?", "subset": config.get("subset") or "",
+               **{k: v for k, v in (config.get("settings") or {}).items()},
+               sweep.config.metric: metrics.get(sweep.config.metric),
+               "status": "ERROR" if result.error else "OK"}
+        rows.append(row)
+    return rows
+
+
+def format_table(rows: list[dict[str, Any]]) -> str:
+    if not rows:
+        return "(no trials)"
+    cols = list(dict.fromkeys(k for row in rows for k in row))
+    cells = [[("" if row.get(c) is None else f"{row[c]:.4g}" if isinstance(row.get(c), float) else str(row[c]))
+              for c in cols] for row in rows]
+    widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(cols)]
+    line = lambda vals: "  ".join(v.ljust(w) for v, w in zip(vals, widths))  # noqa: E731
+    return "\n".join([line(cols), line(["-" * w for w in widths]), *(line(r) for r in cells)])
+
+
+def run_sweep(sweep: Sweep, sweep_dir: Path | None = None, resume: bool = False,
+              crash_at_step: int | None = None) -> list[dict[str, Any]]:
+    """Run (or resume) a sweep; returns the summary rows (also logged to the parent MLflow run)."""
+    from trainer import tracking
+
+    sweep_dir = Path(sweep_dir or Path(storage_root(sweep)) / sweep.config.name).resolve()
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    state_path = sweep_dir / STATE_FILE
+    state = json.loads(state_path.read_text()) if resume and state_path.is_file() else {}
+    uri = sweep_tracking_uri(sweep)
+    parent_run_id = tracking.start_parent_run(uri, sweep.config.experiment, sweep.config.name,
+                                              sweep.config.model_dump(mode="json"), state.get("parent_run_id"))
+    state.update(parent_run_id=parent_run_id, sweep=sweep.config.model_dump(mode="json"),
+                 base_job=sweep.base_raw, subsets=sweep.subsets, base_dir=str(sweep.base_dir))
+    state_path.write_text(json.dumps(state, indent=1))
+
+    init_ray(sweep)
+    start = time.perf_counter()
+    tuner = build_tuner(sweep, sweep_dir, parent_run_id, resume, crash_at_step)
+    results = tuner.fit()
+    rows = summary_rows(sweep, results)
+    elapsed = time.perf_counter() - start
+    tracking.finish_parent_run(uri, parent_run_id, rows, sweep.config.metric, sweep.config.mode, sweep_dir,
+                               failed=any(r["status"] == "ERROR" for r in rows))
+    print(f"\nsweep {sweep.config.name}: {len(rows)} trials in {elapsed:.0f}s; "
+          f"MLflow parent run {parent_run_id}; results in {sweep_dir}\n{format_table(rows)}")
+    return rows
+
+
+def load_resumed_sweep(sweep_dir: Path) -> Sweep:
+    """Rebuild the Sweep saved in a sweep directory's state file."""
+    from trainer.sweep import SweepConfig
+
+    state_path = sweep_dir / STATE_FILE
+    if not state_path.is_file():
+        raise ConfigError(f"--resume: {sweep_dir} has no {STATE_FILE}; is it a sweep directory?")
+    state = json.loads(state_path.read_text())
+    return Sweep(SweepConfig.model_validate(state["sweep"]), state["base_job"], state["subsets"],
+                 Path(state["base_dir"]))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m trainer.tune", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("sweep", nargs="?", help="sweep YAML file")
+    parser.add_argument("overrides", nargs="*", help="dotted overrides of the sweep file, e.g. max_concurrent_trials=2")
+    parser.add_argument("--resume", metavar="SWEEP_DIR", help="resume an interrupted sweep from its directory")
+    parser.add_argument("--dry-run", action="store_true", help="validate and list the grid, start nothing")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        if args.resume:
+            sweep_dir = Path(args.resume)
+            sweep = load_resumed_sweep(sweep_dir)
+        elif args.sweep:
+            sweep, sweep_dir = load_sweep(args.sweep, args.overrides), None
+        else:
+            parser.error("give a sweep file or --resume SWEEP_DIR")
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if args.dry_run:
+        from trainer.sweep import grid_points
+
+        points = grid_points(sweep)
+        print(f"sweep {sweep.config.name}: {sweep.grid_size()} trials; grid points:")
+        for point in points:
+            print("  ", point)
+        return 0
+    rows = run_sweep(sweep, sweep_dir, resume=bool(args.resume))
+    return 0 if all(r["status"] == "OK" for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
