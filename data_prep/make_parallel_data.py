@@ -1,6 +1,7 @@
 """Write small generated parallel corpora (English, other language) for tests and the demo.
 
-    python -m data_prep.make_parallel_data --out data/demo/parallel --languages deu_Latn ell_Grek zho_Hans --n 200
+    python -m data_prep.make_parallel_data --out data/demo/parallel             # 9 demo languages, 200 pairs each
+    python -m data_prep.make_parallel_data --out DIR --languages deu_Latn ell_Grek zho_Hans --n 200
     python -m data_prep.make_parallel_data --out DIR --languages deu_Latn:1000 ell_Grek:10 swh_Latn:100
 
 One JSONL file per pair, `eng_Latn-<code>.jsonl`, one pair per line:
@@ -19,7 +20,9 @@ import json
 from pathlib import Path
 
 from trainer.data.languages import language_table
-from trainer.data.synthetic import parallel_sentences
+from trainer.data.synthetic import DEMO_LANGUAGES, parallel_sentences
+
+DEFAULT_LANGUAGES = [c for c in DEMO_LANGUAGES if c != "eng_Latn"]   # 9 languages, 7 scripts
 
 
 def parse_languages(items: list[str], default_n: int) -> list[tuple[str, int]]:
@@ -61,7 +64,8 @@ def write_parallel_data(out_dir: str | Path, languages: list[tuple[str, int]], s
 def main(argv: list[str] | None = None) -> list[Path]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True, help="output directory")
-    parser.add_argument("--languages", nargs="+", required=True, help="codes, optionally code:n")
+    parser.add_argument("--languages", nargs="+", default=DEFAULT_LANGUAGES,
+                        help=f"codes, optionally code:n (default: {' '.join(DEFAULT_LANGUAGES)})")
     parser.add_argument("--n", type=int, default=200, help="pairs per language (default 200)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the generated sentences")
     parser.add_argument("--format", choices=["jsonl", "tsv"], default="jsonl")

@@ -17,6 +17,7 @@ import argparse
 import csv
 import logging
 import sys
+import time
 from pathlib import Path
 
 from trainer.data import subset_search
@@ -69,13 +70,36 @@ def build_parser() -> argparse.ArgumentParser:
                    help="local-search starts above the exact threshold (default 16)")
     p.add_argument("--search-seed", type=int, default=0, help="seed of the local-search random starts")
     p.add_argument("--no-full-pools", action="store_true", help="omit the <resource pool>_all subsets")
-    p.add_argument("--progress", action="store_true", help="progress bars for long searches")
+    p.add_argument("--no-progress", dest="progress", action="store_false",
+                   help="no progress bars (default: a bar over heuristics and the long searches, on stderr)")
     return p
+
+
+def print_summary(doc: dict) -> None:
+    """Which languages lacked URIEL distances, and every subset with its objective (vs random for searches)."""
+    feats = doc["metadata"]["features"]
+    affected = feats["languages_with_undefined_observed_distance"]
+    partners = feats["partners_without_observed_distance"]
+    print(f"URIEL features: mode={feats['mode']}; {len(affected)} languages (English included) have at least "
+          f"one partner without a distance on observed features alone:")
+    print("  " + ", ".join(f"{c} ({partners[c]} partners, {feats['observed_features'][c]}/289 observed)"
+                           for c in affected))
+    print(f"  handling: {feats['missing_features']}")
+    for name, s in doc["subsets"].items():
+        obj = "undefined" if s["objective"] is None else f"{s['objective']:.4f}"
+        how = ""
+        if "search" in s:
+            how = (f" [{s['search']}; random mean {s['random_mean_objective']:.4f}, "
+                   f"best of {s['random_draws']} {s['random_best_objective']:.4f}]")
+        print(f"{name:28s} objective {obj}{how}: {' '.join(s['languages'])}")
+    for s in doc["skipped"]:
+        print(f"skipped {s['heuristic']} n={s['size']}: {s['reason']}")
 
 
 def main(argv: list[str] | None = None) -> dict:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    start = time.perf_counter()
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
     table = language_table()
     if args.languages:
         pool, pool_name = args.languages, "command line"
@@ -100,22 +124,8 @@ def main(argv: list[str] | None = None) -> dict:
     validate_subsets(doc, table)
     write_subsets(doc, args.out)
 
-    feats = doc["metadata"]["features"]
-    affected = feats["languages_with_undefined_observed_distance"]
-    print(f"URIEL features: mode={feats['mode']}; {len(affected)} pool languages (English included) have at "
-          f"least one partner without a distance on observed features alone:")
-    partners = feats["partners_without_observed_distance"]
-    print("  " + ", ".join(f"{c} ({partners[c]} partners, {feats['observed_features'][c]}/289 observed)"
-                           for c in affected))
-    if feats["mode"] == "imputed":
-        print("  handled by imputing missing features from lang2vec kNN predictions (--features imputed)")
-    for name, s in doc["subsets"].items():
-        obj = "undefined" if s["objective"] is None else f"{s['objective']:.4f}"
-        how = f" [{s['search']}]" if "search" in s else ""
-        print(f"{name:28s} objective {obj}{how}: {' '.join(s['languages'])}")
-    for s in doc["skipped"]:
-        print(f"skipped {s['heuristic']} n={s['size']}: {s['reason']}")
-    print(f"wrote {len(doc['subsets'])} subsets to {args.out}")
+    print_summary(doc)
+    print(f"wrote {len(doc['subsets'])} subsets to {args.out} in {time.perf_counter() - start:.1f} s")
     return doc
 
 

@@ -8,7 +8,7 @@ import torch
 
 from trainer.config import LLMConfig
 from trainer.data import synthetic
-from trainer.eval.plots import plot_layer_curve, plot_pair_heatmap, save_retrieval_plots
+from trainer.eval.plots import plot_layer_curve, plot_layer_curves, plot_pair_heatmap, save_retrieval_plots
 from trainer.eval.retrieval import (
     embed_languages,
     evaluate_retrieval,
@@ -130,7 +130,9 @@ def test_plots_are_png(tmp_path):
     heat = plot_pair_heatmap(result, 1, tmp_path / "h.png")
     curve = plot_layer_curve(result, tmp_path / "sub" / "c.png")
     both = save_retrieval_plots(result, tmp_path / "both")
-    for path in (heat, curve, *both.values()):
+    before = retrieval_accuracy(_noisy_copies(n_lang=4, n_layers=3, n=20, d=8, noise=3.0, seed=7))
+    curves = plot_layer_curves({"before": before, "after": result}, tmp_path / "curves.png")
+    for path in (heat, curve, curves, *both.values()):
         data = path.read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 1000
     assert both["heatmap"].name == f"retrieval_heatmap_layer{result.best_layer()}.png"

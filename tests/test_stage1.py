@@ -6,7 +6,7 @@ import mlflow
 import pytest
 import yaml
 
-from data_prep.demo_text import write_demo_text
+from data_prep.demo_text import write_demo_shards
 from trainer.config import ConfigError, load_job
 from trainer.train import main, run_job
 
@@ -16,9 +16,9 @@ DEMO = Path(__file__).resolve().parents[1] / "jobs" / "demo_stage1.yaml"
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory, tiny_cache):
     tmp = tmp_path_factory.mktemp("stage1")
-    write_demo_text(tmp / "english")
+    manifest = write_demo_shards(tmp / "demo")
     uri = f"sqlite:///{tmp / 'mlflow.db'}"
-    job = load_job(DEMO, [f"data.files=['{tmp}/english/*.jsonl']", f"output_dir={tmp}/out",
+    job = load_job(DEMO, [f"data.manifest={manifest}", f"output_dir={tmp}/out",
                           f"tracking.uri={uri}", f"model.cache_dir={tiny_cache}"])
     summary = run_job(job)
     return job, summary, uri
@@ -55,5 +55,5 @@ def test_mlflow_holds_one_run_with_config_metrics_and_export(demo_run):
 def test_bad_job_fails_before_loading_with_the_key(tmp_path, capsys):
     assert main([str(DEMO), "model.lora.r=0"]) == 2
     assert "model.lora.r" in capsys.readouterr().err
-    with pytest.raises(ConfigError, match="data.files"):
-        load_job(DEMO, ["data.files=[]"])
+    with pytest.raises(ConfigError, match="data.files or data.manifest"):
+        load_job(DEMO, ["data.manifest=null"])

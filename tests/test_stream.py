@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import random
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -12,9 +13,11 @@ import pyarrow.parquet as pq
 import pytest
 from transformers import AutoTokenizer
 
+from trainer.config import ConfigError, TextDataConfig, validate
 from trainer.data.shards import Manifest, ShardError, ShardInfo, save_manifest, sha256_file
 from trainer.data.stream import DualChunker, StreamConfig, StreamLoader, epoch_order
 from trainer.data.synthetic import english_documents
+from trainer.data.text import MicroBatches, text_batches
 
 MAX_LENGTH = 24
 SHARD_SIZES = [13, 40, 1, 27, 9]  # deliberately uneven
@@ -101,44 +104,56 @@ def check_exact_cover(seen, docs):
 
 @pytest.mark.parametrize("world", [1, 2, 3])
 @pytest.mark.parametrize("workers", [0, 1, 2])
-def test_one_epoch_covers_every_document_exactly_once(corpus, tokenizers, world, workers):
+@pytest.mark.parametrize("consumers", [None, 12])
+def test_one_epoch_covers_every_document_exactly_once(corpus, tokenizers, world, workers, consumers):
     docs, manifest = corpus
-    seen = run_all(config(manifest, epochs=1, num_workers=workers), tokenizers, world)
+    seen = run_all(config(manifest, epochs=1, num_workers=workers, consumers=consumers), tokenizers, world)
     check_exact_cover(seen, docs)
 
 
-def test_batch_split_also_covers_and_matches_one_rank(corpus, tokenizers):
-    """split='batch': global batch k goes to rank k % world, whatever the world size and worker count."""
-    docs, manifest = corpus
-    cfg = config(manifest, epochs=2, split="batch", length_bucketing=True)  # the global count spans epochs
+def test_fixed_consumers_give_the_same_global_batches_for_every_launch_shape(corpus, tokenizers):
+    """Global micro-batch k goes to rank k % world and is the same batch for any world size and worker count."""
+    _, manifest = corpus
+    cfg = config(manifest, length_bucketing=True)
+    total = 36  # endless stream; crosses an epoch boundary
 
-    def rank_batches(world, rank, workers):
-        loader = StreamLoader(cfg.model_copy(update={"num_workers": workers}), *tokenizers, batch_size=3,
+    def rank_batches(world, rank, workers, consumers=6):
+        loader = StreamLoader(cfg.model_copy(update={"num_workers": workers, "consumers": consumers}), *tokenizers,
+                              batch_size=3,
                               rank=rank, world_size=world, seed=1)
-        return [keys(b) for b in loader]
+        out = []
+        for batch in itertools.islice(loader, total // world):
+            out.append(keys(batch))
+            assert loader.last_index == rank + world * (len(out) - 1)
+        return out
 
     single = rank_batches(1, 0, 0)
-    for world, workers in [(2, 0), (3, 2)]:
+    assert len(set(map(tuple, single))) == total
+    for world, workers in [(1, 2), (2, 0), (3, 2), (6, 0)]:
         per_rank = [rank_batches(world, r, workers) for r in range(world)]
-        interleaved = [per_rank[k % world][k // world] for k in range(len(single))]
-        assert interleaved == single
-        assert sum(map(len, per_rank)) == len(single)
-    check_exact_cover(run_all(cfg.model_copy(update={"epochs": 1}), tokenizers, 2, batch_size=3, seed=1), docs)
+        assert [per_rank[k % world][k // world] for k in range(total)] == single, (world, workers)
+    auto = [rank_batches(2, r, 0, None) for r in range(2)]  # consumers unset: one per process, another sequence
+    assert [auto[k % 2][k // 2] for k in range(total)] != single
+
+
+def test_consumers_must_be_a_multiple_of_the_processes(corpus, tokenizers):
+    with pytest.raises(ValueError, match=r"consumers=6 .* not a multiple of world_size x max.1, num_workers. = 2 x 2"):
+        StreamLoader(config(corpus[1], consumers=6, num_workers=2), *tokenizers, batch_size=3, world_size=2)
 
 
 def materialise(batch) -> dict:
     return {k: (v.tolist() if hasattr(v, "tolist") else list(v)) for k, v in batch.items()}
 
 
-@pytest.mark.parametrize("split,workers,stops", [("document", 0, (5, 9)), ("document", 2, (3, 8)),
-                                                 ("batch", 2, (4, 7))])
-def test_resume_twice_gives_the_uninterrupted_batches(corpus, tokenizers, split, workers, stops):
+@pytest.mark.parametrize("consumers,workers,stops", [(None, 0, (5, 9)), (None, 2, (3, 8)), (8, 2, (4, 7)),
+                                                     (8, 0, (1, 10))])
+def test_resume_twice_gives_the_uninterrupted_batches(corpus, tokenizers, consumers, workers, stops):
     """Stop, resume from state_dict (through JSON), stop again, resume again: same batches as one run.
 
     The stream is endless here (epochs=None) and the run crosses epoch boundaries.
     """
     _, manifest = corpus
-    cfg = config(manifest, split=split, num_workers=workers, length_bucketing=(split == "batch"))
+    cfg = config(manifest, consumers=consumers, num_workers=workers, length_bucketing=consumers is not None)
     make = lambda: StreamLoader(cfg, *tokenizers, batch_size=4, rank=1, world_size=2, seed=7)  # noqa: E731
     total = 40
     full = [materialise(b) for b in itertools.islice(make(), total)]
@@ -151,6 +166,7 @@ def test_resume_twice_gives_the_uninterrupted_batches(corpus, tokenizers, split,
             loader.load_state_dict(json.loads(json.dumps(state)))
         got += [materialise(b) for b in itertools.islice(loader, stop - start)]
         state, start = loader.state_dict(), stop
+        assert loader.last_index == 1 + 2 * (stop - 1)
     assert got == full
     assert max(s["epoch"] for s in state["states"] if s) >= 1, "the run should cross an epoch boundary"
 
@@ -265,3 +281,55 @@ def test_missing_shard_is_reported_by_name(tmp_path, tokenizers):
 def test_config_rejects_unknown_keys(corpus):
     with pytest.raises(ValueError, match="extra"):
         StreamConfig(manifest=corpus[1], max_lenght=8)
+
+
+# ---------------------------------------------------------------- the job's data section and the factory
+
+
+def test_text_batches_gives_the_same_examples_per_step_for_one_rank_x2_and_two_ranks_x1(corpus, tokenizers):
+    """The recipe's contract: global micro-batch k on rank k % world, same examples per optimizer step."""
+    _, manifest = corpus
+    cfg = TextDataConfig(manifest=manifest, max_length=MAX_LENGTH, consumers=2, shuffle_window=16)
+
+    def steps(world, accum, n_steps=6):
+        loaders = [text_batches(cfg, 4, *tokenizers, seed=3, rank=r, world_size=world) for r in range(world)]
+        out = []
+        for _ in range(n_steps):
+            rows, indices = [], []
+            for loader in loaders:
+                for _ in range(accum):
+                    batch = next(loader)
+                    indices.append(loader.last_index)
+                    ids, mask = batch["llm_input_ids"], batch["llm_attention_mask"].bool()
+                    rows += [tuple(ids[i][mask[i]].tolist()) for i in range(len(ids))]
+            out.append((sorted(indices), sorted(rows)))
+        return out
+
+    one, two = steps(1, 2), steps(2, 1)
+    assert one == two
+    assert [k for indices, _ in one for k in indices] == list(range(12))
+    assert text_batches(cfg.model_copy(update={"consumers": None}), 4, *tokenizers, seed=3).dataset.consumers == 1
+    files = TextDataConfig(files=[str(p) for p in sorted(Path(manifest).parent.glob("*.parquet"))])
+    assert isinstance(text_batches(files, 4, *tokenizers, seed=3), MicroBatches)
+
+
+@pytest.mark.parametrize("raw,message", [
+    ({"files": ["a.jsonl"], "manifest": "m"}, "data.files and data.manifest: give one of them"),
+    ({}, "data.files or data.manifest"),
+    ({"files": []}, "data.files: empty"),
+    ({"files": ["a.jsonl"], "num_workers": 2}, "data.num_workers: a streaming option"),
+    ({"files": ["a.jsonl"], "length_bucketing": True}, "data.length_bucketing: a streaming option"),
+    ({"manifest": "m", "text_column": "body"}, "data.text_column: used with data.files only"),
+])
+def test_data_section_names_the_key_at_fault(raw, message):
+    with pytest.raises(ConfigError, match=message):
+        validate(raw, TextDataConfig, source="data")
+
+
+def test_data_section_passes_every_stream_option_to_the_reader(corpus):
+    cfg = TextDataConfig(manifest=corpus[1], max_length=32, shuffle=False, shuffle_window=5, pool_batches=2,
+                         length_bucketing=True, consumers=4, num_workers=2, prefetch_factor=1,
+                         verify_checksums=False)
+    stream = StreamConfig(**cfg.stream_options())
+    assert stream.model_dump(exclude={"epochs", "drop_last", "return_text"}) == cfg.model_dump(
+        exclude={"files", "text_column"})

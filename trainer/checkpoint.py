@@ -41,7 +41,7 @@ from typing import Any, Protocol
 
 import torch
 
-from trainer import distributed
+from trainer import distributed, faults
 from trainer.config import CheckpointConfig
 
 log = logging.getLogger(__name__)
@@ -249,6 +249,7 @@ class Checkpointer:
         torch.save(mine, part)
         os.replace(part, tmp / rank_file(engine.rank))
         distributed.barrier()
+        faults.maybe_kill("in_checkpoint", step)
         if engine.is_main:
             state = {"step": step, "world_size": engine.world_size, "mlflow_run_id": run_id,
                      "metrics": metrics or {}, "config_sha256": self.config_hash, "time": time.time()}

@@ -11,7 +11,7 @@
     state = engine.gather_trainable()       # full fp32 trainable weights on rank 0 (for the export)
     engine.close()
 
-DeepSpeed config: `engine.deepspeed` names a file in `ds_configs/` (zero2, zero3,
+DeepSpeed config: `engine.deepspeed` names a file in `trainer/ds_configs/` (zero2, zero3,
 zero3_offload) or gives a path. Its `"auto"` values are filled from the job
 (micro batch, accumulation, global batch, clipping, precision, AdamW
 hyper-parameters, `torch_adam` = no CUDA); an explicit value that contradicts the
@@ -51,7 +51,7 @@ from trainer.config import ConfigError, JobConfig  # noqa: E402
 
 log = logging.getLogger(__name__)
 
-DS_CONFIG_DIR = Path(__file__).resolve().parents[1] / "ds_configs"
+DS_CONFIG_DIR = Path(__file__).resolve().parent / "ds_configs"
 
 # DeepSpeed (0.19) calls a torch collective that torch now reports as deprecated, once per step.
 warnings.filterwarnings("ignore", message=r"`torch\.distributed\.\w+` is deprecated", category=FutureWarning)

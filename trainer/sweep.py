@@ -10,7 +10,7 @@
       optim.weight_decay: {uniform: [0.0, 0.1]}
       seed: {grid: [17, 23]}
     subsets:                             # language subsets: a grid axis with tags per trial
-      key: data.languages                #   job key that receives the subset's languages
+      key: parallel.languages            #   job key that receives the subset's languages
       file: subsets.yaml                 #   written by python -m data_prep.select_languages
       names: [featural_most_5, random_5_seed17]
       # or inline: {inline: {mine: [deu_Latn, ell_Grek]}}
@@ -38,10 +38,12 @@ from trainer.config import ConfigError, JobConfig, Section, apply_override, load
 class Axis(Section):
     """One searched key: exactly one of grid / choice / uniform / loguniform / randint."""
 
-    grid: list[Any] | None = None
-    choice: list[Any] | None = None
-    uniform: tuple[float, float] | None = None
-    loguniform: tuple[float, float] | None = None
+    grid: list[Any] | None = Field(None, description="Every listed value, one trial each (grid axes and subsets "
+                                                     "multiply)")
+    choice: list[Any] | None = Field(None, description="One listed value drawn at random per sample")
+    uniform: tuple[float, float] | None = Field(None, description="[low, high]: a float drawn uniformly per sample")
+    loguniform: tuple[float, float] | None = Field(None, description="[low, high], low > 0: a float drawn uniformly "
+                                                                     "in log space per sample")
     randint: tuple[int, int] | None = Field(None, description="integers in [low, high)")
 
     @model_validator(mode="after")
@@ -75,7 +77,7 @@ class Axis(Section):
 class SubsetAxis(Section):
     """Language subsets as a grid axis; each trial is tagged with the subset's name and metadata."""
 
-    key: str = Field("data.languages", description="Job key that receives the subset's language list")
+    key: str = Field("parallel.languages", description="Job key that receives the subset's language list")
     file: str | None = Field(None, description="subsets.yaml written by data_prep.select_languages")
     names: list[str] | None = Field(None, description="Subset names to take from `file` (default: all)")
     inline: dict[str, list[str]] | None = Field(None, description="name -> languages, instead of a file")
@@ -88,7 +90,9 @@ class SubsetAxis(Section):
 
 
 class SchedulerConfig(Section):
-    kind: Literal["fifo", "asha"] = "fifo"
+    kind: Literal["fifo", "asha"] = Field("fifo", description=(
+        "fifo: every trial runs to the end; asha: ASHA stops poor trials early on `metric`, counting reports "
+        "(one per logged metric row: every tracking.log_every steps, plus evaluations)"))
     grace_period: int = Field(1, gt=0, description="ASHA: reports before a trial can be stopped")
     reduction_factor: int = Field(2, gt=1, description="ASHA: keep 1/reduction_factor per rung")
     max_t: int = Field(100, gt=0, description="ASHA: reports after which a trial is done")
@@ -96,8 +100,9 @@ class SchedulerConfig(Section):
 
 class ResourcesConfig(Section):
     workers: int = Field(1, gt=0, description="Ray Train workers (DeepSpeed ranks) per trial")
-    gpus_per_worker: float = Field(0, ge=0)
-    cpus_per_worker: float = Field(1, gt=0)
+    gpus_per_worker: float = Field(0, ge=0, description="GPUs Ray reserves per worker; > 0: CUDA workers on NCCL, "
+                                                        "0: CPU workers on gloo")
+    cpus_per_worker: float = Field(1, gt=0, description="CPUs Ray reserves per worker")
 
 
 class RayConfig(Section):
@@ -106,22 +111,27 @@ class RayConfig(Section):
 
 
 class SweepConfig(Section):
-    name: str = Field(..., min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    name: str = Field(..., min_length=1, pattern=r"^[A-Za-z0-9_.-]+$", description=(
+        "Sweep name: the sweep directory storage_path/NAME, the MLflow parent run's name, the sweep tag of each trial"))
     job: str = Field(..., description="Base job YAML, relative to the sweep file")
-    overrides: list[str] = Field(default_factory=list)
-    search: dict[str, Axis] = Field(default_factory=dict)
-    subsets: SubsetAxis | None = None
+    overrides: list[str] = Field(default_factory=list, description=(
+        "Dotted key.path=value overrides of the base job (value parsed as YAML), applied before the search"))
+    search: dict[str, Axis] = Field(default_factory=dict, description=(
+        "Job key (dotted path) -> its axis; every value an axis can take is validated against the job schema "
+        "before Ray starts"))
+    subsets: SubsetAxis | None = Field(None, description="Language subsets as one more grid axis; null = none")
     num_samples: int = Field(1, gt=0, description="Repeats of the grid; random axes are re-drawn per sample")
-    metric: str = "loss"
-    mode: Literal["min", "max"] = "min"
-    scheduler: SchedulerConfig = SchedulerConfig()
-    resources: ResourcesConfig = ResourcesConfig()
-    max_concurrent_trials: int = Field(1, gt=0)
+    metric: str = Field("loss", description=(
+        "Reported metric that ranks the trials (and that ASHA stops on), e.g. loss or zero_shot_accuracy"))
+    mode: Literal["min", "max"] = Field("min", description="min: a lower metric is better; max: a higher one")
+    scheduler: SchedulerConfig = Field(SchedulerConfig(), description="Ray Tune trial scheduler")
+    resources: ResourcesConfig = Field(ResourcesConfig(), description="Ray resources of each trial")
+    max_concurrent_trials: int = Field(1, gt=0, description="Trials running at the same time")
     max_failures: int = Field(1, ge=0, description="Retries of a crashed trial, each resuming its checkpoint")
     storage_path: str = Field("outputs/sweeps", description="Local dir, NFS path, or s3://bucket/prefix")
     tracking_uri: str | None = Field(None, description="MLflow; default $MLFLOW_TRACKING_URI or sqlite:///mlflow.db")
-    experiment: str = "sweeps"
-    ray: RayConfig = RayConfig()
+    experiment: str = Field("sweeps", description="MLflow experiment of the parent run and of every trial's run")
+    ray: RayConfig = Field(RayConfig(), description="Which Ray the sweep runs on")
 
 
 def load_subsets(axis: SubsetAxis, base_dir: Path) -> dict[str, dict[str, Any]]:

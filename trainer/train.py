@@ -21,10 +21,11 @@ from typing import Callable
 from trainer import distributed
 from trainer.checkpoint import Checkpointer
 from trainer.config import ConfigError, JobConfig, load_job
-from trainer.recipes import stage1
+from trainer.models.loading import build_tiny_models_in
+from trainer.recipes import align, realign, stage1
 from trainer.tracking import Tracker
 
-RECIPES = {"stage1": stage1.run}
+RECIPES = {"stage1": stage1.run, "align": align.run, "realign": realign.run}
 
 log = logging.getLogger("trainer.train")
 
@@ -47,6 +48,8 @@ def run_job(job: JobConfig, report: Callable[[dict[str, float], int], None] | No
     if main:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.yaml").write_text(config_yaml)
+    with distributed.main_first():
+        build_tiny_models_in(job.model_dump(), job.model.cache_dir)
     checkpoints = Checkpointer(job.checkpoint, out, config_hash)
     checkpoints.resume_target()
     tracker = Tracker(job.tracking, enabled=main, report=report)

@@ -181,16 +181,21 @@ class LanguageTable:
         return sorted(self._index)
 
     def closest(self, code: str, n: int = 5) -> list[Language]:
-        """Rows whose codes or names are closest to `code` (difflib ratio), best first."""
-        key = code.lower()
-        names = {lang.name.lower(): lang for lang in self.rows}
-        matches = difflib.get_close_matches(key, list(self._index) + list(names), n=3 * n, cutoff=0.5)
-        out: list[Language] = []
-        for m in matches:
-            lang = self._index.get(m) or names[m]
-            if lang not in out:
-                out.append(lang)
-        return out[:n]
+        """Rows closest to `code`, best first.
+
+        Rows of the same language come first (the part before `_` is one of the
+        row's ISO codes, aliases or macrolanguage: `ell_Latn` -> `ell_Grek`),
+        then by difflib similarity to the row's codes and name; always `n` rows.
+        """
+        key = code.strip().lower()
+        language = key.partition("_")[0]
+        scored = []
+        for lang in self.rows:
+            own = {c.lower() for c in (lang.iso639_3, lang.iso639_1, lang.macrolanguage, *lang.aliases) if c}
+            ratio = max(difflib.SequenceMatcher(None, key, c.lower()).ratio()
+                        for c in (*lang.codes, lang.iso639_3, lang.name))
+            scored.append((language not in own, -ratio, lang.flores, lang))
+        return [lang for *_, lang in sorted(scored, key=lambda s: s[:3])[:n]]
 
     def get(self, code: str, field: str = "language") -> Language:
         """The row for `code` (FLORES, ISO 639-3, ISO 639-1 or alias; case-insensitive).

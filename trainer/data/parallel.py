@@ -28,7 +28,8 @@ after each pass (small corpora are repeated, large ones subsampled).
 Deterministic under `seed`. Sharding: each language's examples are split
 into `world_size * num_workers` disjoint parts after a seeded permutation,
 so ranks (and DataLoader workers) never share an example; every shard draws
-languages with the same global probabilities.
+languages with the same global probabilities. A language with fewer pairs
+than shards fails on every rank alike, naming the language and its size.
 """
 
 from __future__ import annotations
@@ -442,21 +443,27 @@ class BalancedPairStream(torch.utils.data.IterableDataset):
         self.world_size = world_size
         self.num_samples = num_samples
         self.probabilities = language_probabilities(corpus.sizes(), temperature)
+        self.check_shards(world_size)
+
+    def check_shards(self, num_shards: int) -> None:
+        """Every language needs at least one example per shard; checked on every rank alike."""
+        small = {lang: n for lang, n in self.corpus.sizes().items() if n < num_shards}
+        if small:
+            listed = ", ".join(f"{lang} has {n} pairs" for lang, n in small.items())
+            raise ValueError(f"{listed}, fewer than the {num_shards} shards (ranks x DataLoader workers); "
+                             f"every shard needs at least one: add data, drop the language or use fewer shards")
 
     def shard_indices(self, lang: str, shard: int, num_shards: int) -> np.ndarray:
         """The example indices of `lang` that belong to `shard` of `num_shards` (a seeded permutation, sliced)."""
         n = len(self.corpus.tables[lang])
         perm = np.random.default_rng([self.seed, _stable(lang)]).permutation(n)
-        part = perm[shard::num_shards]
-        if len(part) == 0:
-            raise ValueError(f"{lang} has {n} pairs, fewer than the {num_shards} shards "
-                             f"(ranks x DataLoader workers); every shard needs at least one")
-        return part
+        return perm[shard::num_shards]
 
     def __iter__(self) -> Iterator[dict]:
         info = torch.utils.data.get_worker_info()
         workers, worker = (info.num_workers, info.id) if info is not None else (1, 0)
         shard, num_shards = self.rank * workers + worker, self.world_size * workers
+        self.check_shards(num_shards)
         langs = list(self.probabilities)
         probs = np.array([self.probabilities[lang] for lang in langs])
         parts = {lang: self.shard_indices(lang, shard, num_shards) for lang in langs}

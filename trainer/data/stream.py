@@ -3,8 +3,8 @@
     cfg = StreamConfig(manifest="data/fineweb-2B/manifest.json", max_length=512)
     loader = StreamLoader(cfg, llm_tokenizer, nllb_tokenizer, batch_size=8,
                           rank=rank, world_size=world_size, seed=job.seed)
-    batches = iter(loader)
-    batch = next(batches)          # llm_input_ids, llm_attention_mask, nllb_input_ids, nllb_attention_mask
+    batch = next(loader)           # llm_input_ids, llm_attention_mask, nllb_input_ids, nllb_attention_mask
+    loader.last_index              # its global micro-batch index k (k % world_size == rank)
     state = loader.state_dict()    # save with the checkpoint
     ...
     loader.load_state_dict(state)  # a fresh loader resumes at the exact next batch
@@ -15,21 +15,23 @@ Pipeline, and the choices made (see docs/streaming.md for the long form):
    alone (no text is read): shards in a seeded random order, then a windowed
    shuffle (documents permuted inside consecutive windows of `shuffle_window`).
    Deterministic in (seed, epoch); different epochs differ.
-2. Consumers. There are `world_size * max(1, num_workers)` consumers; consumer
-   `rank * W + worker`.
-   - `split="document"` (default, efficient): consumer c reads the contiguous
-     slice [c*D/C, (c+1)*D/C) of the epoch's order (D documents, C consumers).
-     Every document is read by exactly one consumer per epoch, for any world
-     size and worker count, whatever the shard sizes; each consumer reads and
-     tokenizes only its own documents. A rank's batch sequence is deterministic
-     in (seed, world_size, num_workers) but changes with them.
-   - `split="batch"` (reproducible across world sizes): every consumer walks
-     the whole order, chunks it and forms the same global batch sequence; global
-     batch k goes to rank k % world_size (and, inside a rank, to worker
-     (k // world_size) % W, matching the DataLoader's round robin). A 1-rank run
-     with gradient accumulation 2 then sees exactly the batches of a 2-rank
-     run. Cost: every consumer tokenizes everything, so throughput per consumer
-     is divided by world_size * W. For tests and small equivalence runs.
+2. Consumers. The order is cut into `consumers` contiguous slices
+   [c*D/C, (c+1)*D/C) (D documents, C consumers); consumer c reads, chunks and
+   batches its slice alone, endlessly (epoch after epoch), and global
+   micro-batch k is batch number k // C of consumer k % C. Rank r owns the
+   consumers c = r (mod world_size) and hands out global micro-batches
+   r, r + world_size, r + 2*world_size, ...; inside a rank, DataLoader worker w
+   owns the rank's consumers c // world_size = w (mod workers), which matches the
+   DataLoader's round robin. So every document is read by exactly one consumer
+   per epoch, each process tokenizes only its own documents, and the global
+   micro-batch sequence depends on `consumers` but not on world_size or
+   num_workers: a 1-rank run with gradient accumulation 2 sees exactly the
+   micro-batches of a 2-rank run when both use the same `consumers`.
+   `consumers` must be a multiple of world_size * max(1, num_workers); left
+   unset it is exactly that product (one consumer per process, the least
+   memory), and then the sequence changes with the launch shape. Near the end
+   of a finite stream (`epochs` set) consumers run out at different batches and
+   the k -> consumer k % C correspondence no longer holds for the last batches.
 3. Dual tokenization (`DualChunker`): each document is tokenized once by each
    tokenizer with character offsets, and cut at positions that are token
    boundaries in BOTH tokenizations, greedily as far as both views (special
@@ -42,9 +44,10 @@ Pipeline, and the choices made (see docs/streaming.md for the long form):
    batch_size`; a pool is shuffled (or sorted by length, with `length_bucketing`,
    whose batches are then shuffled) and cut into batches, padded dynamically to
    the longest sequence of the batch on each tokenizer's `padding_side`.
-5. State: per consumer (epoch, position of the current pool's first chunk as
-   (document, chunk) in the consumer's order, global batch index of the pool,
-   batches of the pool already taken) plus which worker yields next. Resuming
+5. State: per consumer of the rank (epoch, position of the current pool's first
+   chunk as (document, chunk) in the consumer's slice, the consumer's batch count
+   at the pool, batches of the pool already taken), per worker the local index
+   of its next batch, and which worker yields next. Resuming
    re-reads one shard and re-tokenizes at most one pool of chunks; skipped
    documents are never read (their position is arithmetic on the order).
 """
@@ -55,7 +58,7 @@ import json
 import math
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any, Iterator, Literal
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -65,7 +68,7 @@ from transformers import PreTrainedTokenizerBase
 
 from trainer.data.shards import Manifest, ShardError, load_manifest, missing_shards, read_shard_texts
 
-STATE_FORMAT = "trainer.stream/1"
+STATE_FORMAT = "trainer.stream/2"
 SENTENCE_ENDS = ".!?…。！？"
 WHITESPACE = np.array([c for c in range(0x3001) if chr(c).isspace()], dtype=np.uint32)
 MIN_FILL = 0.5  # a sentence-end (else word-start) cut is preferred when it keeps >= this share of the longest cut
@@ -80,11 +83,10 @@ class StreamConfig(BaseModel):
     manifest: str = Field(description="Shard manifest (manifest.json, or its folder) from data_prep.fineweb_shards")
     max_length: int = Field(512, gt=0, description="Most tokens per example in EACH view, special tokens included; "
                                                    "documents are cut into spans that fit both tokenizers")
-    split: Literal["document", "batch"] = Field(
-        "document", description="document: each consumer (rank x worker) reads its own contiguous slice of the "
-                                "epoch's document order (efficient); batch: every consumer builds the global batch "
-                                "sequence and keeps batch k if k % world_size == rank (same global batches for any "
-                                "world size; costs world_size x workers tokenization)")
+    consumers: int | None = Field(
+        None, ge=1, description="Slices the epoch's document order is cut into; global micro-batch k comes from "
+                                "slice k % consumers. A multiple of world_size x max(1, num_workers); null = that "
+                                "product. Fix it to get the same global batches under every launch shape")
     shuffle: bool = Field(True, description="Seeded shuffling of shard order, documents (window) and chunks (pool)")
     shuffle_window: int = Field(10_000, ge=1, description="Documents are permuted inside consecutive windows of this "
                                                           "many documents of the shard-shuffled order; memory grows "
@@ -107,7 +109,7 @@ class StreamConfig(BaseModel):
 
     def sequence_key(self) -> dict[str, Any]:
         """The settings that determine the batch sequence (a resume state must match them)."""
-        return self.model_dump(include={"max_length", "split", "shuffle", "shuffle_window", "pool_batches",
+        return self.model_dump(include={"max_length", "shuffle", "shuffle_window", "pool_batches",
                                         "length_bucketing", "drop_last", "epochs"})
 
 
@@ -307,12 +309,12 @@ def epoch_order(rows: list[int], seed: int, epoch: int, shuffle: bool = True, wi
 
 
 def consumer_slice(num_docs: int, consumer: int, consumers: int) -> tuple[int, int]:
-    """[lo, hi) of the epoch order that consumer `consumer` of `consumers` reads (split="document")."""
+    """[lo, hi) of the epoch order that consumer `consumer` of `consumers` reads."""
     return num_docs * consumer // consumers, num_docs * (consumer + 1) // consumers
 
 
 class _ShardCache:
-    """Texts of the most recently used shards of one consumer (bounded LRU)."""
+    """Texts of the most recently used shards of one process (bounded LRU)."""
 
     def __init__(self, manifest: Manifest, capacity: int, checksum: bool):
         self.manifest, self.capacity, self.checksum = manifest, capacity, checksum
@@ -349,8 +351,12 @@ def _fresh_state() -> dict[str, int]:
 class StreamDataset(IterableDataset):
     """The per-process part of the stream; use it through `StreamLoader`, which owns the resume state.
 
-    Iterating yields collated batches with an extra `_stream_state` entry (JSON:
-    logical worker and its state after this batch) that `StreamLoader` removes.
+    Rank r's local consumer L is global consumer L * world_size + r; its local
+    micro-batch j comes from local consumer j % per_rank and is global
+    micro-batch j * world_size + r. Logical worker w yields the local indices
+    j = w (mod workers). Iterating yields collated batches with an extra
+    `_stream_state` entry (JSON: worker, local consumer, its state after this
+    batch, the local index j) that `StreamLoader` removes.
     """
 
     def __init__(self, cfg: StreamConfig, manifest: Manifest, llm_tokenizer: PreTrainedTokenizerBase,
@@ -358,6 +364,12 @@ class StreamDataset(IterableDataset):
         self.cfg, self.manifest = cfg, manifest
         self.batch_size, self.rank, self.world_size, self.seed = batch_size, rank, world_size, seed
         self.workers = max(1, cfg.num_workers)
+        self.consumers = cfg.consumers or world_size * self.workers
+        if self.consumers % (world_size * self.workers):
+            raise ValueError(f"consumers={self.consumers} (data.consumers in a job) is not a multiple of world_size x "
+                             f"max(1, num_workers) = {world_size} x {self.workers}; use a common multiple of the "
+                             f"launch shapes to compare, or leave it unset")
+        self.per_rank = self.consumers // world_size
         self.chunker = DualChunker(llm_tokenizer, nllb_tokenizer, cfg.max_length)
         self.pad = {}
         for name, tok in (("llm", llm_tokenizer), ("nllb", nllb_tokenizer)):
@@ -368,26 +380,25 @@ class StreamDataset(IterableDataset):
         self.rows = [s.rows for s in manifest.shards]
         min_rows = max(1, min((r for r in self.rows if r), default=1))
         window = cfg.shuffle_window if cfg.shuffle else 1
-        self.cache_shards = math.ceil(window / min_rows) + 1
-        self.resume: tuple[list[dict | None], int] = ([None] * self.workers, 0)
+        self.cache_shards = math.ceil(window / min_rows) + 1  # per consumer
+        # per local consumer state (None: the start), per logical worker its next local index, rotation
+        self.resume: tuple[list[dict | None], list[int], int] = (
+            [None] * self.per_rank, list(range(self.workers)), 0)
+        self._orders: OrderedDict[int, np.ndarray] = OrderedDict()
 
-    # --- what each consumer reads and owns
+    # --- what each consumer reads
 
-    def _docs(self, epoch: int, worker: int) -> np.ndarray:
-        order = epoch_order(self.rows, self.seed, epoch, self.cfg.shuffle, self.cfg.shuffle_window)
-        if self.cfg.split == "batch":
-            return order
-        lo, hi = consumer_slice(len(order), self.rank * self.workers + worker, self.world_size * self.workers)
+    def _docs(self, epoch: int, consumer: int) -> np.ndarray:
+        if epoch not in self._orders:  # shared by the process's consumers; two epochs kept (consumers drift)
+            self._orders[epoch] = epoch_order(self.rows, self.seed, epoch, self.cfg.shuffle, self.cfg.shuffle_window)
+            while len(self._orders) > 2:
+                self._orders.popitem(last=False)
+        order = self._orders[epoch]
+        lo, hi = consumer_slice(len(order), consumer, self.consumers)
         return order[lo:hi]
 
-    def _owns(self, batch: int, worker: int) -> bool:
-        if self.cfg.split == "document":
-            return True
-        return batch % self.world_size == self.rank and (batch // self.world_size) % self.workers == worker
-
-    def _pool_rng(self, epoch: int, batch: int, worker: int) -> np.random.Generator:
-        stream = 2 ** 31 if self.cfg.split == "batch" else self.rank * self.workers + worker
-        return np.random.default_rng([self.seed & 0xFFFFFFFF, epoch, batch, stream, 0xB00C])
+    def _pool_rng(self, epoch: int, batch: int, consumer: int) -> np.random.Generator:
+        return np.random.default_rng([self.seed & 0xFFFFFFFF, epoch, batch, consumer, 0xB00C])
 
     # --- iteration
 
@@ -432,15 +443,13 @@ class StreamDataset(IterableDataset):
             batch["chunk_index"] = torch.tensor([j for _, _, j, _ in items], dtype=torch.long)
         return batch
 
-    def consumer_batches(self, worker: int, state: dict | None) -> Iterator[tuple[dict, dict]]:
-        """(batch, state after it) for logical worker `worker` of this rank, from `state` (None: the start)."""
+    def consumer_batches(self, consumer: int, state: dict | None, cache: _ShardCache) -> Iterator[tuple[dict, dict]]:
+        """(batch, state after it) of global consumer `consumer`, from `state` (None: the start)."""
         state = dict(state or _fresh_state())
-        cache = _ShardCache(self.manifest, self.cache_shards, self.cfg.verify_checksums)
         pool_size = self.cfg.pool_batches * self.batch_size
         while self.cfg.epochs is None or state["epoch"] < self.cfg.epochs:
             epoch = state["epoch"]
-            docs = self._docs(epoch, worker)
-            chunks = self._chunks(docs, state["doc"], state["chunk"], cache)
+            chunks = self._chunks(self._docs(epoch, consumer), state["doc"], state["chunk"], cache)
             while True:
                 pool = []
                 after = (state["doc"], state["chunk"])
@@ -452,12 +461,10 @@ class StreamDataset(IterableDataset):
                 if not pool:
                     break
                 final = len(pool) < pool_size
-                batches = self._pool_batches(pool, self._pool_rng(epoch, state["batch"], worker), final)
+                batches = self._pool_batches(pool, self._pool_rng(epoch, state["batch"], consumer), final)
                 next_pool = {"epoch": epoch, "doc": after[0], "chunk": after[1],
                              "batch": state["batch"] + len(batches), "skip": 0}
                 for i in range(state["skip"], len(batches)):
-                    if not self._owns(state["batch"] + i, worker):
-                        continue
                     now = next_pool if i + 1 == len(batches) else {**state, "skip": i + 1}
                     yield self._collate(batches[i]), now
                 state = next_pool
@@ -465,35 +472,81 @@ class StreamDataset(IterableDataset):
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         info = get_worker_info()
-        physical = info.id if info is not None else 0
-        states, rotation = self.resume
-        worker = (physical + rotation) % self.workers
-        for batch, state in self.consumer_batches(worker, states[worker]):
-            batch["_stream_state"] = json.dumps({"worker": worker, "state": state})
+        states, next_local, rotation = self.resume
+        worker = ((info.id if info is not None else 0) + rotation) % self.workers
+        mine = range(worker, self.per_rank, self.workers)
+        cache = _ShardCache(self.manifest, self.cache_shards * len(mine), self.cfg.verify_checksums)
+        running: dict[int, Iterator[tuple[dict, dict]]] = {}
+        exhausted: set[int] = set()
+        j = next_local[worker]
+        while len(exhausted) < len(mine):  # local batch j from local consumer j % per_rank, round robin
+            local, index, j = j % self.per_rank, j, j + self.workers
+            if local in exhausted:
+                continue
+            if local not in running:
+                running[local] = self.consumer_batches(local * self.world_size + self.rank, states[local], cache)
+            item = next(running[local], None)
+            if item is None:
+                exhausted.add(local)
+                continue
+            batch, state = item
+            batch["_stream_state"] = json.dumps({"worker": worker, "local": local, "state": state, "index": index})
             yield batch
 
 
 # ---------------------------------------------------------------- the loader
 
 
+@dataclass
+class _Position:
+    """A rank's position: per local consumer state, per logical worker its next local index, the next worker."""
+
+    states: list[dict | None]
+    next_local: list[int]
+    next_worker: int = 0
+    batches_seen: int = 0
+    last_index: int | None = None
+
+
+def _follow(dataset: StreamDataset, pos: _Position) -> Iterator[dict[str, Any]]:
+    """Batches of `dataset` from `pos`, updating `pos` after each batch handed out."""
+    dataset.resume = (list(pos.states), list(pos.next_local), pos.next_worker)
+    cfg, workers = dataset.cfg, dataset.workers
+    if cfg.num_workers == 0:
+        source: Any = iter(dataset)
+    else:
+        source = DataLoader(dataset, batch_size=None, num_workers=cfg.num_workers,
+                            prefetch_factor=cfg.prefetch_factor, persistent_workers=False)
+    for batch in source:
+        info = json.loads(batch.pop("_stream_state"))
+        pos.states[info["local"]] = info["state"]
+        pos.next_local[info["worker"]] = info["index"] + workers
+        pos.next_worker = (info["worker"] + 1) % workers
+        pos.last_index = info["index"] * dataset.world_size + dataset.rank
+        pos.batches_seen += 1
+        yield batch
+
+
+
 class StreamLoader:
-    """Batches for one rank, with exact resume (see the module doc for the order and the split).
+    """Micro-batches for one rank, with exact resume (see the module doc for the order and the consumers).
 
     Args:
-        cfg: StreamConfig (manifest, max_length, split, shuffling, workers, ...).
+        cfg: StreamConfig (manifest, max_length, consumers, shuffling, workers, ...).
         llm_tokenizer, nllb_tokenizer: fast HF tokenizers with pad tokens; set the NLLB tokenizer's
             `src_lang` first (its language code is read once, here). Padding side: each tokenizer's.
         batch_size: examples (chunks) per micro-batch on this rank.
         rank, world_size: this process's data-parallel rank and the number of ranks.
         seed: shuffling seed (the job seed); the order also depends on the epoch.
 
-    Iterating yields dicts with `llm_input_ids`, `llm_attention_mask`, `nllb_input_ids`,
-    `nllb_attention_mask` ([batch, seq] LongTensors, seq = the longest in the batch per view,
-    <= max_length), plus `text`, `doc_index`, `chunk_index` with `cfg.return_text`. The stream
-    is endless unless `cfg.epochs` is set. Iterating again continues where the last iterator
-    stopped; use one iterator at a time. `state_dict()` describes the position after the last
-    batch handed out; `load_state_dict()` on a new loader (same config, manifest, seed, rank,
-    world size, worker count) continues with the very next batch.
+    An iterator (`next(loader)`, `for batch in loader`) of dicts with `llm_input_ids`,
+    `llm_attention_mask`, `nllb_input_ids`, `nllb_attention_mask` ([batch, seq] LongTensors,
+    seq = the longest in the batch per view, <= max_length), plus `text`, `doc_index`,
+    `chunk_index` with `cfg.return_text`. Endless unless `cfg.epochs` is set. After each batch
+    `last_index` is its global micro-batch index k (k % world_size == rank). `state_dict()`
+    describes the position after the last batch handed out; `load_state_dict()` on a new loader
+    (same config, manifest, seed, rank, world size, worker count) continues with the very next
+    batch. The same interface as `trainer.data.text.MicroBatches`.
     """
 
     def __init__(self, cfg: StreamConfig, llm_tokenizer: PreTrainedTokenizerBase,
@@ -517,39 +570,49 @@ class StreamLoader:
         self.dataset = StreamDataset(cfg, manifest, llm_tokenizer, nllb_tokenizer, batch_size, rank, world_size,
                                      seed)
         self.workers = self.dataset.workers
-        self._states: list[dict | None] = [None] * self.workers
-        self._next_worker = 0
-        self.batches_seen = 0
+        self._pos = _Position([None] * self.dataset.per_rank, list(range(self.workers)))
+        self._iterator: Iterator[dict[str, Any]] | None = None
 
     @property
     def num_documents(self) -> int:
         return self.manifest.num_rows
 
-    def __iter__(self) -> Iterator[dict[str, Any]]:
-        self.dataset.resume = (list(self._states), self._next_worker)
-        if self.cfg.num_workers == 0:
-            source: Any = iter(self.dataset)
-        else:
-            source = DataLoader(self.dataset, batch_size=None, num_workers=self.cfg.num_workers,
-                                prefetch_factor=self.cfg.prefetch_factor, persistent_workers=False)
-        for batch in source:
-            info = json.loads(batch.pop("_stream_state"))
-            self._states[info["worker"]] = info["state"]
-            self._next_worker = (info["worker"] + 1) % self.workers
-            self.batches_seen += 1
-            yield batch
+    @property
+    def last_index(self) -> int | None:
+        """Global micro-batch index k of the last batch handed out (k % world_size == rank)."""
+        return self._pos.last_index
+
+    @property
+    def batches_seen(self) -> int:
+        return self._pos.batches_seen
+
+    def __iter__(self) -> "StreamLoader":
+        return self
+
+    def __next__(self) -> dict[str, Any]:
+        if self._iterator is None:  # the generator does not hold the loader: dropping the loader stops workers
+            self._iterator = _follow(self.dataset, self._pos)
+        return next(self._iterator)
+
+    def close(self) -> None:
+        """Stop the current iteration (and its worker processes); the position is kept."""
+        if self._iterator is not None:
+            self._iterator.close()
+            self._iterator = None
 
     def _key(self) -> dict[str, Any]:
         d = self.dataset
         return {"manifest": self.manifest.fingerprint(), "seed": d.seed, "rank": d.rank,
-                "world_size": d.world_size, "workers": self.workers, "batch_size": d.batch_size,
-                "config": self.cfg.sequence_key()}
+                "world_size": d.world_size, "workers": self.workers, "num_consumers": d.consumers,
+                "batch_size": d.batch_size, "config": self.cfg.sequence_key()}
 
     def state_dict(self) -> dict[str, Any]:
-        """Position after the last batch handed out: per-worker states, the next worker, and the settings
-        they are valid for (JSON-serialisable)."""
-        return {"format": STATE_FORMAT, **self._key(), "states": [dict(s) if s else None for s in self._states],
-                "next_worker": self._next_worker, "batches_seen": self.batches_seen}
+        """Position after the last batch handed out: per-consumer states, each worker's next local index,
+        the next worker, and the settings they are valid for (JSON-serialisable)."""
+        pos = self._pos
+        return {"format": STATE_FORMAT, **self._key(), "states": [dict(s) if s else None for s in pos.states],
+                "next_local": list(pos.next_local), "next_worker": pos.next_worker,
+                "batches_seen": pos.batches_seen, "last_index": pos.last_index}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue from `state` (from `state_dict()` of a loader with the same settings)."""
@@ -559,6 +622,7 @@ class StreamLoader:
         wrong = [f"{k} (state {state.get(k)!r}, now {v!r})" for k, v in key.items() if state.get(k) != v]
         if wrong:
             raise ValueError("stream state was saved with other settings: " + "; ".join(wrong))
-        self._states = [dict(s) if s else None for s in state["states"]]
-        self._next_worker = int(state["next_worker"])
-        self.batches_seen = int(state.get("batches_seen", 0))
+        self.close()
+        self._pos = _Position([dict(s) if s else None for s in state["states"]],
+                              [int(j) for j in state["next_local"]], int(state["next_worker"]),
+                              int(state.get("batches_seen", 0)), state.get("last_index"))

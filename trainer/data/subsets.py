@@ -23,26 +23,37 @@ English is the anchor: never selected, always implicitly aligned):
 
 Each subset records its featural objective value (the summed distance
 above) whatever heuristic chose it, so heuristics can be compared on it.
+Searched subsets also record how they were found (`exact` or
+`approximate`) and a baseline: the mean and the best objective of 1000
+uniform random subsets of the same size and candidates.
 A size larger than the candidates is skipped and listed under `skipped`.
+
+Missing URIEL data (the paper leaves it open; our choice): by default
+(`features: imputed`) each missing observed feature is filled from
+lang2vec's kNN prediction, so every pair has a distance over all 289
+features. With `features: observed` a pair without shared features has no
+distance: the run fails naming the pairs (`on_undefined: error`) or drops
+the languages with the most undefined pairs (`on_undefined: drop`). A
+missing distance is never counted as 0. Either way the document's
+`metadata.features` lists the languages that lack an observed-feature
+distance to some partner.
 """
 
 from __future__ import annotations
 
-import logging
 import math
 import random
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Literal
 
 import numpy as np
 import yaml
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from tqdm.auto import tqdm
 
 from trainer.data import subset_search
 from trainer.data.languages import Language, LanguageTable, language_table
-from trainer.data.uriel import FEATURE_MODES, distance_matrix
-
-log = logging.getLogger(__name__)
+from trainer.data.uriel import FeatureMode, distance_matrix
 
 HEURISTICS: dict[str, str] = {
     "featural_max": "most diverse: n-subset maximising the summed pairwise URIEL angular distance, English counted",
@@ -73,37 +84,44 @@ DEFAULT_SEEDS = (17, 23, 42, 66)
 OBJECTIVE = "sum of pairwise URIEL angular distances over the subset plus English (arccos(cos)/pi)"
 
 
-@dataclass
-class SelectionConfig:
+class SelectionConfig(BaseModel):
     """Inputs of `select_subsets` (the CLI `python -m data_prep.select_languages` fills it)."""
 
-    pool: list[str]
-    sizes: list[int] = field(default_factory=lambda: list(DEFAULT_SIZES))
-    heuristics: list[str] = field(default_factory=lambda: list(HEURISTICS))
-    seeds: list[int] = field(default_factory=lambda: list(DEFAULT_SEEDS))
-    seen: list[str] = field(default_factory=lambda: list(SEEN_PRESETS["llama-3.1"]))
+    model_config = ConfigDict(extra="forbid")
+
+    pool: list[str] = Field(description="candidate languages (any code the language table knows)")
+    sizes: list[int] = Field(default_factory=lambda: list(DEFAULT_SIZES), description="subset sizes n")
+    heuristics: list[str] = Field(default_factory=lambda: list(HEURISTICS), description="heuristics to run")
+    seeds: list[int] = Field(default_factory=lambda: list(DEFAULT_SEEDS), description="seeds of seeded heuristics")
+    seen: list[str] = Field(default_factory=lambda: list(SEEN_PRESETS["llama-3.1"]),
+                            description="languages seen in the model's pre-training")
     seen_source: str = "llama-3.1 (model card: officially supported languages)"
-    english: str = "eng_Latn"
-    features: str = "imputed"
-    min_shared: int = 1
-    on_undefined: str = "error"        # observed mode: "error" or "drop" languages without distances
-    exact_max_combinations: int = subset_search.DEFAULT_EXACT_MAX_COMBINATIONS
-    restarts: int = subset_search.DEFAULT_RESTARTS
+    english: str = Field("eng_Latn", description="anchor: counted in every objective, never selected")
+    features: FeatureMode = Field("imputed", description="URIEL feature mode (trainer.data.uriel)")
+    min_shared: int = Field(1, ge=1, description="observed mode: fewest shared features for a defined distance")
+    on_undefined: Literal["error", "drop"] = Field("error", description=(
+        "observed mode: fail naming the pairs without a distance, or drop those languages"))
+    exact_max_combinations: int = Field(subset_search.DEFAULT_EXACT_MAX_COMBINATIONS, ge=0)
+    restarts: int = Field(subset_search.DEFAULT_RESTARTS, ge=1)
     search_seed: int = 0
-    full_pools: bool = True
+    full_pools: bool = Field(True, description="also write each resource pool whole as <heuristic>_all")
     pool_name: str = "pool65"
 
-    def check(self) -> None:
-        unknown = [h for h in self.heuristics if h not in HEURISTICS]
+    @field_validator("heuristics")
+    @classmethod
+    def _heuristics(cls, v: list[str]) -> list[str]:
+        unknown = [h for h in v if h not in HEURISTICS]
         if unknown:
-            raise ValueError(f"heuristics: unknown {unknown}; valid: {', '.join(HEURISTICS)}")
-        if self.features not in FEATURE_MODES:
-            raise ValueError(f"features: {self.features!r} is not one of {', '.join(FEATURE_MODES)}")
-        if self.on_undefined not in ("error", "drop"):
-            raise ValueError(f"on_undefined: {self.on_undefined!r} is not 'error' or 'drop'")
-        bad = [n for n in self.sizes if n < 1]
+            raise ValueError(f"unknown {unknown}; valid: {', '.join(HEURISTICS)}")
+        return v
+
+    @field_validator("sizes")
+    @classmethod
+    def _sizes(cls, v: list[int]) -> list[int]:
+        bad = [n for n in v if n < 1]
         if bad:
-            raise ValueError(f"sizes: must be positive, got {bad}")
+            raise ValueError(f"must be positive, got {bad}")
+        return v
 
 
 def round_robin(candidates: list[Language], group: Callable[[Language], str], k: int, seed: int) -> list[str]:
@@ -194,111 +212,170 @@ class _Scorer:
         return round(value, 6), round(value / n_pairs, 6)
 
 
-def _random_mean(dist: np.ndarray, anchor: np.ndarray, k: int, seed: int, draws: int = 1000) -> float:
-    """Mean objective of `draws` uniform random k-subsets (a baseline for the searched value)."""
+def _random_baseline(dist: np.ndarray, anchor: np.ndarray, k: int, seed: int, maximize: bool,
+                     draws: int = 1000) -> dict[str, float]:
+    """Objectives of `draws` uniform random k-subsets: their mean and their best (max or min).
+
+    The baseline the searched value must reach (the approximation's acceptance check).
+    """
     rng = np.random.default_rng(seed)
     subsets = np.argsort(rng.random((draws, dist.shape[0])), axis=1)[:, :k]
     rows, cols = np.triu_indices(k, 1)
     values = dist[subsets[:, rows], subsets[:, cols]].sum(axis=1) + anchor[subsets].sum(axis=1)
-    return round(float(values.mean()), 6)
+    best = values.max() if maximize else values.min()
+    return {"random_mean_objective": round(float(values.mean()), 6),
+            "random_best_objective": round(float(best), 6), "random_draws": draws}
 
 
-def select_subsets(cfg: SelectionConfig, table: LanguageTable | None = None, progress: bool = False) -> dict:
-    """Run every requested heuristic at every size (and seed); returns the subsets.yaml document."""
-    cfg.check()
-    table = table or language_table()
-    english = table.flores(cfg.english, "english")
-    pool_codes = [c for c in table.resolve(cfg.pool, "pool") if c != english]
-    pool = sorted((table.get(c) for c in pool_codes), key=lambda x: x.flores)
-    seen = set(table.resolve(cfg.seen, "seen languages"))
-    codes = [x.flores for x in pool] + [english]
-    dist, report = distance_matrix(codes, cfg.features, cfg.min_shared)
-    scorer = _Scorer(codes, english, dist)
+def _undefined_pairs(codes: list[str], dist: np.ndarray, index: dict[str, int]) -> list[tuple[str, str]]:
+    """Pairs of `codes` whose distance is NaN (no shared features)."""
+    return [(a, b) for i, a in enumerate(codes) for b in codes[i + 1:] if np.isnan(dist[index[a], index[b]])]
 
-    subsets: dict[str, dict] = {}
-    skipped: list[dict] = []
-    dropped_all: dict[str, list[str]] = {}
 
-    def add(name: str, heuristic: str, size: int, seed: int | None, langs: list[str], **extra) -> None:
-        objective, mean = scorer.objective(langs)
+class _Run:
+    """One `select_subsets` call: the pool, its distances, and the subsets written so far."""
+
+    def __init__(self, cfg: SelectionConfig, table: LanguageTable):
+        self.cfg, self.table = cfg, table
+        self.english = table.flores(cfg.english, "english")
+        pool_codes = [c for c in table.resolve(cfg.pool, "pool") if c != self.english]
+        self.pool = sorted((table.get(c) for c in pool_codes), key=lambda x: x.flores)
+        self.seen = set(table.resolve(cfg.seen, "seen languages"))
+        codes = [x.flores for x in self.pool] + [self.english]
+        self.dist, self.report = distance_matrix(codes, cfg.features, cfg.min_shared)
+        self.scorer = _Scorer(codes, self.english, self.dist)
+        self.subsets: dict[str, dict] = {}
+        self.skipped: list[dict] = []
+        self.dropped: dict[str, list[str]] = {}
+
+    def add(self, name: str, heuristic: str, seed: int | None, langs: list[str], **extra) -> None:
+        objective, mean = self.scorer.objective(langs)
         entry = {"heuristic": heuristic, "size": len(langs), "seed": seed, "languages": sorted(langs),
                  "objective": objective, "mean_pairwise_distance": mean,
-                 "families": len({table.get(c).family for c in langs}),
-                 "scripts": len({table.get(c).script for c in langs})}
+                 "families": len({self.table.get(c).family for c in langs}),
+                 "scripts": len({self.table.get(c).script for c in langs})}
         if objective is None:
             entry["objective_note"] = "undefined: some pair shares no observed URIEL features"
         entry.update(extra)
-        subsets[name] = entry
+        self.subsets[name] = entry
 
-    for heuristic in cfg.heuristics:
-        cands = _candidates(heuristic, pool, seen)
-        if heuristic in DISTANCE_HEURISTICS:
-            cand_codes = [x.flores for x in cands]
-            dropped: list[str] = []
-            if cfg.on_undefined == "drop":
-                cand_codes, dropped = _drop_undefined(cand_codes + [english], dist, scorer.index)
-                if english in dropped:
-                    raise ValueError(f"{heuristic}: English has undefined distances; use features=imputed")
-                cand_codes = [c for c in cand_codes if c != english]
-                if dropped:
-                    dropped_all[heuristic] = dropped
-            idx = [scorer.index[c] for c in cand_codes]
-            sub = dist[np.ix_(idx, idx)]
-            anchor = dist[idx, scorer.index[english]]
-            for size in cfg.sizes:
-                if size > len(idx):
-                    skipped.append({"heuristic": heuristic, "size": size,
-                                    "reason": f"only {len(idx)} candidate languages"})
-                    continue
-                sel = subset_search.select(sub, size, anchor, maximize=DISTANCE_HEURISTICS[heuristic],
-                                           exact_max_combinations=cfg.exact_max_combinations,
-                                           restarts=cfg.restarts, seed=cfg.search_seed, progress=progress)
-                extra = {"search": sel.method, "candidates": len(idx),
-                         "random_mean_objective": _random_mean(sub, anchor, size, cfg.search_seed)}
-                if sel.method == "approximate":
-                    extra["search_detail"] = (f"greedy + best-improvement swaps, {cfg.restarts} starts, "
-                                              f"seed {cfg.search_seed}; C({len(idx)},{size}) = "
-                                              f"{math.comb(len(idx), size):.3g} subsets")
-                if dropped:
-                    extra["dropped_without_distances"] = dropped
-                add(f"{heuristic}_{size}", heuristic, size, None, [cand_codes[i] for i in sel.indices], **extra)
-            continue
-        if heuristic in POOL_HEURISTICS and cfg.full_pools and cands:
-            add(f"{heuristic}_all", heuristic, len(cands), None, [x.flores for x in cands],
-                candidates=len(cands))
+    def fits(self, heuristic: str, size: int, n_candidates: int) -> bool:
+        if size <= n_candidates:
+            return True
+        self.skipped.append({"heuristic": heuristic, "size": size,
+                             "reason": f"only {n_candidates} candidate languages"})
+        return False
+
+    def _featural_candidates(self, heuristic: str, cands: list[Language]) -> list[str]:
+        """Candidate codes with a distance to each other and to English (undefined ones dropped or reported)."""
+        codes, index = [x.flores for x in cands], self.scorer.index
+        if self.cfg.on_undefined == "drop":
+            kept, dropped = _drop_undefined(codes + [self.english], self.dist, index)
+            if self.english in dropped:
+                raise ValueError(f"{heuristic}: {self.english} has undefined distances; use features: imputed")
+            if dropped:
+                self.dropped[heuristic] = dropped
+            return [c for c in kept if c != self.english]
+        bad = _undefined_pairs(codes + [self.english], self.dist, index)
+        if bad:
+            shown = ", ".join(f"{a}-{b}" for a, b in bad[:10])
+            raise ValueError(
+                f"{heuristic}: {len(bad)} language pairs have no URIEL distance with features="
+                f"{self.cfg.features!r} (e.g. {shown}); a missing distance is never counted as 0: "
+                f"use features: imputed (default) or on_undefined: drop")
+        return codes
+
+    def featural(self, heuristic: str, cands: list[Language], progress: bool) -> None:
+        """Exact or approximate search for the most / least diverse subset at every size."""
+        cfg, maximize = self.cfg, DISTANCE_HEURISTICS[heuristic]
+        codes = self._featural_candidates(heuristic, cands)
+        idx = [self.scorer.index[c] for c in codes]
+        sub = self.dist[np.ix_(idx, idx)]
+        anchor = self.dist[idx, self.scorer.index[self.english]]
         for size in cfg.sizes:
-            if size > len(cands):
-                skipped.append({"heuristic": heuristic, "size": size,
-                                "reason": f"only {len(cands)} candidate languages"})
+            if not self.fits(heuristic, size, len(idx)):
                 continue
-            for seed in cfg.seeds:
+            sel = subset_search.select(sub, size, anchor, maximize=maximize,
+                                       exact_max_combinations=cfg.exact_max_combinations,
+                                       restarts=cfg.restarts, seed=cfg.search_seed, progress=progress)
+            extra = {"search": sel.method, "candidates": len(idx),
+                     **_random_baseline(sub, anchor, size, cfg.search_seed, maximize)}
+            if sel.method == "approximate":
+                extra["search_detail"] = (f"greedy + best-improvement swaps, {cfg.restarts} starts, "
+                                          f"seed {cfg.search_seed}; C({len(idx)},{size}) = "
+                                          f"{math.comb(len(idx), size):.3g} subsets")
+            if heuristic in self.dropped:
+                extra["dropped_without_distances"] = self.dropped[heuristic]
+            self.add(f"{heuristic}_{size}", heuristic, None, [codes[i] for i in sel.indices], **extra)
+
+    def seeded(self, heuristic: str, cands: list[Language]) -> None:
+        """Group round-robin or random subsets, one per seed and size (plus the whole resource pool)."""
+        if heuristic in POOL_HEURISTICS and self.cfg.full_pools and cands:
+            self.add(f"{heuristic}_all", heuristic, None, [x.flores for x in cands], candidates=len(cands))
+        for size in self.cfg.sizes:
+            if not self.fits(heuristic, size, len(cands)):
+                continue
+            for seed in self.cfg.seeds:
                 if heuristic in GROUP_HEURISTICS:
                     langs = round_robin(cands, _group_key(heuristic), size, seed)
                 else:
                     langs = random_subset(cands, size, seed)
-                add(f"{heuristic}_{size}_s{seed}", heuristic, size, seed, langs, candidates=len(cands))
+                self.add(f"{heuristic}_{size}_s{seed}", heuristic, seed, langs, candidates=len(cands))
 
+
+def select_subsets(cfg: SelectionConfig, table: LanguageTable | None = None, progress: bool = False) -> dict:
+    """Run every requested heuristic at every size (and seed); returns the subsets.yaml document.
+
+    `progress`: a bar over heuristics (and the long searches inside them) on stderr.
+    """
+    table = table or language_table()
+    run = _Run(cfg, table)
+    bar = tqdm(cfg.heuristics, desc="heuristics", unit="heuristic", disable=not progress)
+    for heuristic in bar:
+        bar.set_postfix_str(heuristic)
+        cands = _candidates(heuristic, run.pool, run.seen)
+        if heuristic in DISTANCE_HEURISTICS:
+            run.featural(heuristic, cands, progress)
+        else:
+            run.seeded(heuristic, cands)
+    return _document(run)
+
+
+MISSING_HANDLING = {
+    "imputed": "missing observed URIEL features filled from lang2vec's kNN predictions, so every pair has "
+               "a distance over all 289 features",
+    "observed": "observed features only; a pair without shared features has no distance (never 0): "
+                "the run fails (on_undefined: error) or drops those languages (on_undefined: drop)",
+    "knn": "lang2vec's kNN predictions for every feature (observed values not used)",
+}
+
+
+def _document(run: _Run) -> dict:
+    """The subsets.yaml document of a finished run."""
+    cfg = run.cfg
     features_meta = {"source": "URIEL via lang2vec (trainer/data/uriel_features.csv; "
                                "data_prep/build_uriel_features.py)",
-                     "features": "syntax + phonology + inventory (289)", **report.as_dict()}
-    if dropped_all:
-        features_meta["dropped_without_distances"] = dropped_all
+                     "features": "syntax + phonology + inventory (289)",
+                     "missing_features": MISSING_HANDLING[cfg.features], **run.report.as_dict()}
+    if run.dropped:
+        features_meta["dropped_without_distances"] = run.dropped
     return {
         "metadata": {
-            "pool": {"name": cfg.pool_name, "size": len(pool), "languages": [x.flores for x in pool]},
-            "anchor": english,
+            "pool": {"name": cfg.pool_name, "size": len(run.pool), "languages": [x.flores for x in run.pool]},
+            "anchor": run.english,
             "objective": OBJECTIVE,
             "features": features_meta,
             "search": {"exact_max_combinations": cfg.exact_max_combinations, "restarts": cfg.restarts,
                        "seed": cfg.search_seed,
+                       "exact": "all C(m, n) subsets scored when C(m, n) <= exact_max_combinations",
                        "approximation": "greedy + best-improvement swap local search, multiple starts"},
-            "seen_languages": {"source": cfg.seen_source, "languages": sorted(seen)},
+            "seen_languages": {"source": cfg.seen_source, "languages": sorted(run.seen)},
             "sizes": list(cfg.sizes),
             "seeds": list(cfg.seeds),
             "heuristics": {h: HEURISTICS[h] for h in cfg.heuristics},
         },
-        "subsets": subsets,
-        "skipped": skipped,
+        "subsets": run.subsets,
+        "skipped": run.skipped,
     }
 
 

@@ -1,7 +1,15 @@
-"""English text from local parquet/jsonl files, tokenized for both MT-LLM views.
+"""Stage-1 English text for both MT-LLM views: `text_batches` picks the reader.
 
-A simple in-memory reader for small corpora; `trainer.data.stream` (streamed
-shards) replaces it for FineWeb-scale data.
+    batches = text_batches(job.data, micro_batch_size, llm_tokenizer, nllb_tokenizer,
+                           seed=job.seed, rank=rank, world_size=world_size)
+    batch = next(batches)        # llm_input_ids, llm_attention_mask, nllb_input_ids, nllb_attention_mask
+    batches.last_index           # global micro-batch index k of that batch (k % world_size == rank)
+    state = batches.state_dict() # resume with load_state_dict(state)
+
+`data.files`: `MicroBatches` over a small corpus read into memory (each view
+truncated at max_length). `data.manifest`: `trainer.data.stream.StreamLoader`
+over shards from `python -m data_prep.fineweb_shards` (documents cut into spans
+that fit both views). Both hand out global micro-batch k to rank k % world_size.
 """
 
 from __future__ import annotations
@@ -15,6 +23,7 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from trainer.config import TextDataConfig
+from trainer.data.stream import StreamConfig, StreamLoader
 
 
 def expand_files(patterns: list[str]) -> list[str]:
@@ -25,7 +34,7 @@ def expand_files(patterns: list[str]) -> list[str]:
         matches = [m for m in matches if Path(m).is_file()]
         if not matches:
             raise FileNotFoundError(f"data.files: {pattern!r} matches no file "
-                                    f"(for the demo data run: python -m data_prep.demo_text)")
+                                    f"(demo data: python -m data_prep.demo_text writes data/demo/fineweb/*.parquet)")
         files += matches
     return files
 
@@ -149,3 +158,22 @@ class MicroBatches:
             raise ValueError(f"data: next_index {state['next_index']} does not belong to rank {self.rank}")
         self.next_index = int(state["next_index"])
         self.last_index = None
+
+
+def text_batches(cfg: TextDataConfig, micro_batch_size: int, llm_tokenizer: PreTrainedTokenizerBase,
+                 nllb_tokenizer: PreTrainedTokenizerBase, seed: int, rank: int = 0,
+                 world_size: int = 1) -> MicroBatches | StreamLoader:
+    """This rank's endless, resumable micro-batches of `micro_batch_size` examples (see the module doc).
+
+    Determinism: with `files`, global micro-batch k is fixed by the seed alone, so a 1-rank run
+    with grad_accum=2 sees exactly the examples per step of a 2-rank run with grad_accum=1. With
+    `manifest` the same holds when `data.consumers` is set (to a multiple of world_size x
+    max(1, num_workers) for every shape compared); left unset, the global sequence depends on
+    world_size x max(1, num_workers), and only resuming under the same shape is exact.
+    """
+    if cfg.manifest is not None:
+        return StreamLoader(StreamConfig(**cfg.stream_options()), llm_tokenizer, nllb_tokenizer, micro_batch_size,
+                            rank=rank, world_size=world_size, seed=seed)
+    collate = DualViewCollator(llm_tokenizer, nllb_tokenizer, cfg.max_length, cfg.text_column)
+    return MicroBatches(load_text_dataset(cfg), micro_batch_size, collate, seed=seed, shuffle=cfg.shuffle,
+                        rank=rank, world_size=world_size)

@@ -45,14 +45,23 @@ def plot_pair_heatmap(result: RetrievalResult, layer: int, path: str | Path, ann
 
 def plot_layer_curve(result: RetrievalResult, path: str | Path) -> Path:
     """Line plot of mean accuracy over all ordered pairs against the layer label."""
+    return plot_layer_curves({"": result}, path)
+
+
+def plot_layer_curves(results: dict[str, RetrievalResult], path: str | Path, title: str | None = None) -> Path:
+    """One mean-accuracy-by-layer line per labelled result (e.g. before / after training) in one plot."""
     fig = Figure(figsize=(6.0, 4.0))
     ax = fig.add_subplot()
-    ax.plot(result.layers, result.mean_per_layer().numpy(), marker="o")
+    for label, result in results.items():
+        ax.plot(result.layers, result.mean_per_layer().numpy(), marker="o", label=label)
     ax.set_xlabel("layer (hidden_states index)")
     ax.set_ylabel("mean retrieval accuracy")
     ax.set_ylim(0.0, 1.0)
     ax.grid(True, alpha=0.3)
-    ax.set_title(f"Translation retrieval over {len(result.languages)} languages")
+    if any(results):  # a single unlabelled curve (plot_layer_curve) needs no legend
+        ax.legend()
+    n = len(next(iter(results.values())).languages) if results else 0
+    ax.set_title(title or f"Translation retrieval over {n} languages")
     return _save(fig, path)
 
 

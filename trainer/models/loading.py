@@ -12,6 +12,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from typing import Any
+
 import torch
 from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer, M2M100Model, PreTrainedTokenizerBase
 
@@ -32,6 +34,12 @@ def resolve_model_path(name_or_path: str, cache_dir: str | os.PathLike = ".cache
                          + ", ".join(f"tiny:{n}" for n in tiny.TINY_NAMES))
     target = Path(cache_dir) / name
     if not (target / "config.json").is_file():
+        from transformers.integrations import is_deepspeed_zero3_enabled
+
+        if is_deepspeed_zero3_enabled():
+            # built now, its weights would be ZeRO-3 placeholders and save as empty tensors
+            raise RuntimeError(f"{name_or_path} is not built in {cache_dir} and a ZeRO-3 engine is live: build "
+                               f"tiny models first (trainer.models.loading.build_tiny_models_in)")
         target.parent.mkdir(parents=True, exist_ok=True)
         # Build beside the target and rename, so concurrent ranks never see half a model.
         tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))
@@ -41,6 +49,22 @@ def resolve_model_path(name_or_path: str, cache_dir: str | os.PathLike = ".cache
         except OSError:  # another process won the race; its copy is identical
             shutil.rmtree(tmp, ignore_errors=True)
     return str(target)
+
+
+def build_tiny_models_in(tree: Any, cache_dir: str | os.PathLike) -> list[str]:
+    """Build every `tiny:NAME` named anywhere in a (config) tree; returns the names built or found.
+
+    Runs before a DeepSpeed ZeRO-3 engine exists: a tiny model built while ZeRO-3 is
+    active would be created partitioned and saved empty.
+    """
+    if isinstance(tree, dict):
+        return [n for value in tree.values() for n in build_tiny_models_in(value, cache_dir)]
+    if isinstance(tree, (list, tuple)):
+        return [n for value in tree for n in build_tiny_models_in(value, cache_dir)]
+    if isinstance(tree, str) and tree.startswith("tiny:"):
+        resolve_model_path(tree, cache_dir)
+        return [tree]
+    return []
 
 
 def attn_candidates(requested: str) -> list[str]:

@@ -24,6 +24,8 @@ Formats (auto-detected, the merged directory has the format of its inputs):
 - peft: `adapter_model.safetensors` + `adapter_config.json` (`PeftModel.from_pretrained`);
 - ours: `trainable.safetensors` + `config.yaml` (`trainer.models.weights.load_trainable`).
 A `merge.json` with the inputs and the weight is written beside the weights.
+
+Command line (a fixed weight, or a search on dev data): `python -m trainer.merge`, see docs/merging.md.
 """
 
 from __future__ import annotations
@@ -45,27 +47,34 @@ PEFT_CONFIG_FILE = "adapter_config.json"
 MERGE_INFO_FILE = "merge.json"
 PAPER_TASK_WEIGHT = 0.9
 
+Progress = Callable[[Iterable], Iterable]
+
 # adapter_config.json keys that must agree for A/B averaging to be meaningful
 _SCALING_KEYS = ("r", "lora_alpha", "target_modules", "rank_pattern", "alpha_pattern", "use_rslora",
                  "use_dora", "fan_in_fan_out", "layers_to_transform", "peft_type")
 
 
 def merge_state_dicts(task: Mapping[str, torch.Tensor], alignment: Mapping[str, torch.Tensor],
-                      task_weight: float = PAPER_TASK_WEIGHT, only_in_one: str = "error") -> dict[str, torch.Tensor]:
+                      task_weight: float = PAPER_TASK_WEIGHT, only_in_one: str = "error",
+                      progress: Progress | None = None) -> dict[str, torch.Tensor]:
     """name -> tensor, twice -> `w * task + (1 - w) * alignment` per tensor (A and B separately).
 
     Computed in fp32, returned in the task tensor's dtype. `only_in_one`: "error" (default) if a
     name is in one state dict only, or "copy" to keep such a tensor unchanged (e.g. a task head
-    the alignment module does not have). Shapes must match.
+    the alignment module does not have). Shapes must match; a mismatch names the tensor.
+    `progress` wraps the iteration over the task tensors (e.g. `tqdm`), for a progress display.
     """
     _check_weight(task_weight)
     if only_in_one not in ("error", "copy"):
         raise ValueError(f"only_in_one must be error or copy, got {only_in_one!r}")
     task_only, align_only = sorted(task.keys() - alignment.keys()), sorted(alignment.keys() - task.keys())
     if (task_only or align_only) and only_in_one == "error":
-        raise ValueError(f"adapters differ: only in task {task_only[:5]}, only in alignment {align_only[:5]}")
+        raise ValueError(f"adapters hold different tensors: {len(task_only)} only in task {task_only[:3]}, "
+                         f"{len(align_only)} only in alignment {align_only[:3]} (same target modules and layers "
+                         "needed, or only_in_one='copy')")
     merged = {}
-    for name, t in task.items():
+    items = task.items()
+    for name, t in (progress(items) if progress is not None else items):
         if name not in alignment:
             merged[name] = t.clone()
             continue
@@ -91,20 +100,25 @@ def adapter_format(directory: str | Path) -> str:
 
 
 def merge_adapter_dirs(task_dir: str | Path, alignment_dir: str | Path, out_dir: str | Path,
-                       task_weight: float = PAPER_TASK_WEIGHT, only_in_one: str = "error") -> Path:
+                       task_weight: float = PAPER_TASK_WEIGHT, only_in_one: str = "error",
+                       progress: Progress | None = None, extra_info: Mapping | None = None) -> Path:
     """Merge two saved adapters of the same format into `out_dir` (same format; see module docstring).
 
-    The config (adapter_config.json or config.yaml) is the task module's. Returns `out_dir`.
+    The config (adapter_config.json or config.yaml) is the task module's. `merge.json` records
+    the inputs and the weight, plus `extra_info` (e.g. the scores of a weight search). `out_dir`
+    is written atomically (complete or absent; an existing one is replaced). Returns `out_dir`.
     """
     kind, other = adapter_format(task_dir), adapter_format(alignment_dir)
     if kind != other:
         raise ValueError(f"cannot merge a {kind} adapter ({task_dir}) with a {other} adapter ({alignment_dir})")
     info = {"method": "weighted average of each tensor (A and B separately)", "task_weight": task_weight,
-            "task": str(task_dir), "alignment": str(alignment_dir), "format": kind}
+            "task": str(task_dir), "alignment": str(alignment_dir), "format": kind, **(extra_info or {})}
     if kind == "peft":
-        return _merge_peft_dirs(Path(task_dir), Path(alignment_dir), Path(out_dir), task_weight, only_in_one, info)
+        return _merge_peft_dirs(Path(task_dir), Path(alignment_dir), Path(out_dir), task_weight, only_in_one, info,
+                                progress)
     merged = merge_state_dicts(load_file(str(Path(task_dir) / WEIGHTS_FILE)),
-                               load_file(str(Path(alignment_dir) / WEIGHTS_FILE)), task_weight, only_in_one)
+                               load_file(str(Path(alignment_dir) / WEIGHTS_FILE)), task_weight, only_in_one,
+                               progress)
     config_path = Path(task_dir) / CONFIG_FILE
     config_yaml = config_path.read_text() if config_path.is_file() else ""
     out = save_trainable(merged, out_dir, config_yaml)
@@ -113,15 +127,20 @@ def merge_adapter_dirs(task_dir: str | Path, alignment_dir: str | Path, out_dir:
 
 
 def _merge_peft_dirs(task_dir: Path, alignment_dir: Path, out_dir: Path, task_weight: float, only_in_one: str,
-                     info: dict) -> Path:
+                     info: dict, progress: Progress | None = None) -> Path:
+    # tensors first, so that a rank mismatch is reported with the tensor that shows it
+    merged = merge_state_dicts(load_file(str(task_dir / PEFT_WEIGHTS_FILE)),
+                               load_file(str(alignment_dir / PEFT_WEIGHTS_FILE)), task_weight, only_in_one,
+                               progress)
     task_cfg = json.loads((task_dir / PEFT_CONFIG_FILE).read_text())
     align_cfg = json.loads((alignment_dir / PEFT_CONFIG_FILE).read_text())
-    differing = [k for k in _SCALING_KEYS if _normalised(task_cfg.get(k)) != _normalised(align_cfg.get(k))]
+    differing = {k: (task_cfg.get(k), align_cfg.get(k)) for k in _SCALING_KEYS
+                 if _normalised(task_cfg.get(k)) != _normalised(align_cfg.get(k))}
     if differing:
-        raise ValueError(f"adapter configs differ in {differing}: separate A/B averaging needs the same "
-                         "shapes and scaling (use merge_with_peft with combination_type='cat')")
-    merged = merge_state_dicts(load_file(str(task_dir / PEFT_WEIGHTS_FILE)),
-                               load_file(str(alignment_dir / PEFT_WEIGHTS_FILE)), task_weight, only_in_one)
+        shown = ", ".join(f"{k}: {t!r} (task) vs {a!r} (alignment)" for k, (t, a) in differing.items())
+        raise ValueError(f"{task_dir / PEFT_CONFIG_FILE} and {alignment_dir / PEFT_CONFIG_FILE} differ in {shown}: "
+                         "separate A/B averaging needs the same shapes and scaling "
+                         "(merge_with_peft with combination_type='cat' does not)")
 
     def write(tmp: Path) -> None:
         save_file({k: v.contiguous() for k, v in merged.items()}, str(tmp / PEFT_WEIGHTS_FILE),

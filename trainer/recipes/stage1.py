@@ -15,55 +15,22 @@ therefore compute the same steps, and a resumed run continues the same sequence.
 
 from __future__ import annotations
 
-import json
-import os
 import time
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
-from trainer import distributed
+from trainer import distributed, faults
 from trainer.checkpoint import Checkpointer
 from trainer.config import JobConfig
-from trainer.data.text import DualViewCollator, MicroBatches, load_text_dataset
+from trainer.data.text import text_batches
 from trainer.engine import Engine
 from trainer.models.loading import load_llm_tokenizer, load_nllb_tokenizer
 from trainer.models.mt_llm import build_mt_llm
 from trainer.models.weights import save_trainable
+from trainer.recipes.common import METRICS_FILE, StepLog  # noqa: F401 - METRICS_FILE re-exported
 from trainer.tracking import Tracker
-
-METRICS_FILE = "metrics.jsonl"
-
-
-class StepLog:
-    """Per-step metrics as JSON lines in OUTPUT_DIR/metrics.jsonl (rank 0), for tests and quick looks.
-
-    On resume the lines after the resumed step are dropped (they are about to be recomputed).
-    """
-
-    def __init__(self, path: Path, enabled: bool, resumed_step: int):
-        self.path = path
-        self.enabled = enabled
-        if not enabled:
-            return
-        kept = []
-        if resumed_step > 0 and path.is_file():
-            for line in path.read_text().splitlines():
-                try:
-                    row = json.loads(line)
-                except ValueError:  # a line cut by a kill
-                    continue
-                if row.get("step", 0) <= resumed_step:
-                    kept.append(line)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text("".join(line + "\n" for line in kept))
-        os.replace(tmp, path)
-
-    def write(self, row: dict) -> None:
-        if self.enabled:
-            with self.path.open("a") as f:
-                f.write(json.dumps(row) + "\n")
 
 
 def run(job: JobConfig, tracker: Tracker, checkpoints: Checkpointer) -> dict:
@@ -72,13 +39,11 @@ def run(job: JobConfig, tracker: Tracker, checkpoints: Checkpointer) -> dict:
     engine = Engine(job)  # before the model: under ZeRO-3 the frozen models load partitioned
     try:
         model = build_mt_llm(job.model).train()
-        collate = DualViewCollator(load_llm_tokenizer(job.model.llm, job.model.cache_dir),
+        with distributed.main_first():  # rank 0 fills the datasets cache first (data.files)
+            batches = text_batches(job.data, job.optim.micro_batch_size,
+                                   load_llm_tokenizer(job.model.llm, job.model.cache_dir),
                                    load_nllb_tokenizer(job.model.encoder, job.model.cache_dir),
-                                   job.data.max_length, job.data.text_column)
-        with distributed.main_first():
-            dataset = load_text_dataset(job.data)
-        batches = MicroBatches(dataset, job.optim.micro_batch_size, collate, seed=job.seed,
-                               shuffle=job.data.shuffle, rank=engine.rank, world_size=engine.world_size)
+                                   seed=job.seed, rank=engine.rank, world_size=engine.world_size)
         engine.prepare(model)
         start_step = checkpoints.restore(engine, batches)
         return _train(job, engine, model, batches, tracker, checkpoints, start_step)
@@ -123,6 +88,7 @@ def _train(job, engine, model, batches, tracker, checkpoints, start_step: int) -
         if checkpoints.due(done, max_steps):
             checkpoints.save(done, engine, batches, metrics={"loss": step_loss, "fvu": step_fvu},
                              run_id=tracker.run_id)
+        faults.maybe_kill("after_step", done)
 
     state = engine.gather_trainable()  # collective: every rank takes part, rank 0 receives
     export = None

@@ -1,0 +1,50 @@
+"""Write the generated 3-class task (`trainer.data.task.synthetic_task`) for the align/realign demos and tests.
+
+    python -m data_prep.make_task_data --out data/demo/task --train 2000 --eval 200 \\
+        --languages eng_Latn deu_Latn fra_Latn ell_Grek rus_Cyrl arb_Arab zho_Hans hin_Deva amh_Ethi swh_Latn
+
+Writes `OUT/train/<source>.jsonl` (`--train` source-language examples, seed `--seed`) and
+`OUT/eval/<lang>.jsonl` for every language (`--eval` examples, seed `--seed + 1`: the same
+sentences rendered in each language, none shared with the training seed's order). One JSON
+object per line: `{"text": ..., "label": 0|1|2}`. Point a job's `task.train_files` at the first
+and `task.eval_dir` at the second.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from trainer.data.languages import language_table
+from trainer.data.task import write_task_files
+
+
+def write_task_data(out_dir: str | Path, languages: list[str], n_train: int, n_eval: int, seed: int = 0,
+                    source: str = "eng_Latn") -> dict[str, Path]:
+    """Train file of `source` and eval files of every language; returns {"train": path, "eval": dir}."""
+    table = language_table()
+    languages = table.resolve(languages, "--languages")
+    source = table.flores(source, "--source")
+    out = Path(out_dir)
+    train = write_task_files(out / "train", [source], n_train, seed)[source]
+    write_task_files(out / "eval", sorted(set(languages) | {source}), n_eval, seed + 1)
+    return {"train": train, "eval": out / "eval"}
+
+
+def main(argv: list[str] | None = None) -> dict[str, Path]:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", required=True, help="output directory")
+    parser.add_argument("--languages", nargs="+", required=True, help="evaluation languages (any known code)")
+    parser.add_argument("--train", type=int, default=2000, help="source-language training examples (default 2000)")
+    parser.add_argument("--eval", type=int, default=200, help="evaluation examples per language (default 200)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the training set; evaluation uses seed + 1")
+    parser.add_argument("--source", default="eng_Latn", help="language of the training set (default eng_Latn)")
+    args = parser.parse_args(argv)
+    paths = write_task_data(args.out, args.languages, args.train, args.eval, args.seed, args.source)
+    for name, path in paths.items():
+        print(f"{name}: {path}")
+    return paths
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,171 @@
+"""Language table lookups and URIEL angular distances, checked against values written out here."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+
+import numpy as np
+import pytest
+
+from trainer.data.languages import LanguageTable, UnknownLanguageError, language_table
+from trainer.data.uriel import (angular_distance, distance_matrix, feature_matrix, load_uriel,
+                                pairwise_angular_distances)
+
+# The study's pool (shared/languages_pool65.csv): ISO 639-3 code as that table writes it, Joshi class.
+POOL65 = ("afr:3 twi:1 amh:2 ara:5 aze:1 bam:1 eus:4 ben:3 bul:3 mya:1 zho:5 luo:0 nld:4 pan:2 est:3 ewe:1 "
+          "fin:4 fon:0 fra:5 lug:1 kat:3 deu:5 ell:3 guj:1 hau:2 heb:3 hin:4 hun:4 ibo:1 ind:3 ita:4 jpn:5 "
+          "jav:1 kaz:3 kin:1 kor:4 lin:1 lit:3 msa:3 mal:1 mar:2 mos:0 nya:1 orm:1 fas:4 pol:4 por:4 ron:3 "
+          "rus:4 sna:1 spa:5 swa:2 tgl:3 tam:3 tel:1 tha:3 tsn:2 tur:4 ukr:3 urd:3 vie:4 wol:2 xho:2 yor:2 "
+          "zul:2")
+
+
+@pytest.fixture(scope="module")
+def table() -> LanguageTable:
+    return language_table()
+
+
+def test_table_has_exactly_the_nllb_tokenizer_codes(table):
+    nllb = pytest.importorskip("transformers.models.nllb.tokenization_nllb")
+    assert sorted(x.flores for x in table) == sorted(nllb.FAIRSEQ_LANGUAGE_CODES)
+    assert len(table) == 202
+
+
+@pytest.mark.parametrize("codes, flores", [
+    (["ell_Grek", "ELL_GREK", "ell", "el"], "ell_Grek"),
+    (["zho_Hans", "zho", "zh"], "zho_Hans"),
+    (["arb_Arab", "arb", "ara", "ar"], "arb_Arab"),
+    (["gaz_Latn", "gaz", "orm", "om"], "gaz_Latn"),        # the study writes Oromo as gaz, the pool as orm
+    (["swh_Latn", "swh", "swa", "sw"], "swh_Latn"),        # Swahili: swh in subsets, swa in the pool
+    (["pes_Arab", "pes", "fas", "fa"], "pes_Arab"),
+    (["zsm_Latn", "zsm", "msa", "ms"], "zsm_Latn"),
+    (["azj_Latn", "azj", "aze", "az"], "azj_Latn"),
+    (["deu_Latn", "deu", "de"], "deu_Latn"),
+    (["fon_Latn", "fon"], "fon_Latn"),                     # no ISO 639-1 code
+    (["kas_Arab", "kas", "ks"], "kas_Arab"),               # bare code -> the primary script
+    (["kas_Deva"], "kas_Deva"),
+    (["zho_Hant"], "zho_Hant"),
+])
+def test_lookup_by_flores_iso3_iso1(table, codes, flores):
+    for code in codes:
+        assert table.flores(code) == flores, code
+        assert code in table
+
+
+def test_rows_know_script_family_and_iso_codes(table):
+    ell = table.get("el")
+    assert (ell.flores, ell.iso639_3, ell.iso639_1, ell.script, ell.family) == (
+        "ell_Grek", "ell", "el", "Grek", "Indo-European")
+    assert table.get("ja").script == "Jpan" and table.get("ko").script == "Hang"
+    assert table.get("eus").family == "Basque"                  # isolate: its own family
+    assert table.get("swa").resource_group == "low" and table.get("fra").resource_group == "high"
+
+
+def test_pool65_matches_the_study_table(table):
+    expected = dict(item.split(":") for item in POOL65.split())
+    assert len(expected) == 65
+    pool = {x.flores: x for x in table.pool("pool65")}
+    resolved = {table.flores(code): int(joshi) for code, joshi in expected.items()}
+    assert set(resolved) == set(pool)
+    assert {c: pool[c].joshi_class for c in pool} == resolved
+    assert "eng_Latn" not in pool
+
+
+@pytest.mark.parametrize("bad, closest", [("ell_Latn", "ell_Grek"), ("deu_latm", "deu_Latn"),
+                                          ("zho_Hanz", "zho_Hans"), ("swahili", "swh_Latn")])
+def test_unknown_code_names_closest_valid_codes(table, bad, closest):
+    with pytest.raises(UnknownLanguageError) as e:
+        table.flores(bad, field="data.languages")
+    message = str(e.value)
+    assert "data.languages" in message and repr(bad) in message and closest in message
+
+
+def test_resolve_reports_every_unknown_and_duplicates(table):
+    with pytest.raises(UnknownLanguageError) as e:
+        table.resolve(["de", "xx_Yyyy", "qqq"])
+    assert "xx_Yyyy" in str(e.value) and "qqq" in str(e.value)
+    with pytest.raises(ValueError, match="swh_Latn"):
+        table.resolve(["swa", "swh_Latn"])
+
+
+# ----------------------------------------------------------------------------------------- URIEL
+
+
+def test_angular_distance_hand_computed_with_missing_features():
+    nan = float("nan")
+    u = np.array([1.0, 0.0, nan, 1.0, 1.0])
+    v = np.array([1.0, 1.0, 1.0, nan, 0.0])
+    # features both have: 0, 1, 4 -> u' = (1, 0, 1), v' = (1, 1, 0); cos = 1 / (sqrt2 sqrt2) = 1/2
+    # arccos(1/2) = pi/3, divided by pi: 1/3
+    assert angular_distance(u, v) == pytest.approx(1 / 3, abs=1e-12)
+    # not the distance over all features with missing set to 0: (1,0,0,1,1).(1,1,1,0,0) = 1, |.| = sqrt3
+    assert angular_distance(u, v) != pytest.approx(math.acos(1 / 3) / math.pi, abs=1e-6)
+    dist, shared = pairwise_angular_distances(np.stack([u, v]))
+    assert dist[0, 1] == pytest.approx(1 / 3, abs=1e-12) and dist[1, 0] == pytest.approx(1 / 3, abs=1e-12)
+    assert shared[0, 1] == 3
+
+
+def test_no_shared_feature_is_undefined_never_zero():
+    nan = float("nan")
+    u, v = np.array([1.0, nan, 1.0]), np.array([nan, 1.0, nan])
+    assert math.isnan(angular_distance(u, v))
+    assert math.isnan(angular_distance(np.array([1.0, nan]), np.array([0.0, 1.0])))   # zero vector: no angle
+    assert math.isnan(angular_distance(np.array([1.0, 1.0]), np.array([1.0, nan]), min_shared=2))
+    dist, _ = pairwise_angular_distances(np.stack([u, v]))
+    assert math.isnan(dist[0, 1])
+
+
+def test_pairwise_matches_scalar_on_uriel_rows():
+    codes = ["eng_Latn", "tsn_Latn", "kaz_Cyrl", "jpn_Jpan", "deu_Latn", "yor_Latn"]
+    x = feature_matrix(codes, "observed")
+    dist, _ = pairwise_angular_distances(x)
+    for i in range(len(codes)):
+        for j in range(len(codes)):
+            expected = 0.0 if i == j else angular_distance(x[i], x[j])
+            np.testing.assert_equal(np.isnan(dist[i, j]), math.isnan(expected))
+            if not math.isnan(expected):
+                assert dist[i, j] == pytest.approx(expected, abs=1e-9)
+
+
+def test_missing_observed_distances_reported_and_imputed(table):
+    codes = [x.flores for x in table.pool("pool65")] + ["eng_Latn"]
+    uriel = load_uriel()
+    obs = uriel.observed[[uriel.row(c) for c in codes]]
+    has = ~np.isnan(obs)
+
+    def undefined(i: int, j: int) -> bool:
+        """No feature observed for both, or one side is all zeros on the shared ones (no angle)."""
+        both = has[i] & has[j]
+        return not both.any() or not obs[i][both].any() or not obs[j][both].any()
+
+    no_shared = {(a, b) for i, a in enumerate(codes) for j, b in enumerate(codes) if i < j and undefined(i, j)}
+    affected = sorted({c for pair in no_shared for c in pair})
+    assert "tsn_Latn" in affected              # Tswana: one observed feature out of 289
+
+    dist, report = distance_matrix(codes, "imputed")
+    assert report.languages_with_undefined_pairs == affected
+    assert set(report.undefined_observed_pairs) == no_shared
+    assert report.observed_features["tsn_Latn"] == int(has[codes.index("tsn_Latn")].sum())
+    assert not np.isnan(dist).any()            # imputation gives every pair a distance
+
+    obs_dist, _ = distance_matrix(codes, "observed")
+    for a, b in no_shared:
+        assert math.isnan(obs_dist[codes.index(a), codes.index(b)])
+
+
+def test_imputed_keeps_observed_values_and_fills_the_rest_from_knn():
+    uriel = load_uriel()
+    i = uriel.row("kaz_Cyrl")
+    imputed = feature_matrix(["kaz_Cyrl"], "imputed")[0]
+    observed = ~np.isnan(uriel.observed[i])
+    np.testing.assert_array_equal(imputed[observed], uriel.observed[i][observed])
+    np.testing.assert_array_equal(imputed[~observed], uriel.knn[i][~observed])
+
+
+@pytest.mark.skipif(importlib.util.find_spec("lang2vec") is None, reason="lang2vec not installed")
+def test_shipped_features_rebuild_from_lang2vec(tmp_path):
+    from data_prep.build_uriel_features import DEFAULT_OUT, build, find_lang2vec_data
+
+    out = tmp_path / "uriel_features.csv"
+    build(find_lang2vec_data(), out)
+    assert out.read_bytes() == DEFAULT_OUT.read_bytes()

@@ -1,0 +1,78 @@
+"""Evaluation split over the ranks of a job: task accuracy per language, translation retrieval.
+
+Under ZeRO-3 every forward pass gathers parameters collectively, so every rank must run the same
+number of forward passes: each rank takes every `world_size`-th example (`rank_slice`), padded by
+repeating its last one to the same count on every rank; padded rows are dropped from the
+results. Counts are summed over ranks (task accuracy) or embeddings gathered (retrieval, scored on
+rank 0 and broadcast), so every rank returns the same numbers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+
+import torch
+
+from trainer import distributed
+from trainer.eval.retrieval import RetrievalResult, embed_languages, retrieval_accuracy, tokenize_languages
+
+
+def rank_slice(n: int, rank: int, world_size: int) -> tuple[list[int], int]:
+    """Indices `rank, rank + world, ...` of `n` items padded to `ceil(n / world)`; returns (indices, real count)."""
+    if n < world_size:
+        raise ValueError(f"evaluation: {n} examples cannot be split over {world_size} ranks")
+    mine = list(range(rank, n, world_size))
+    size = -(-n // world_size)
+    return mine + [mine[-1]] * (size - len(mine)), len(mine)
+
+
+@torch.no_grad()
+def task_accuracy(predict: Callable[[dict], torch.Tensor], rows_by_language: Mapping[str, Sequence[dict]],
+                  collate: Callable[[list[dict]], dict], batch_size: int,
+                  rank: int = 0, world_size: int = 1) -> dict[str, float]:
+    """Accuracy per language: `predict(batch) -> logits [b, C]`, argmax against the batch's gold labels.
+
+    The collated batch's `gold` entry (removed before `predict`) or else its `labels` are the
+    classes. Every rank evaluates its slice of every language; counts are summed over ranks.
+    """
+    counts: list[float] = []
+    for lang, rows in rows_by_language.items():
+        indices, real = rank_slice(len(rows), rank, world_size)
+        correct = 0
+        for start in range(0, len(indices), batch_size):
+            chunk = indices[start:start + batch_size]
+            batch = collate([rows[i] for i in chunk])
+            gold = batch.pop("gold") if "gold" in batch else batch["labels"]
+            hits = (predict(batch).argmax(dim=-1).cpu() == gold)
+            valid = torch.arange(start, start + len(chunk)) < real
+            correct += int((hits & valid).sum())
+        counts += [float(correct), float(real)]
+    summed = distributed.all_reduce_sum(counts) if world_size > 1 else counts
+    return {lang: summed[2 * i] / summed[2 * i + 1] for i, lang in enumerate(rows_by_language)}
+
+
+def retrieval_over_ranks(model: torch.nn.Module, tokenizer, sentences: Mapping[str, Sequence[str]],
+                         layers: Sequence[int] | None = None, k: int = 4, batch_size: int = 32,
+                         max_length: int | None = None, rank: int = 0, world_size: int = 1) -> RetrievalResult:
+    """`trainer.eval.retrieval.evaluate_retrieval` with the sentences split over the ranks.
+
+    Each rank embeds its slice of every language, rank 0 scores the gathered embeddings
+    (margin retrieval, all ordered pairs, every layer) and broadcasts the result.
+    """
+    tokenized = tokenize_languages(tokenizer, sentences, max_length)
+    n = len(next(iter(sentences.values())))
+    indices, real = rank_slice(n, rank, world_size)
+    index = torch.tensor(indices)
+    mine = {lang: {key: t[index] for key, t in enc.items()} for lang, enc in tokenized.items()}
+    languages, chosen, emb = embed_languages(model, mine, batch_size, layers)
+    emb = emb[:, :, :real]
+    if world_size == 1:
+        return retrieval_accuracy(emb, languages, chosen, k)
+    parts = distributed.all_gather_object(emb)
+    result = None
+    if rank == 0:
+        full = torch.empty(emb.shape[0], emb.shape[1], n, emb.shape[3], dtype=emb.dtype)
+        for r, part in enumerate(parts):
+            full[:, :, r::world_size] = part
+        result = retrieval_accuracy(full, languages, chosen, k)
+    return distributed.broadcast_object(result)
