@@ -19,7 +19,7 @@ from safetensors.torch import load_file
 from alignment_helpers import data  # noqa: F401 - a fixture
 from alignment_helpers import final_metrics, job_dict, launch, ok, run_inprocess, step_rows, write_job
 from trainer.config import ConfigError, load_job
-from trainer.recipes.common import reset_optimizer_state
+from trainer.engine import reset_optimizer_moments
 from trainer.train import main
 
 # Retrieval over 60 sentences (chance 1/60): realignment must add at least this much at the aligned layer.
@@ -156,7 +156,7 @@ def test_reset_optimizer_state_restarts_adam_inside_wrappers():
         def __init__(self, inner):
             self.optimizer = inner
 
-    reset_optimizer_state(type("FakeEngine", (), {"optimizer": Wrapper(used)})())
+    reset_optimizer_moments(Wrapper(used))
     reference = torch.optim.AdamW([fresh], lr=0.1)
     grad = torch.randn(4)
     for param, optimizer in [(weights, used), (fresh, reference), (kept, not_reset)]:

@@ -43,6 +43,7 @@ import torch
 
 from trainer import distributed, faults
 from trainer.config import CheckpointConfig
+from trainer.fsutil import replace_dir
 
 log = logging.getLogger(__name__)
 
@@ -255,14 +256,7 @@ class Checkpointer:
                      "metrics": metrics or {}, "config_sha256": self.config_hash, "time": time.time()}
             _write_atomic(tmp / TRAINER_STATE, json.dumps(state, indent=1))
             write_manifest(tmp)
-            if final.exists():  # a resumed run writing a step it wrote before the kill
-                old = self.root / f".old-{final.name}"
-                shutil.rmtree(old, ignore_errors=True)
-                final.rename(old)
-                tmp.rename(final)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                tmp.rename(final)
+            replace_dir(tmp, final)  # final exists when a resumed run rewrites a step it wrote before a kill
             _fsync_dir(self.root)
             _write_atomic(self.root / LATEST, final.name + "\n")
             self.prune(keep_also=final)
@@ -288,6 +282,6 @@ class Checkpointer:
         removed = [p for _, p in complete + broken if p not in keep]
         for path in removed:
             shutil.rmtree(path, ignore_errors=True)
-        for stale in [*self.root.glob(".old-*"), *self.root.glob(".tmp-*")]:  # no write is in progress now
+        for stale in [*self.root.glob(".step-*-old"), *self.root.glob(".tmp-*")]:  # no write is in progress now
             shutil.rmtree(stale, ignore_errors=True)
         return removed

@@ -152,6 +152,24 @@ def warmup_linear_decay(warmup_steps: int, max_steps: int):
     return factor
 
 
+def reset_optimizer_moments(optimizer: Any) -> None:
+    """Zero every state tensor (and int step count) of the torch optimizer inside `optimizer`.
+
+    DeepSpeed wraps the torch optimizer (`.optimizer` chains); under ZeRO its state holds this
+    rank's partitions, zeroed in place on every rank.
+    """
+    while not isinstance(optimizer, torch.optim.Optimizer) and hasattr(optimizer, "optimizer"):
+        optimizer = optimizer.optimizer
+    if not isinstance(optimizer, torch.optim.Optimizer):
+        raise TypeError(f"cannot find the torch optimizer inside {type(optimizer).__name__}")
+    for state in optimizer.state.values():
+        for key, value in state.items():
+            if torch.is_tensor(value):
+                value.zero_()
+            elif key == "step" and isinstance(value, int):   # optimizers that count steps in ints
+                state[key] = 0
+
+
 class Engine:
     """One DeepSpeed engine for one job, in the current process group."""
 
@@ -235,6 +253,15 @@ class Engine:
     def reduce_sum(self, values: list[float]) -> list[float]:
         """Sum a few floats over ranks (for logging global losses and token counts)."""
         return distributed.all_reduce_sum(values)
+
+    def reset_optimizer(self) -> None:
+        """Zero the optimizer's moments and step counts: the next phase starts as with a fresh AdamW.
+
+        Used between realignment and task fine-tuning (M3): Adam's second moments from the
+        contrastive phase would otherwise shrink the task phase's updates for hundreds of steps.
+        The learning-rate schedule and the global step are kept.
+        """
+        reset_optimizer_moments(self.optimizer)
 
     # ---- state --------------------------------------------------------------------------------
     def save_state(self, path: str | Path) -> None:

@@ -81,21 +81,29 @@ class SubsetAxis(Section):
     file: str | None = Field(None, description="subsets.yaml written by data_prep.select_languages")
     names: list[str] | None = Field(None, description="Subset names to take from `file` (default: all)")
     inline: dict[str, list[str]] | None = Field(None, description="name -> languages, instead of a file")
+    select: dict[str, Any] | None = Field(None, description=(
+        "Compute the subsets when the sweep starts, with the keys of trainer.data.subsets.SelectionConfig "
+        "(heuristics, sizes, seeds, pool: a list of codes, default the 65-language pool, ...); "
+        "the same as writing them with data_prep.select_languages first"))
 
     @model_validator(mode="after")
     def _one_source(self) -> "SubsetAxis":
-        if (self.file is None) == (self.inline is None):
-            raise ValueError("give either file (with optional names) or inline subsets")
+        given = [k for k in ("file", "inline", "select") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(f"give exactly one of file (with optional names), inline or select (got {given or 'none'})")
+        if self.names is not None and self.inline is not None:
+            raise ValueError("names: picks subsets from a file or a selection, not from inline subsets")
         return self
 
 
 class SchedulerConfig(Section):
     kind: Literal["fifo", "asha"] = Field("fifo", description=(
-        "fifo: every trial runs to the end; asha: ASHA stops poor trials early on `metric`, counting reports "
-        "(one per logged metric row: every tracking.log_every steps, plus evaluations)"))
-    grace_period: int = Field(1, gt=0, description="ASHA: reports before a trial can be stopped")
+        "fifo: every trial runs to the end; asha: ASHA stops poor trials early on `metric`, compared at the "
+        "same optimizer step (rungs at grace_period x reduction_factor^k steps); rows without the metric "
+        "are skipped, so pick a metric logged during training"))
+    grace_period: int = Field(1, gt=0, description="ASHA: optimizer steps before a trial can be stopped")
     reduction_factor: int = Field(2, gt=1, description="ASHA: keep 1/reduction_factor per rung")
-    max_t: int = Field(100, gt=0, description="ASHA: reports after which a trial is done")
+    max_t: int = Field(100, gt=0, description="ASHA: optimizer steps after which a trial is done (the job's optim.max_steps)")
 
 
 class ResourcesConfig(Section):
@@ -107,13 +115,16 @@ class ResourcesConfig(Section):
 
 class RayConfig(Section):
     address: str | None = Field(None, description="Ray cluster; default $RAY_ADDRESS, else start a local Ray")
-    num_cpus: int | None = Field(None, gt=0, description="Local Ray only: logical CPUs (may exceed cores)")
+    num_cpus: int | None = Field(None, gt=0, description="Local Ray only: logical CPUs (may exceed cores); null = the cores + 1, the spare one for the trials' driver functions")
 
 
 class SweepConfig(Section):
     name: str = Field(..., min_length=1, pattern=r"^[A-Za-z0-9_.-]+$", description=(
-        "Sweep name: the sweep directory storage_path/NAME, the MLflow parent run's name, the sweep tag of each trial"))
+        "Sweep name: the sweep directory output_dir/NAME, the MLflow parent run's name, the sweep tag of each trial"))
     job: str = Field(..., description="Base job YAML, relative to the sweep file")
+    prepare: list[str] = Field(default_factory=list, description=(
+        "Commands the driver runs once, in the working directory, before validating trials and starting Ray "
+        "(e.g. data preparation); each must be safe to re-run, and a failing one stops the sweep"))
     overrides: list[str] = Field(default_factory=list, description=(
         "Dotted key.path=value overrides of the base job (value parsed as YAML), applied before the search"))
     search: dict[str, Axis] = Field(default_factory=dict, description=(
@@ -128,7 +139,12 @@ class SweepConfig(Section):
     resources: ResourcesConfig = Field(ResourcesConfig(), description="Ray resources of each trial")
     max_concurrent_trials: int = Field(1, gt=0, description="Trials running at the same time")
     max_failures: int = Field(1, ge=0, description="Retries of a crashed trial, each resuming its checkpoint")
-    storage_path: str = Field("outputs/sweeps", description="Local dir, NFS path, or s3://bucket/prefix")
+    output_dir: str = Field("outputs/sweeps", description=(
+        "output_dir/NAME holds the sweep state, every trial's output_dir (checkpoints, export, metrics) and the "
+        "summary; on a cluster a path every node mounts (NFS), since a retried trial may resume on another node"))
+    storage_path: str | None = Field(None, description=(
+        "Ray Tune and Ray Train experiment storage: a local dir, NFS path, or a pyarrow URI (s3://bucket/prefix, "
+        "gs://...); null = output_dir/NAME"))
     tracking_uri: str | None = Field(None, description="MLflow; default $MLFLOW_TRACKING_URI or sqlite:///mlflow.db")
     experiment: str = Field("sweeps", description="MLflow experiment of the parent run and of every trial's run")
     ray: RayConfig = Field(RayConfig(), description="Which Ray the sweep runs on")
@@ -136,20 +152,48 @@ class SweepConfig(Section):
 
 def load_subsets(axis: SubsetAxis, base_dir: Path) -> dict[str, dict[str, Any]]:
     """name -> {"languages": [...], plus heuristic/size/seed/objective when the file has them}."""
+    from trainer.data.languages import language_table
+
     if axis.inline is not None:
-        return {name: {"languages": langs, "heuristic": "inline"} for name, langs in axis.inline.items()}
-    path = (base_dir / axis.file) if not Path(axis.file).is_absolute() else Path(axis.file)
-    if not path.is_file():
-        raise ConfigError(f"subsets.file: {path} not found (write it with python -m data_prep.select_languages)")
-    data = yaml.safe_load(path.read_text()) or {}
-    table = data.get("subsets", data)
-    if isinstance(table, list):
-        table = {entry["name"]: entry for entry in table}
+        table = language_table()
+        try:
+            return {name: {"languages": table.resolve(langs, f"subsets.inline.{name}"), "heuristic": "inline"}
+                    for name, langs in axis.inline.items()}
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+    if axis.select is not None:
+        where, table = "subsets.select", selected_subsets(axis.select)
+    else:
+        path = (base_dir / axis.file) if not Path(axis.file).is_absolute() else Path(axis.file)
+        if not path.is_file():
+            raise ConfigError(f"subsets.file: {path} not found (write it with python -m data_prep.select_languages)")
+        data = yaml.safe_load(path.read_text()) or {}
+        where, table = str(path), data.get("subsets", data)
+        if isinstance(table, list):
+            table = {entry["name"]: entry for entry in table}
     names = axis.names or sorted(table)
     unknown = [n for n in names if n not in table]
     if unknown:
-        raise ConfigError(f"subsets.names: {unknown} not in {path}; available: {', '.join(sorted(table))}")
+        raise ConfigError(f"subsets.names: {unknown} not in {where}; available: {', '.join(sorted(table))}")
     return {name: dict(table[name]) for name in names}
+
+
+def selected_subsets(select: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Run the subset selection of `data_prep.select_languages` in memory -> name -> subset entry."""
+    from pydantic import ValidationError
+
+    from trainer.data.languages import language_table
+    from trainer.data.subsets import SelectionConfig, select_subsets
+
+    options = dict(select)
+    if "pool" not in options:
+        options["pool"] = [lang.flores for lang in language_table().pool("pool65")]
+    try:
+        cfg = SelectionConfig.model_validate(options)
+    except ValidationError as e:
+        raise ConfigError("subsets.select: " + "; ".join(
+            f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors())) from None
+    return dict(select_subsets(cfg)["subsets"])
 
 
 class Sweep:
@@ -179,11 +223,17 @@ class Sweep:
         return n * self.config.num_samples
 
 
-def load_sweep(path: str | Path, overrides: list[str] | None = None) -> Sweep:
-    """Read, validate and probe a sweep file; raises ConfigError naming the key on any problem."""
+def load_sweep(path: str | Path, overrides: list[str] | None = None, prepare: bool = True) -> Sweep:
+    """Read, validate and probe a sweep file; raises ConfigError naming the key on any problem.
+
+    `prepare`: run the file's `prepare` commands once the sweep file itself is valid (before the
+    base job is validated, since the commands may write the files it names).
+    """
     path = Path(path)
     raw = load_raw(path, overrides)
     config = validate(raw, SweepConfig, source=f"sweep {path}")
+    if prepare:
+        run_prepare(config.prepare)
     base_dir = path.resolve().parent
     job_path = Path(config.job) if Path(config.job).is_absolute() else base_dir / config.job
     if not job_path.is_file():
@@ -194,6 +244,25 @@ def load_sweep(path: str | Path, overrides: list[str] | None = None) -> Sweep:
     sweep = Sweep(config, base_raw, subsets, base_dir)
     _probe(sweep)
     return sweep
+
+
+def run_prepare(commands: list[str]) -> None:
+    """Run each `prepare` command (a shell-style line, no shell); the first failure raises ConfigError."""
+    import shlex
+    import subprocess
+    import sys
+
+    for i, command in enumerate(commands):
+        argv = shlex.split(command)
+        if argv and argv[0] == "python":
+            argv[0] = sys.executable   # the interpreter running the sweep, not whatever is on PATH
+        print(f"prepare[{i}]: {command}", flush=True)
+        try:
+            code = subprocess.run(argv).returncode
+        except OSError as e:
+            raise ConfigError(f"prepare[{i}]: {command!r} could not start: {e}") from None
+        if code != 0:
+            raise ConfigError(f"prepare[{i}]: {command!r} failed with exit status {code}")
 
 
 def _probe(sweep: Sweep) -> None:

@@ -24,6 +24,7 @@ import logging
 import os
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,20 @@ from trainer.sweep import Sweep, load_sweep
 log = logging.getLogger("trainer.tune")
 STATE_FILE = "sweep_state.json"
 TRIALS_DIR = "trials"
+# The trial function only waits on its TorchTrainer, whose workers hold the real resources;
+# Tune needs a non-empty request, and a local Ray gets one spare logical CPU for these.
+TRIAL_DRIVER_CPU = 0.01
+
+
+@dataclass(frozen=True)
+class TrialContext:
+    """What every trial of one sweep shares (passed to Tune with `tune.with_parameters`)."""
+
+    sweep: Sweep
+    sweep_dir: str
+    parent_run_id: str | None
+    workdir: str                      # the driver's working directory: relative job paths resolve here
+    crash_at_step: int | None = None  # tests: each trial's workers raise once at this step
 
 
 def param_space(sweep: Sweep) -> dict[str, Any]:
@@ -92,13 +107,21 @@ def train_worker(config: dict[str, Any]) -> None:
 
     from trainer.train import run_job
 
+    if os.path.isdir(config["workdir"]):   # the same machine, or a path every node mounts
+        os.chdir(config["workdir"])
     job = validate(config["raw"], JobConfig, source="trial job")
     crash_at = config.get("crash_at_step")
     marker = Path(job.output_dir) / ".injected_crash_done"
+    crash_pending = crash_at is not None and not marker.exists()   # decided once, alike on every rank
+
+    latest: dict[str, float] = {}
 
     def report(metrics: dict[str, float], step: int) -> None:
-        ray.train.report({**metrics, "step": step})
-        if crash_at is not None and step >= crash_at and not marker.exists():
+        # Carry earlier metrics forward: an evaluation metric (e.g. zero_shot_accuracy) appears in one
+        # row only, and the trial's last report is what Tune ranks and the summary table shows.
+        latest.update(metrics)
+        ray.train.report({**latest, "step": step})
+        if crash_pending and step == crash_at:
             if ray.train.get_context().get_world_rank() == 0:
                 marker.touch()
             raise RuntimeError(f"injected crash at step {step} (testing fault tolerance)")
@@ -106,8 +129,7 @@ def train_worker(config: dict[str, Any]) -> None:
     run_job(job, report=report)
 
 
-def run_trial(trial_config: dict[str, Any], sweep: Sweep, sweep_dir: str, parent_run_id: str | None,
-              crash_at_step: int | None = None) -> None:
+def run_trial(trial_config: dict[str, Any], ctx: TrialContext) -> None:
     """One Tune trial: a TorchTrainer over `resources.workers` DeepSpeed ranks."""
     from ray import tune
     from ray.train import FailureConfig, RunConfig, ScalingConfig
@@ -115,26 +137,30 @@ def run_trial(trial_config: dict[str, Any], sweep: Sweep, sweep_dir: str, parent
     from ray.tune.integration.ray_train import TuneReportCallback
 
     trial_name = tune.get_context().get_trial_name()
-    trial_dir = Path(sweep_dir) / TRIALS_DIR / trial_name
-    raw = trial_job(sweep, trial_config, trial_dir, parent_run_id, trial_name)
+    sweep = ctx.sweep
+    trial_dir = Path(ctx.sweep_dir) / TRIALS_DIR / trial_name
+    raw = trial_job(sweep, trial_config, trial_dir, ctx.parent_run_id, trial_name)
     res = sweep.config.resources
     use_gpu = res.gpus_per_worker > 0
     resources = {"CPU": res.cpus_per_worker, **({"GPU": res.gpus_per_worker} if use_gpu else {})}
     trainer = TorchTrainer(
         train_worker,
-        train_loop_config={"raw": raw, "crash_at_step": crash_at_step},
+        train_loop_config={"raw": raw, "workdir": ctx.workdir, "crash_at_step": ctx.crash_at_step},
         scaling_config=ScalingConfig(num_workers=res.workers, use_gpu=use_gpu, resources_per_worker=resources),
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
-        run_config=RunConfig(name=f"{sweep.config.name}-{trial_name}", storage_path=storage_root(sweep),
+        run_config=RunConfig(name=f"train-{trial_name}", storage_path=storage_root(sweep, Path(ctx.sweep_dir)),
                              callbacks=[TuneReportCallback()],
                              failure_config=FailureConfig(max_failures=sweep.config.max_failures)),
     )
     trainer.fit()
 
 
-def storage_root(sweep: Sweep) -> str:
+def storage_root(sweep: Sweep, sweep_dir: Path) -> str:
+    """Where Ray keeps experiment state: `storage_path` (a URI is kept as is), default the sweep dir."""
     path = sweep.config.storage_path
-    return path if "://" in path else str(Path(path).resolve())
+    if path is None:
+        return str(sweep_dir)
+    return path.rstrip("/") + "/" + sweep.config.name if "://" in path else str(Path(path).resolve() / sweep.config.name)
 
 
 def init_ray(sweep: Sweep) -> None:
@@ -147,23 +173,21 @@ def init_ray(sweep: Sweep) -> None:
     if address:
         ray.init(address=address)
     else:
-        ray.init(num_cpus=sweep.config.ray.num_cpus, include_dashboard=False,
+        num_cpus = sweep.config.ray.num_cpus or (os.cpu_count() or 1) + 1
+        ray.init(num_cpus=num_cpus, include_dashboard=True,
                  runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false"}})
 
 
-def build_tuner(sweep: Sweep, sweep_dir: Path, parent_run_id: str | None, resume: bool,
-                crash_at_step: int | None = None):
+def build_tuner(ctx: TrialContext, resume: bool):
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
-    trainable = tune.with_resources(
-        tune.with_parameters(run_trial, sweep=sweep, sweep_dir=str(sweep_dir), parent_run_id=parent_run_id,
-                             crash_at_step=crash_at_step),
-        {"cpu": 0.01})  # the trial function only waits on its TorchTrainer; workers hold the resources
+    sweep, sweep_dir = ctx.sweep, Path(ctx.sweep_dir)
+    trainable = tune.with_resources(tune.with_parameters(run_trial, ctx=ctx), {"cpu": TRIAL_DRIVER_CPU})
     if resume:
-        return tune.Tuner.restore(str(sweep_dir / "tune"), trainable=trainable, resume_errored=True)
+        return tune.Tuner.restore(storage_root(sweep, sweep_dir) + "/tune", trainable=trainable, resume_errored=True)
     cfg = sweep.config
-    scheduler = (ASHAScheduler(time_attr="training_iteration", grace_period=cfg.scheduler.grace_period,
+    scheduler = (ASHAScheduler(time_attr="step", grace_period=cfg.scheduler.grace_period,
                                reduction_factor=cfg.scheduler.reduction_factor, max_t=cfg.scheduler.max_t)
                  if cfg.scheduler.kind == "asha" else FIFOScheduler())
     return tune.Tuner(
@@ -171,7 +195,7 @@ def build_tuner(sweep: Sweep, sweep_dir: Path, parent_run_id: str | None, resume
         param_space=param_space(sweep),
         tune_config=tune.TuneConfig(metric=cfg.metric, mode=cfg.mode, scheduler=scheduler,
                                     num_samples=cfg.num_samples, max_concurrent_trials=cfg.max_concurrent_trials),
-        run_config=tune.RunConfig(name="tune", storage_path=str(sweep_dir), verbose=1),
+        run_config=tune.RunConfig(name="tune", storage_path=storage_root(sweep, sweep_dir), verbose=1),
     )
 
 
@@ -181,7 +205,8 @@ def summary_rows(sweep: Sweep, results) -> list[dict[str, Any]]:
     for result in results:
         config = result.config or {}
         metrics = result.metrics or {}
-        row = {"trial": Path(result.path).name if result.path else "?", "subset": config.get("subset") or "",
+        trial = metrics.get("trial_id") or (Path(result.path).name if result.path else "?")
+        row = {"trial": trial, "subset": config.get("subset") or "",
                **{k: v for k, v in (config.get("settings") or {}).items()},
                sweep.config.metric: metrics.get(sweep.config.metric),
                "status": "ERROR" if result.error else "OK"}
@@ -205,20 +230,25 @@ def run_sweep(sweep: Sweep, sweep_dir: Path | None = None, resume: bool = False,
     """Run (or resume) a sweep; returns the summary rows (also logged to the parent MLflow run)."""
     from trainer import tracking
 
-    sweep_dir = Path(sweep_dir or Path(storage_root(sweep)) / sweep.config.name).resolve()
+    sweep_dir = Path(sweep_dir or Path(sweep.config.output_dir) / sweep.config.name).resolve()
     sweep_dir.mkdir(parents=True, exist_ok=True)
     state_path = sweep_dir / STATE_FILE
     state = json.loads(state_path.read_text()) if resume and state_path.is_file() else {}
     uri = sweep_tracking_uri(sweep)
     parent_run_id = tracking.start_parent_run(uri, sweep.config.experiment, sweep.config.name,
                                               sweep.config.model_dump(mode="json"), state.get("parent_run_id"))
+    state.setdefault("workdir", os.getcwd())   # a resumed sweep keeps resolving paths where it started
     state.update(parent_run_id=parent_run_id, sweep=sweep.config.model_dump(mode="json"),
                  base_job=sweep.base_raw, subsets=sweep.subsets, base_dir=str(sweep.base_dir))
     state_path.write_text(json.dumps(state, indent=1))
 
+    # A metric computed at evaluation time is absent from the training rows reported before it;
+    # FIFO ignores those rows and ASHA skips them (a metric present in every row suits ASHA best).
+    os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
     init_ray(sweep)
     start = time.perf_counter()
-    tuner = build_tuner(sweep, sweep_dir, parent_run_id, resume, crash_at_step)
+    ctx = TrialContext(sweep, str(sweep_dir), parent_run_id, state["workdir"], crash_at_step)
+    tuner = build_tuner(ctx, resume)
     results = tuner.fit()
     rows = summary_rows(sweep, results)
     elapsed = time.perf_counter() - start
@@ -255,7 +285,7 @@ def main(argv: list[str] | None = None) -> int:
             sweep_dir = Path(args.resume)
             sweep = load_resumed_sweep(sweep_dir)
         elif args.sweep:
-            sweep, sweep_dir = load_sweep(args.sweep, args.overrides), None
+            sweep, sweep_dir = load_sweep(args.sweep, args.overrides, prepare=not args.dry_run), None
         else:
             parser.error("give a sweep file or --resume SWEEP_DIR")
     except ConfigError as e:

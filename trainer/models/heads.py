@@ -27,6 +27,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 from torch import nn
+from transformers.utils import ModelOutput
 
 from trainer.config import ModelConfig
 from trainer.models.llm_forward import base_model_of, is_encoder_only, run_llm
@@ -41,8 +42,10 @@ PairLoss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 @dataclass
-class TaskAlignOutput:
-    loss: torch.Tensor | None            # scalar fp32 (None for `score`)
+class TaskAlignOutput(ModelOutput):
+    """A dict as well as a dataclass, so DeepSpeed's ZeRO-3 hooks can find the tensors in it."""
+
+    loss: torch.Tensor | None = None     # scalar fp32 (None for `score`)
     logits: torch.Tensor | None = None   # [batch, num_labels] fp32 (classify / score)
 
 

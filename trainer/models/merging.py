@@ -40,6 +40,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from trainer.fsutil import replace_dir
 from trainer.models.weights import CONFIG_FILE, WEIGHTS_FILE, save_trainable
 
 PEFT_WEIGHTS_FILE = "adapter_model.safetensors"
@@ -211,12 +212,4 @@ def _atomic_dir(out_dir: Path, write: Callable[[Path], None]) -> Path:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    if out_dir.exists():
-        old = out_dir.with_name(f".{out_dir.name}-old")
-        shutil.rmtree(old, ignore_errors=True)
-        out_dir.rename(old)
-        tmp.rename(out_dir)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        tmp.rename(out_dir)
-    return out_dir
+    return replace_dir(tmp, out_dir)

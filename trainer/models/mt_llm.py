@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import peft
 import torch
 from torch import nn
+from transformers.utils import ModelOutput
 
 from trainer.config import ModelConfig
 from trainer.models.llm_forward import run_llm
@@ -45,11 +46,13 @@ def add_lora(llm: nn.Module, r: int, alpha: float, dropout: float,
 
 
 @dataclass
-class Stage1Output:
-    loss: torch.Tensor      # scalar, fp32 MSE
-    fvu: torch.Tensor       # scalar, fraction of variance unexplained
-    teacher: torch.Tensor   # [batch, d_llm]
-    student: torch.Tensor   # [batch, d_llm]
+class Stage1Output(ModelOutput):
+    """A dict as well as a dataclass, so DeepSpeed's ZeRO-3 hooks can find the tensors in it."""
+
+    loss: torch.Tensor | None = None      # scalar, fp32 MSE
+    fvu: torch.Tensor | None = None       # scalar, fraction of variance unexplained
+    teacher: torch.Tensor | None = None   # [batch, d_llm]
+    student: torch.Tensor | None = None   # [batch, d_llm]
 
 
 class MTLLM(nn.Module):

@@ -6,12 +6,13 @@ it is written to a temporary directory and renamed, so it is complete or absent.
 
 from __future__ import annotations
 
-import shutil
 import tempfile
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
+
+from trainer.fsutil import replace_dir
 
 WEIGHTS_FILE = "trainable.safetensors"
 CONFIG_FILE = "config.yaml"
@@ -27,15 +28,7 @@ def save_trainable(state: dict[str, torch.Tensor], out_dir: str | Path, config_y
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
     save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, str(tmp / WEIGHTS_FILE))
     (tmp / CONFIG_FILE).write_text(config_yaml)
-    if out.exists():
-        old = out.with_name(f".{out.name}-old")
-        shutil.rmtree(old, ignore_errors=True)
-        out.rename(old)
-        tmp.rename(out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        tmp.rename(out)
-    return out
+    return replace_dir(tmp, out)
 
 
 def load_trainable(model: torch.nn.Module, export_dir: str | Path) -> None:

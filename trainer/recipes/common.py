@@ -175,27 +175,6 @@ def train_steps(job: JobConfig, engine, tracker, checkpoints, data, start_step: 
     return losses
 
 
-def reset_optimizer_state(engine) -> None:
-    """Zero the optimizer's moments and step counts: the next phase starts as with a fresh AdamW.
-
-    Needed between realignment and task fine-tuning: Adam's second moments from the contrastive
-    phase (large gradients) would otherwise shrink the task phase's updates for hundreds of steps.
-    Works on the torch optimizer inside any wrapper (ZeRO partitions included: their state is
-    per-partition tensors, zeroed in place on every rank). Belongs in `Engine` (reported).
-    """
-    optimizer = engine.optimizer
-    while not isinstance(optimizer, torch.optim.Optimizer) and hasattr(optimizer, "optimizer"):
-        optimizer = optimizer.optimizer
-    if not isinstance(optimizer, torch.optim.Optimizer):
-        raise TypeError(f"cannot find the torch optimizer inside {type(engine.optimizer).__name__}")
-    for state in [*optimizer.state.values(), *optimizer.param_groups]:
-        for key, value in state.items():
-            if torch.is_tensor(value) and key != "params":
-                value.zero_()
-            elif key == "step" and isinstance(value, int):   # optimizers that count steps in ints
-                state[key] = 0
-
-
 def start(engine, model, data: Streams, checkpoints, evaluation: "Evaluation") -> tuple[int, dict[str, float]]:
     """Prepare the engine, restore the checkpoint if any -> (first step, evaluations so far).
 

@@ -68,7 +68,7 @@ def run(job: JobConfig, tracker, checkpoints) -> dict:
 
         def after_step(done: int) -> dict[str, float]:
             if done == align_steps and 0 < align_steps < job.optim.max_steps:
-                common.reset_optimizer_state(engine)  # before the checkpoint of this step
+                engine.reset_optimizer()  # before the checkpoint of this step
                 return evaluation.retrieval("after", done)
             return {}
 

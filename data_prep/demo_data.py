@@ -1,0 +1,77 @@
+"""Every file the demo jobs and the demo sweep read, generated (no downloads):
+
+    python -m data_prep.demo_data                  # -> data/demo/{shards,parallel/train,parallel/eval,task}
+
+- `shards/`: stage 1's English shards and manifest (`data_prep.demo_text`);
+- `parallel/train`: 2,000 (English, X) pairs per demo language (seed 0);
+- `parallel/eval`: a 200-sentence multi-way parallel set for retrieval (seed 1);
+- `task/`: the 3-class topic task, English training set and evaluation files per language.
+
+Each part is written to a temporary folder and renamed when complete, so an interrupted run
+leaves nothing half-written, and a part that exists is kept: re-running costs nothing. The
+demo sweep (`jobs/demo.yaml`) runs this as its `prepare` step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+from data_prep.demo_text import write_demo_shards
+from data_prep.make_parallel_data import DEFAULT_LANGUAGES, write_parallel_data
+from data_prep.make_task_data import write_task_data
+
+TRAIN_PAIRS, EVAL_SENTENCES, TASK_TRAIN, TASK_EVAL = 2000, 200, 2000, 200
+
+
+def parts(languages: list[str]) -> dict[str, Callable[[Path], object]]:
+    """Relative folder -> function writing that part into a given (new) folder."""
+    return {
+        "shards": write_english_shards,
+        "parallel/train": lambda out: write_parallel_data(out, [(lang, TRAIN_PAIRS) for lang in languages], seed=0),
+        "parallel/eval": lambda out: write_parallel_data(out, [(lang, EVAL_SENTENCES) for lang in languages], seed=1),
+        "task": lambda out: write_task_data(out, languages, n_train=TASK_TRAIN, n_eval=TASK_EVAL, seed=0),
+    }
+
+
+def write_english_shards(out: Path) -> None:
+    """Stage 1's shards as `out` (manifest paths are relative: the folder can be renamed)."""
+    work = out.parent / (out.name + ".src")
+    write_demo_shards(work, docs_per_shard=100)
+    (work / "shards").rename(out)
+    shutil.rmtree(work)
+
+
+def write_demo_data(root: str | Path = "data/demo", languages: list[str] | None = None) -> list[str]:
+    """Write the parts that are missing under `root`; returns the names of the parts written."""
+    root = Path(root)
+    written = []
+    for name, write in parts(languages or DEFAULT_LANGUAGES).items():
+        target = root / name
+        if target.exists():
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+        try:
+            build = tmp / target.name
+            write(build)
+            build.rename(target)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        written.append(name)
+    return written
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default="data/demo", help="root folder (default data/demo)")
+    args = parser.parse_args(argv)
+    written = write_demo_data(args.out)
+    print(f"demo data in {args.out}: " + (f"wrote {', '.join(written)}" if written else "complete, nothing to do"))
+
+
+if __name__ == "__main__":
+    main()

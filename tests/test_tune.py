@@ -1,0 +1,115 @@
+"""`python -m trainer.tune` end to end on a local Ray: 2 trials x 2 gloo workers on ZeRO-3.
+
+Each trial is the `realign` recipe on tiny models and generated data, and each crashes once
+(an exception in its workers at step CRASH_AT): Ray Train restarts the workers, which resume
+from the trial's last checkpoint. MLflow must then hold the sweep's parent run and one child
+run per trial with their tags, params and metrics.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import mlflow
+import pytest
+import yaml
+
+from alignment_helpers import SUBSET, data, job_dict  # noqa: F401 - `data` is a fixture
+from trainer.sweep import load_sweep
+from trainer.tune import TRIALS_DIR, main, run_sweep
+
+MAX_STEPS, ALIGN_STEPS, CHECKPOINT_EVERY, CRASH_AT = 8, 4, 2, 5
+SUBSETS = {"greek_chinese": ["ell_Grek", "zho_Hans"], "german_greek": ["deu_Latn", "ell_Grek"]}
+
+
+@pytest.fixture(scope="module")
+def sweep_run(data, tmp_path_factory, tiny_cache):  # noqa: F811 - pytest fixture injection
+    """Run the sweep once for the module; returns (summary rows, sweep dir, tracking URI, Tune results)."""
+    ray = pytest.importorskip("ray")
+    tmp = tmp_path_factory.mktemp("tune")
+    job = job_dict("realign", data, tmp / "unused", tiny_cache, model="tiny:xlmr", finetune="full",
+                   max_steps=MAX_STEPS, steps=ALIGN_STEPS, objective="two_b", layers=-1)
+    job["task"]["num_labels"] = 3
+    job["eval"]["retrieval_sentences"] = 30
+    job.update(engine={"deepspeed": "zero3"}, checkpoint={"every": CHECKPOINT_EVERY, "keep_last": 2})
+    job["tracking"]["log_every"] = 1
+    (tmp / "job.yaml").write_text(yaml.safe_dump(job))
+    uri = f"sqlite:///{tmp / 'mlflow.db'}"
+    sweep_file = tmp / "sweep.yaml"
+    sweep_file.write_text(yaml.safe_dump({
+        "name": "e2e", "job": "job.yaml", "subsets": {"inline": SUBSETS},
+        "metric": "zero_shot_accuracy", "mode": "max",
+        "resources": {"workers": 2, "cpus_per_worker": 1}, "max_concurrent_trials": 1, "max_failures": 1,
+        "output_dir": str(tmp / "sweeps"), "tracking_uri": uri, "experiment": "e2e",
+    }))
+    try:
+        rows = run_sweep(load_sweep(sweep_file), crash_at_step=CRASH_AT)
+    finally:
+        ray.shutdown()
+    return rows, tmp / "sweeps" / "e2e", uri
+
+
+def test_both_trials_finish_with_the_metric(sweep_run):
+    rows, sweep_dir, _ = sweep_run
+    assert sorted(r["subset"] for r in rows) == sorted(SUBSETS)
+    for row in rows:
+        assert row["status"] == "OK", row
+        assert 0.0 <= row["zero_shot_accuracy"] <= 1.0
+    assert (sweep_dir / "summary.csv").read_text().splitlines()[0].startswith("trial,subset")
+
+
+def test_each_crashed_trial_resumed_from_its_checkpoint_not_step_zero(sweep_run):
+    """Tune saw every report: steps 1..CRASH_AT, the crash, then the restart resumes at the step after
+    the last checkpoint (a restart from scratch would report step 1 again)."""
+    _, sweep_dir, _ = sweep_run
+    trials = sorted((sweep_dir / TRIALS_DIR).iterdir())
+    assert len(trials) == 2
+    last_checkpoint = CRASH_AT - CRASH_AT % CHECKPOINT_EVERY
+    for trial in trials:
+        assert (trial / ".injected_crash_done").exists(), f"{trial.name} never crashed"
+        reports = [json.loads(line) for line in (sweep_dir / "tune" / trial.name / "result.json").read_text()
+                   .splitlines()]
+        steps = [r["step"] for r in reports if "loss" in r]
+        crash = steps.index(CRASH_AT)
+        assert steps[:crash + 1] == list(range(1, CRASH_AT + 1)), steps
+        assert steps[crash + 1:] == list(range(last_checkpoint + 1, MAX_STEPS + 1)), steps
+        assert sorted(p.name for p in (trial / "checkpoints").glob("step-*"))[-1] == f"step-{MAX_STEPS:08d}"
+
+
+def test_mlflow_has_one_parent_and_a_tagged_child_per_trial(sweep_run):
+    rows, _, uri = sweep_run
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    runs = client.search_runs([client.get_experiment_by_name("e2e").experiment_id])
+    parents = [r for r in runs if r.data.tags.get("role") == "sweep-parent"]
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    parent = parents[0]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert len(runs) == 3 and len(children) == 2   # a retried trial continues its own child run
+    for child in children:
+        tags, params, metrics = child.data.tags, child.data.params, child.data.metrics
+        subset = tags["subset"]
+        assert tags["languages"] == ",".join(SUBSETS[subset]) and tags["subset_heuristic"] == "inline"
+        assert tags["sweep"] == "e2e" and child.info.status == "FINISHED"
+        assert yaml.safe_load(params["parallel.languages"]) == SUBSETS[subset]   # the resolved config
+        assert params["engine.deepspeed"] == "zero3" and params["recipe"] == "realign"
+        assert {"loss", "zero_shot_accuracy"} <= set(metrics)
+        losses = client.get_metric_history(child.info.run_id, "loss")
+        assert sorted({m.step for m in losses}) == list(range(1, MAX_STEPS + 1))
+    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert {"summary.csv", "summary.png"} <= artifacts
+    best = max(r["zero_shot_accuracy"] for r in rows)
+    assert parent.data.metrics["best_zero_shot_accuracy"] == pytest.approx(best)
+
+
+def test_a_bad_sweep_fails_before_ray_starts_naming_the_key(tmp_path, capsys):
+    import ray
+
+    (tmp_path / "job.yaml").write_text(yaml.safe_dump({"recipe": "stage1", "data": {"files": ["x.jsonl"]}}))
+    (tmp_path / "sweep.yaml").write_text(yaml.safe_dump({
+        "name": "bad", "job": "job.yaml", "search": {"optim.lrr": {"grid": [1e-3]}}}))
+    assert main([str(tmp_path / "sweep.yaml")]) == 2
+    assert "search.optim.lrr" in capsys.readouterr().err
+    assert not ray.is_initialized()
+    assert not (Path(os.getcwd()) / "outputs" / "sweeps" / "bad").exists()
