@@ -69,12 +69,14 @@ def test_each_crashed_trial_resumed_from_its_checkpoint_not_step_zero(sweep_run)
     last_checkpoint = CRASH_AT - CRASH_AT % CHECKPOINT_EVERY
     for trial in trials:
         assert (trial / ".injected_crash_done").exists(), f"{trial.name} never crashed"
-        reports = [json.loads(line) for line in (sweep_dir / "tune" / trial.name / "result.json").read_text()
-                   .splitlines()]
-        steps = [r["step"] for r in reports if "loss" in r]
-        crash = steps.index(CRASH_AT)
-        assert steps[:crash + 1] == list(range(1, CRASH_AT + 1)), steps
-        assert steps[crash + 1:] == list(range(last_checkpoint + 1, MAX_STEPS + 1)), steps
+        [result_file] = (sweep_dir / "tune").glob(f"{trial.name}_*/result.json")   # Tune's log of every report
+        reports = [json.loads(line) for line in result_file.read_text().splitlines()]
+        steps = [r["step"] for r in reports]   # a step can report twice (training row, then an evaluation)
+        crash = steps.index(CRASH_AT)          # the workers raised right after their first step-5 report
+        assert sorted(set(steps[:crash + 1])) == list(range(0, CRASH_AT + 1)), steps   # 0: before training
+        after = steps[crash + 1:]              # the restarted workers' reports
+        assert after[0] == last_checkpoint + 1, steps   # from scratch, this would be step 1
+        assert after == sorted(after) and after[-1] == MAX_STEPS, steps
         assert sorted(p.name for p in (trial / "checkpoints").glob("step-*"))[-1] == f"step-{MAX_STEPS:08d}"
 
 
