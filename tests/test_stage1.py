@@ -57,3 +57,27 @@ def test_bad_job_fails_before_loading_with_the_key(tmp_path, capsys):
     assert "model.lora.r" in capsys.readouterr().err
     with pytest.raises(ConfigError, match="data.files or data.manifest"):
         load_job(DEMO, ["data.manifest=null"])
+
+
+def test_a_run_abandoned_before_its_first_checkpoint_is_closed_by_the_next_attempt(demo_run, tmp_path):
+    """An attempt killed before any checkpoint leaves its MLflow run RUNNING; the next attempt in the
+    same output dir starts a new run (nothing to resume) and marks the abandoned one KILLED."""
+    job, _, uri = demo_run
+    out = tmp_path / "out"
+    out.mkdir()
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    experiment = client.create_experiment("abandoned")   # apart from the demo run's experiment
+    abandoned = client.create_run(experiment).info.run_id           # RUNNING, as a SIGKILL leaves it
+    (out / ".mlflow_run_id").write_text(abandoned + "\n")
+    finished = client.create_run(experiment).info.run_id
+    client.set_terminated(finished, "FINISHED")
+    again = job.model_copy(update={"output_dir": str(out), "optim": job.optim.model_copy(update={"max_steps": 2}),
+                                   "tracking": job.tracking.model_copy(update={"experiment": "abandoned"})})
+    summary = run_job(again)
+    assert summary["run_id"] != abandoned
+    old = client.get_run(abandoned)
+    assert old.info.status == "KILLED" and old.data.tags["superseded_by"] == summary["run_id"]
+    # a finished earlier run is left alone
+    (out / ".mlflow_run_id").write_text(finished + "\n")
+    run_job(again)
+    assert client.get_run(finished).info.status == "FINISHED"

@@ -5,6 +5,7 @@ Default store: $MLFLOW_TRACKING_URI, else `sqlite:///mlflow.db` in the working d
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any, Callable
 
@@ -75,6 +76,18 @@ class Tracker:
         if self.enabled:
             mlflow.log_artifact(local_path, artifact_path)
 
+    def close_abandoned(self, run_id: str, superseded_by: str | None) -> None:
+        """Mark `run_id` KILLED if it is still RUNNING (its process died); store errors are only logged."""
+        if not self.enabled:
+            return
+        client = mlflow.MlflowClient(tracking_uri=tracking_uri(self.cfg))
+        try:
+            if client.get_run(run_id).info.status == "RUNNING":
+                client.set_tag(run_id, "superseded_by", str(superseded_by))
+                client.set_terminated(run_id, status="KILLED")
+        except Exception as e:  # noqa: BLE001 - bookkeeping must not stop training
+            logging.getLogger(__name__).warning("mlflow: cannot close abandoned run %s: %s", run_id, e)
+
     def end(self, status: str = "FINISHED") -> None:
         if self.enabled and self.run_id is not None:
             mlflow.end_run(status=status)
@@ -100,7 +113,7 @@ def start_parent_run(uri: str, experiment: str, name: str, sweep_config: dict[st
 
 
 def finish_parent_run(uri: str, run_id: str, rows: list[dict[str, Any]], metric: str, mode: str, out_dir,
-                      failed: bool = False) -> None:
+                      status: str = "FINISHED") -> None:
     """Attach the summary table (CSV) and a plot of `metric` per trial to the parent run, then close it."""
     import csv
     from pathlib import Path
@@ -132,4 +145,4 @@ def finish_parent_run(uri: str, run_id: str, rows: list[dict[str, Any]], metric:
     finite = [v for v in values if v == v]
     if finite:
         client.log_metric(run_id, f"best_{metric}", min(finite) if mode == "min" else max(finite))
-    client.set_terminated(run_id, status="FAILED" if failed else "FINISHED")
+    client.set_terminated(run_id, status=status)   # FINISHED, FAILED, or KILLED (reopened by --resume)

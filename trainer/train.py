@@ -55,6 +55,8 @@ def run_job(job: JobConfig, report: Callable[[dict[str, float], int], None] | No
     tracker = Tracker(job.tracking, enabled=main, report=report)
     _start_tracker(tracker, job, checkpoints.run_id())
     if main:
+        _record_run_id(out, tracker)
+    if main:
         tracker.log_artifact(str(out / "config.yaml"))
     try:
         summary = RECIPES[job.recipe](job, tracker, checkpoints)
@@ -79,6 +81,22 @@ def _start_tracker(tracker: Tracker, job: JobConfig, run_id: str | None) -> None
     except Exception as e:  # noqa: BLE001 - any store error: the training itself must go on
         log.warning("mlflow: cannot continue run %s (%s); starting a new run", run_id, e)
         tracker.start(config, tags=tags)
+
+
+RUN_ID_FILE = ".mlflow_run_id"
+
+
+def _record_run_id(out: Path, tracker: Tracker) -> None:
+    """Remember this output dir's MLflow run; mark the previous one KILLED if it died still RUNNING.
+
+    An attempt killed before its first checkpoint leaves its run open, and the next attempt
+    (a retried sweep trial, a re-run command) cannot continue it: it starts a new run.
+    """
+    path = out / RUN_ID_FILE
+    previous = path.read_text().strip() if path.is_file() else None
+    if previous and previous != tracker.run_id:
+        tracker.close_abandoned(previous, superseded_by=tracker.run_id)
+    path.write_text(f"{tracker.run_id}\n")
 
 
 def _configure_logging() -> None:

@@ -209,9 +209,17 @@ def summary_rows(sweep: Sweep, results) -> list[dict[str, Any]]:
         row = {"trial": trial, "subset": config.get("subset") or "",
                **{k: v for k, v in (config.get("settings") or {}).items()},
                sweep.config.metric: metrics.get(sweep.config.metric),
-               "status": "ERROR" if result.error else "OK"}
+               "status": trial_status(result, sweep.config.metric)}
         rows.append(row)
     return rows
+
+
+def trial_status(result, metric: str) -> str:
+    """ERROR (it raised after its retries), OK (it reported the metric), or INCOMPLETE (neither:
+    interrupted, stopped before its first evaluation, or it never logs the metric)."""
+    if result.error:
+        return "ERROR"
+    return "OK" if (result.metrics or {}).get(metric) is not None else "INCOMPLETE"
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:
@@ -252,10 +260,14 @@ def run_sweep(sweep: Sweep, sweep_dir: Path | None = None, resume: bool = False,
     results = tuner.fit()
     rows = summary_rows(sweep, results)
     elapsed = time.perf_counter() - start
-    tracking.finish_parent_run(uri, parent_run_id, rows, sweep.config.metric, sweep.config.mode, sweep_dir,
-                               failed=any(r["status"] == "ERROR" for r in rows))
+    # Tune returns normally after Ctrl-C / SIGTERM too, with the unfinished trials neither done nor errored
+    interrupted = results.num_terminated + results.num_errors < len(results)
+    status = "KILLED" if interrupted else "FAILED" if any(r["status"] == "ERROR" for r in rows) else "FINISHED"
+    tracking.finish_parent_run(uri, parent_run_id, rows, sweep.config.metric, sweep.config.mode, sweep_dir, status)
     print(f"\nsweep {sweep.config.name}: {len(rows)} trials in {elapsed:.0f}s; "
           f"MLflow parent run {parent_run_id}; results in {sweep_dir}\n{format_table(rows)}")
+    if interrupted:
+        print(f"\nsweep interrupted: continue it with  python -m trainer.tune --resume {sweep_dir}")
     return rows
 
 
