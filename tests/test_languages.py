@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import math
 
 import numpy as np
@@ -162,7 +161,6 @@ def test_imputed_keeps_observed_values_and_fills_the_rest_from_knn():
     np.testing.assert_array_equal(imputed[~observed], uriel.knn[i][~observed])
 
 
-@pytest.mark.skipif(importlib.util.find_spec("lang2vec") is None, reason="lang2vec not installed")
 def test_shipped_features_rebuild_from_lang2vec(tmp_path):
     from data_prep.build_uriel_features import DEFAULT_OUT, build, find_lang2vec_data
 

@@ -73,3 +73,18 @@ def test_summary_table_formats_every_column():
     text = format_table([{"trial": "t0", "subset": "a", "loss": 0.51234}, {"trial": "t1", "subset": "b", "loss": None}])
     lines = text.splitlines()
     assert lines[0].split() == ["trial", "subset", "loss"] and "0.5123" in lines[2] and lines[3].split() == ["t1", "b"]
+
+
+def test_trial_status_tells_errors_results_early_stops_and_unfinished_trials_apart():
+    from types import SimpleNamespace
+
+    from trainer.tune import trial_status
+
+    def status(error=None, metrics=None):
+        return trial_status(SimpleNamespace(error=error, metrics=metrics), "acc", max_steps=10)
+
+    assert status(RuntimeError("x"), {"acc": 0.5, "step": 10}) == "ERROR"
+    assert status(None, {"acc": 0.5, "step": 10}) == "OK"
+    assert status(None, {"acc": 0.5, "step": 4}) == "STOPPED"          # ASHA ended it at step 4
+    assert status(None, {"loss": 1.0, "step": 3}) == "INCOMPLETE"      # interrupted before the metric
+    assert status(None, None) == "INCOMPLETE"

@@ -206,20 +206,24 @@ def summary_rows(sweep: Sweep, results) -> list[dict[str, Any]]:
         config = result.config or {}
         metrics = result.metrics or {}
         trial = metrics.get("trial_id") or (Path(result.path).name if result.path else "?")
-        row = {"trial": trial, "subset": config.get("subset") or "",
-               **{k: v for k, v in (config.get("settings") or {}).items()},
-               sweep.config.metric: metrics.get(sweep.config.metric),
-               "status": trial_status(result, sweep.config.metric)}
+        settings = config.get("settings") or {}
+        max_steps = validate(sweep.trial_raw(settings, config.get("subset")), JobConfig).optim.max_steps
+        row = {"trial": trial, "subset": config.get("subset") or "", **settings,
+               sweep.config.metric: metrics.get(sweep.config.metric), "step": metrics.get("step"),
+               "status": trial_status(result, sweep.config.metric, max_steps)}
         rows.append(row)
     return rows
 
 
-def trial_status(result, metric: str) -> str:
-    """ERROR (it raised after its retries), OK (it reported the metric), or INCOMPLETE (neither:
-    interrupted, stopped before its first evaluation, or it never logs the metric)."""
+def trial_status(result, metric: str, max_steps: int) -> str:
+    """ERROR: it raised after its retries. STOPPED: the scheduler (ASHA) ended it before max_steps.
+    OK: it reported the metric. INCOMPLETE: none of these (interrupted, or it never logs the metric)."""
+    metrics = result.metrics or {}
     if result.error:
         return "ERROR"
-    return "OK" if (result.metrics or {}).get(metric) is not None else "INCOMPLETE"
+    if metrics.get(metric) is None:
+        return "INCOMPLETE"
+    return "STOPPED" if metrics.get("step", max_steps) < max_steps else "OK"
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:
@@ -312,7 +316,7 @@ def main(argv: list[str] | None = None) -> int:
             print("  ", point)
         return 0
     rows = run_sweep(sweep, sweep_dir, resume=bool(args.resume))
-    return 0 if all(r["status"] == "OK" for r in rows) else 1
+    return 0 if all(r["status"] in ("OK", "STOPPED") for r in rows) else 1
 
 
 if __name__ == "__main__":
