@@ -115,6 +115,9 @@ class ResourcesConfig(Section):
 
 class RayConfig(Section):
     address: str | None = Field(None, description="Ray cluster; default $RAY_ADDRESS, else start a local Ray")
+    train_log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("WARNING", description=(
+        "Ray Train's own console logs in each trial (INFO prints every metric report); its log files "
+        "keep everything either way"))
     num_cpus: int | None = Field(None, gt=0, description="Local Ray only: logical CPUs (may exceed cores); null = the cores + 1, the spare one for the trials' driver functions")
 
 

@@ -132,7 +132,7 @@ def train_worker(config: dict[str, Any]) -> None:
 def run_trial(trial_config: dict[str, Any], ctx: TrialContext) -> None:
     """One Tune trial: a TorchTrainer over `resources.workers` DeepSpeed ranks."""
     from ray import tune
-    from ray.train import FailureConfig, RunConfig, ScalingConfig
+    from ray.train import FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
 
@@ -150,6 +150,7 @@ def run_trial(trial_config: dict[str, Any], ctx: TrialContext) -> None:
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
         run_config=RunConfig(name=f"train-{trial_name}", storage_path=storage_root(sweep, Path(ctx.sweep_dir)),
                              callbacks=[TuneReportCallback()],
+                             logging_config=LoggingConfig(log_level=sweep.config.ray.train_log_level),
                              failure_config=FailureConfig(max_failures=sweep.config.max_failures)),
     )
     trainer.fit()
