@@ -109,6 +109,11 @@ def train_worker(config: dict[str, Any]) -> None:
 
     if os.path.isdir(config["workdir"]):   # the same machine, or a path every node mounts
         os.chdir(config["workdir"])
+    # Ray Train logs every report (all metrics) at INFO through the root logger: keep the trainer's
+    # own INFO lines from rank 0 and only warnings from everything else.
+    logging.getLogger().setLevel(logging.WARNING)
+    logging.getLogger("trainer").setLevel(logging.INFO if ray.train.get_context().get_world_rank() == 0
+                                          else logging.WARNING)
     job = validate(config["raw"], JobConfig, source="trial job")
     crash_at = config.get("crash_at_step")
     marker = Path(job.output_dir) / ".injected_crash_done"
