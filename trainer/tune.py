@@ -270,14 +270,17 @@ def run_sweep(sweep: Sweep, sweep_dir: Path | None = None, resume: bool = False,
     results = tuner.fit()
     rows = summary_rows(sweep, results)
     elapsed = time.perf_counter() - start
-    # Tune returns normally after Ctrl-C / SIGTERM too, with the unfinished trials neither done nor errored
-    interrupted = results.num_terminated + results.num_errors < len(results)
+    # Tune returns normally after Ctrl-C too: it marks the running trials TERMINATED, like finished
+    # ones, so a trial without its metric is what tells an interrupted sweep (pending trials as well)
+    interrupted = (any(r["status"] == "INCOMPLETE" for r in rows)
+                   or results.num_terminated + results.num_errors < len(results))
     status = "KILLED" if interrupted else "FAILED" if any(r["status"] == "ERROR" for r in rows) else "FINISHED"
     tracking.finish_parent_run(uri, parent_run_id, rows, sweep.config.metric, sweep.config.mode, sweep_dir, status)
     print(f"\nsweep {sweep.config.name}: {len(rows)} trials in {elapsed:.0f}s; "
           f"MLflow parent run {parent_run_id}; results in {sweep_dir}\n{format_table(rows)}")
     if interrupted:
-        print(f"\nsweep interrupted: continue it with  python -m trainer.tune --resume {sweep_dir}")
+        print(f"\nsweep incomplete (interrupted, or trials that never report {sweep.config.metric}): "
+              f"continue it with  python -m trainer.tune --resume {sweep_dir}")
     return rows
 
 
