@@ -88,3 +88,13 @@ def test_trial_status_tells_errors_results_early_stops_and_unfinished_trials_apa
     assert status(None, {"acc": 0.5, "step": 4}) == "STOPPED"          # ASHA ended it at step 4
     assert status(None, {"loss": 1.0, "step": 3}) == "INCOMPLETE"      # interrupted before the metric
     assert status(None, None) == "INCOMPLETE"
+
+
+def test_a_sweep_whose_trials_cannot_resume_warns(tmp_path, caplog):
+    with caplog.at_level("WARNING", logger="trainer.sweep"):
+        load_sweep(write_sweep(tmp_path))                      # checkpoint.every 500 > max_steps 10
+    assert "retried from step 0" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="trainer.sweep"):
+        load_sweep(write_sweep(tmp_path, overrides=["checkpoint.every=5"]))
+    assert "retried from step 0" not in caplog.text

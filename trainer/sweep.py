@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import logging
 from pathlib import Path
 from typing import Any, Literal
 
@@ -33,6 +34,8 @@ import yaml
 from pydantic import Field, model_validator
 
 from trainer.config import ConfigError, JobConfig, Section, apply_override, load_raw, validate
+
+log = logging.getLogger(__name__)
 
 
 class Axis(Section):
@@ -246,6 +249,7 @@ def load_sweep(path: str | Path, overrides: list[str] | None = None, prepare: bo
     subsets = load_subsets(config.subsets, base_dir) if config.subsets else {}
     sweep = Sweep(config, base_raw, subsets, base_dir)
     _probe(sweep)
+    _warn_if_retries_restart(sweep)
     return sweep
 
 
@@ -266,6 +270,16 @@ def run_prepare(commands: list[str]) -> None:
             raise ConfigError(f"prepare[{i}]: {command!r} could not start: {e}") from None
         if code != 0:
             raise ConfigError(f"prepare[{i}]: {command!r} failed with exit status {code}")
+
+
+def _warn_if_retries_restart(sweep: Sweep) -> None:
+    """A retried trial resumes from its last checkpoint: without one it redoes every step."""
+    job = validate(sweep.trial_raw({}, next(iter(sweep.subsets), None)), JobConfig, source="trial")
+    every = job.checkpoint.every
+    if sweep.config.max_failures > 0 and not 0 < every < job.optim.max_steps:
+        log.warning("checkpoint.every=%d with optim.max_steps=%d: a crashed trial has no checkpoint to resume "
+                    "and is retried from step 0 (add overrides: [checkpoint.every=N] to the sweep)",
+                    every, job.optim.max_steps)
 
 
 def _probe(sweep: Sweep) -> None:
