@@ -186,19 +186,13 @@ def load_subsets(axis: SubsetAxis, base_dir: Path) -> dict[str, dict[str, Any]]:
 
 def selected_subsets(select: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """Run the subset selection of `data_prep.select_languages` in memory -> name -> subset entry."""
-    from pydantic import ValidationError
-
     from trainer.data.languages import language_table
     from trainer.data.subsets import SelectionConfig, select_subsets
 
     options = dict(select)
     if "pool" not in options:
         options["pool"] = [lang.flores for lang in language_table().pool("pool65")]
-    try:
-        cfg = SelectionConfig.model_validate(options)
-    except ValidationError as e:
-        raise ConfigError("subsets.select: " + "; ".join(
-            f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors())) from None
+    cfg = validate(options, SelectionConfig, source="subsets.select")
     return dict(select_subsets(cfg)["subsets"])
 
 

@@ -56,7 +56,6 @@ def run_job(job: JobConfig, report: Callable[[dict[str, float], int], None] | No
     _start_tracker(tracker, job, checkpoints.run_id())
     if main:
         _record_run_id(out, tracker)
-    if main:
         tracker.log_artifact(str(out / "config.yaml"))
     try:
         summary = RECIPES[job.recipe](job, tracker, checkpoints)

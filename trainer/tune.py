@@ -166,7 +166,9 @@ def storage_root(sweep: Sweep, sweep_dir: Path) -> str:
     path = sweep.config.storage_path
     if path is None:
         return str(sweep_dir)
-    return path.rstrip("/") + "/" + sweep.config.name if "://" in path else str(Path(path).resolve() / sweep.config.name)
+    if "://" in path:
+        return f"{path.rstrip('/')}/{sweep.config.name}"
+    return str(Path(path).resolve() / sweep.config.name)
 
 
 def init_ray(sweep: Sweep) -> None:
