@@ -1,7 +1,7 @@
-"""Build trainer/data/uriel_features.csv from the URIEL data shipped in `lang2vec`.
+"""Build trainer/languages/uriel_features.csv from the URIEL data shipped in `lang2vec`.
 
     pip install --no-deps lang2vec          # only needed to rebuild; not a runtime dependency
-    python -m data_prep.build_uriel_features [--lang2vec-data DIR] [--out trainer/data/uriel_features.csv]
+    python -m data_prep.build_uriel_features [--lang2vec-data DIR] [--out trainer/languages/uriel_features.csv]
 
 Reads two of lang2vec's data files directly with numpy (the `lang2vec` module
 itself needs `pkg_resources` and is never imported):
@@ -31,10 +31,10 @@ from pathlib import Path
 
 import numpy as np
 
-from trainer.data.languages import language_table
+from trainer.languages.table import language_table
 
 PREFIXES = ("S_", "P_", "INV_")
-DEFAULT_OUT = Path(__file__).resolve().parents[1] / "trainer" / "data" / "uriel_features.csv"
+DEFAULT_OUT = Path(__file__).resolve().parents[1] / "trainer" / "languages" / "uriel_features.csv"
 
 
 def find_lang2vec_data() -> Path:

@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 
 from data_prep import fineweb_shards
 from trainer.data.shards import manifest_file
-from trainer.data.synthetic import english_documents
+from trainer.tiny.text import english_documents
 
 
 def write_demo_text(out_dir: str | Path, files: int = 2, docs_per_file: int = 400, seed: int = 0) -> list[Path]:

@@ -60,8 +60,8 @@ from trainer.data.shards import (
     save_manifest,
     sha256_bytes,
     verify_manifest,
-    write_atomic,
 )
+from trainer.fsutil import write_atomic
 
 COMPRESSION = "zstd"
 ROW_GROUP_SIZE = 1000

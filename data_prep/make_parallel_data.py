@@ -7,7 +7,7 @@
 One JSONL file per pair, `eng_Latn-<code>.jsonl`, one pair per line:
 `{"eng_Latn": "...", "<code>": "..."}`; `--format tsv` writes two
 tab-separated columns instead (English first). Sentences come from
-`trainer.data.synthetic` (the same concept sequences rendered in each
+`trainer.tiny.text` (the same concept sequences rendered in each
 language, so with one seed the corpora are multi-way parallel). `code:n`
 sets one language's size. Any code the language table knows is accepted
 and written as its FLORES-200 code.
@@ -19,8 +19,8 @@ import argparse
 import json
 from pathlib import Path
 
-from trainer.data.languages import language_table
-from trainer.data.synthetic import DEMO_LANGUAGES, parallel_sentences
+from trainer.languages.table import language_table
+from trainer.tiny.text import DEMO_LANGUAGES, parallel_sentences
 
 DEFAULT_LANGUAGES = [c for c in DEMO_LANGUAGES if c != "eng_Latn"]   # 9 languages, 7 scripts
 

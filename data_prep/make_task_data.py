@@ -1,4 +1,4 @@
-"""Write the generated 3-class task (`trainer.data.task.synthetic_task`) for the align/realign demos and tests.
+"""Write the generated 3-class task (`trainer.tiny.text.synthetic_task`) for the align/realign demos and tests.
 
     python -m data_prep.make_task_data --out data/demo/task --train 2000 --eval 200 \\
         --languages eng_Latn deu_Latn fra_Latn ell_Grek rus_Cyrl arb_Arab zho_Hans hin_Deva amh_Ethi swh_Latn
@@ -15,8 +15,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from trainer.data.languages import language_table
-from trainer.data.task import write_task_files
+from trainer.languages.table import language_table
+from trainer.tiny.text import write_task_files
 
 
 def write_task_data(out_dir: str | Path, languages: list[str], n_train: int, n_eval: int, seed: int = 0,

@@ -20,11 +20,11 @@ import sys
 import time
 from pathlib import Path
 
-from trainer.data import subset_search
-from trainer.data.languages import language_table
-from trainer.data.subsets import (DEFAULT_SEEDS, DEFAULT_SIZES, HEURISTICS, SEEN_PRESETS, SelectionConfig,
+from trainer.languages import subset_search
+from trainer.languages.table import language_table
+from trainer.languages.subsets import (DEFAULT_SEEDS, DEFAULT_SIZES, HEURISTICS, SEEN_PRESETS, SelectionConfig,
                                   select_subsets, validate_subsets, write_subsets)
-from trainer.data.uriel import FEATURE_MODES
+from trainer.languages.uriel import FEATURE_MODES
 
 
 def read_codes(path: Path) -> list[str]:

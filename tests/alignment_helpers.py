@@ -14,7 +14,7 @@ import yaml
 from data_prep.make_parallel_data import write_parallel_data
 from data_prep.make_task_data import write_task_data
 from trainer.config import load_job
-from trainer.recipes.common import FINAL_METRICS_FILE, METRICS_FILE
+from trainer.loop import FINAL_METRICS_FILE, METRICS_FILE
 from trainer.train import run_job
 
 ROOT = Path(__file__).resolve().parents[1]

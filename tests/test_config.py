@@ -3,7 +3,7 @@
 import pytest
 import yaml
 
-from trainer.config import ConfigError, JobConfig, load_job
+from trainer.config import ConfigError, JobConfig, load_job, validate
 
 BASE = {"recipe": "stage1", "data": {"files": ["x.jsonl"]}}
 
@@ -63,5 +63,5 @@ def test_missing_file_and_bad_override_syntax(tmp_path):
 
 def test_resolved_config_round_trips_through_yaml(tmp_path):
     job = load_job(write(tmp_path, BASE), ["model.lora.alpha=7"])
-    again = JobConfig.model_validate(yaml.safe_load(job.to_yaml()))
+    again = validate(yaml.safe_load(job.to_yaml()), JobConfig)
     assert again == job

@@ -8,8 +8,9 @@ import torch
 from trainer.config import LLMConfig
 from trainer.models.llm_forward import run_llm
 from trainer.models.loading import load_llm
-from trainer.models.mt_llm import add_lora
-from trainer.objectives.contrastive import info_nce, layer_embeddings, sentence_embeddings, two_b_candidate_loss
+from trainer.models.lora import add_lora
+from trainer.models.pooling import layer_embeddings, sentence_embeddings
+from trainer.objectives.contrastive import info_nce, two_b_candidate_loss
 
 
 def _cos(u, v):

@@ -13,7 +13,7 @@ from transformers import AutoTokenizer
 from data_prep.fineweb_shards import PrepParams, main, prepare_shards
 from trainer.data.shards import load_manifest, save_manifest, sha256_file
 from trainer.data.stream import StreamConfig, StreamLoader
-from trainer.data.synthetic import english_documents
+from trainer.tiny.text import english_documents
 
 SIZES = (70, 45)  # two input files of different sizes, row groups of 16 rows
 

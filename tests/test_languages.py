@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from trainer.data.languages import LanguageTable, UnknownLanguageError, language_table
-from trainer.data.uriel import (angular_distance, distance_matrix, feature_matrix, load_uriel,
+from trainer.languages.table import LanguageTable, UnknownLanguageError, language_table
+from trainer.languages.uriel import (angular_distance, distance_matrix, feature_matrix, load_uriel,
                                 pairwise_angular_distances)
 
 # The study's pool (shared/languages_pool65.csv): ISO 639-3 code as that table writes it, Joshi class.

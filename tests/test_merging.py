@@ -20,7 +20,7 @@ from safetensors.torch import load_file
 
 from trainer import merge as merge_cli
 from trainer.config import LLMConfig
-from trainer.data import synthetic
+from trainer.tiny import text as synthetic
 from trainer.models.loading import load_llm, load_llm_tokenizer
 from trainer.models.merging import (
     merge_adapter_dirs,
@@ -28,7 +28,7 @@ from trainer.models.merging import (
     merge_with_peft,
     search_merge_weight,
 )
-from trainer.models.mt_llm import add_lora
+from trainer.models.lora import add_lora
 from trainer.models.weights import load_trainable, save_trainable
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]  # M2's modules

@@ -16,7 +16,7 @@ from data_prep.make_parallel_data import parse_languages, write_parallel_data
 from trainer.data import parallel
 from trainer.data.parallel import (BalancedPairStream, ParallelCorpus, PairTable, ParallelDataConfig,
                                    language_probabilities, load_parallel, sample_pairs)
-from trainer.data.synthetic import parallel_sentences
+from trainer.tiny.text import parallel_sentences
 
 # Uniform sampling tolerance: every language's share of the draws within 0.03 of 1/L.
 # With 6000 draws over 3 languages the binomial standard deviation of a share is 0.006 (5 sd).

@@ -7,10 +7,11 @@ import pytest
 import torch
 
 from trainer.config import LLMConfig
-from trainer.data import synthetic
+from trainer.tiny import text as synthetic
 from trainer.eval.plots import plot_layer_curve, plot_layer_curves, plot_pair_heatmap, save_retrieval_plots
 from trainer.eval.retrieval import (
     embed_languages,
+    hidden_states_of,
     evaluate_retrieval,
     margin_scores,
     retrieval_accuracy,
@@ -18,7 +19,7 @@ from trainer.eval.retrieval import (
 )
 from trainer.models.llm_forward import run_llm
 from trainer.models.loading import load_llm, load_llm_tokenizer
-from trainer.objectives.contrastive import layer_embeddings
+from trainer.models.pooling import layer_embeddings
 
 
 def _cos(u, v):
@@ -149,10 +150,10 @@ def test_embed_languages_matches_manual_pooling_and_batch_size(tiny_path, side):
     for lang in langs:
         sentences[lang] = [t for _, t in synthetic.parallel_sentences(lang, 9, seed=1)]
     tokenized = tokenize_languages(tok, sentences)
-    names, layers, emb = embed_languages(model, tokenized, batch_size=4)
+    names, layers, emb = embed_languages(hidden_states_of(model), tokenized, batch_size=4)
     assert names == ["eng_Latn", *langs] and layers == [0, 1, 2, 3, 4]
     assert emb.shape == (4, 5, 9, 64) and emb.dtype == torch.float32
-    _, _, big = embed_languages(model, tokenized, batch_size=50)
+    _, _, big = embed_languages(hidden_states_of(model), tokenized, batch_size=50)
     torch.testing.assert_close(emb, big, rtol=1e-4, atol=1e-5)
     # sentence 5 of Greek, alone and unpadded, pooled by hand
     enc = tok([sentences["ell_Grek"][5]], return_tensors="pt")
@@ -160,7 +161,7 @@ def test_embed_languages_matches_manual_pooling_and_batch_size(tiny_path, side):
     for layer in range(5):
         torch.testing.assert_close(emb[2, layer, 5], layer_embeddings(hs, enc["attention_mask"], layer)[0],
                                    rtol=1e-4, atol=1e-5)
-    _, chosen, sub = embed_languages(model, tokenized, batch_size=4, layers=[2, -1], dtype=torch.bfloat16)
+    _, chosen, sub = embed_languages(hidden_states_of(model), tokenized, batch_size=4, layers=[2, -1], dtype=torch.bfloat16)
     assert chosen == [2, 4] and sub.dtype == torch.bfloat16
     torch.testing.assert_close(sub.float(), emb[:, [2, 4]], rtol=2e-2, atol=2e-2)
     result = evaluate_retrieval(model, tokenized, batch_size=4, layers=[2, -1])

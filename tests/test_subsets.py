@@ -11,10 +11,10 @@ import pytest
 import yaml
 
 from data_prep import select_languages
-from trainer.data import subset_search
-from trainer.data.languages import language_table
-from trainer.data.subsets import SelectionConfig, load_subsets, select_subsets, validate_subsets
-from trainer.data.uriel import angular_distance, distance_matrix, feature_matrix
+from trainer.languages import subset_search
+from trainer.languages.table import language_table
+from trainer.languages.subsets import SelectionConfig, load_subsets, select_subsets, validate_subsets
+from trainer.languages.uriel import angular_distance, distance_matrix, feature_matrix
 
 SUBSETS_FILE = Path(__file__).resolve().parents[1] / "jobs" / "subsets_pool65.yaml"
 SMALL_POOL = ["deu_Latn", "fra_Latn", "jpn_Jpan", "kor_Hang", "tsn_Latn", "kaz_Cyrl",

@@ -8,13 +8,8 @@ import torch
 from trainer.config import LLMConfig
 from trainer.models.llm_forward import run_llm
 from trainer.models.loading import load_llm
-from trainer.objectives.task import (
-    IGNORE_INDEX,
-    build_prompt_answer_batch,
-    causal_lm_loss,
-    count_answer_tokens,
-    prompt_answer_example,
-)
+from trainer.data.task import IGNORE_INDEX, build_prompt_answer_batch, prompt_answer_example
+from trainer.objectives.task import causal_lm_loss, count_answer_tokens
 
 PAD = 0
 PROMPTS = [[5, 6, 7], [8], [9, 10, 11, 12]]

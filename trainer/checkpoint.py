@@ -7,7 +7,7 @@ Layout (default `OUTPUT_DIR/checkpoints/`):
       ds/                        DeepSpeed checkpoint, frozen weights excluded
                                  (model states + each rank's ZeRO optimizer partition)
       rank-00000.pt ...          one per rank: its data-stream position and RNG states
-      trainer_state.json         step, world size, MLflow run id, metrics, config hash
+      trainer_state.json         step, world size, MLflow run id, metrics, evaluations so far, config hash
       MANIFEST.json              every file above with its size (written last, by rank 0)
     .tmp-step-00000050/          a write in progress (or killed): never resumed from
 
@@ -43,7 +43,7 @@ import torch
 
 from trainer import distributed, faults
 from trainer.config import CheckpointConfig
-from trainer.fsutil import replace_dir
+from trainer.fsutil import replace_dir, write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -85,15 +85,6 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def write_manifest(ckpt: Path) -> dict[str, int]:
     """Fsync every file under `ckpt`, then record name -> size in MANIFEST.json (atomically, last)."""
     files: dict[str, int] = {}
@@ -103,7 +94,7 @@ def write_manifest(ckpt: Path) -> dict[str, int]:
             files[str(path.relative_to(ckpt))] = path.stat().st_size
     for d in [ckpt, *[p for p in ckpt.rglob("*") if p.is_dir()]]:
         _fsync_dir(d)
-    _write_atomic(ckpt / MANIFEST, json.dumps({"files": files}, indent=1))
+    write_atomic(ckpt / MANIFEST, json.dumps({"files": files}, indent=1))
     return files
 
 
@@ -235,8 +226,12 @@ class Checkpointer:
         return (every > 0 and step % every == 0) or (self.cfg.save_final and step == max_steps)
 
     def save(self, step: int, engine, data: Stateful, metrics: dict[str, float] | None = None,
-             run_id: str | None = None) -> Path:
-        """Write `step-N` atomically (see the module docstring). Collective."""
+             run_id: str | None = None, evaluations: dict[str, float] | None = None) -> Path:
+        """Write `step-N` atomically (see the module docstring). Collective.
+
+        `metrics` (the step's row and the evaluations so far) serve `best_metric`; `evaluations`
+        are what a resumed run reports again at its end (e.g. retrieval before training).
+        """
         final = self.root / step_name(step)
         tmp = self.root / f".tmp-{step_name(step)}"
         if engine.is_main:
@@ -253,12 +248,12 @@ class Checkpointer:
         faults.maybe_kill("in_checkpoint", step)
         if engine.is_main:
             state = {"step": step, "world_size": engine.world_size, "mlflow_run_id": run_id,
-                     "metrics": metrics or {}, "config_sha256": self.config_hash, "time": time.time()}
-            _write_atomic(tmp / TRAINER_STATE, json.dumps(state, indent=1))
+                     "metrics": metrics or {}, "evaluations": evaluations or {}, "config_sha256": self.config_hash, "time": time.time()}
+            write_atomic(tmp / TRAINER_STATE, json.dumps(state, indent=1))
             write_manifest(tmp)
             replace_dir(tmp, final)  # final exists when a resumed run rewrites a step it wrote before a kill
             _fsync_dir(self.root)
-            _write_atomic(self.root / LATEST, final.name + "\n")
+            write_atomic(self.root / LATEST, final.name + "\n")
             self.prune(keep_also=final)
             log.info("checkpoint: saved %s", final)
         distributed.barrier()
@@ -278,7 +273,7 @@ class Checkpointer:
             if scored:
                 best = (min if self.cfg.best_mode == "min" else max)(scored, key=lambda vp: vp[0])[1]
                 keep.add(best)
-                _write_atomic(self.root / "best", best.name + "\n")
+                write_atomic(self.root / "best", best.name + "\n")
         removed = [p for _, p in complete + broken if p not in keep]
         for path in removed:
             shutil.rmtree(path, ignore_errors=True)

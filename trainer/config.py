@@ -1,22 +1,26 @@
-"""One typed job schema: YAML in, validated, dotted command-line overrides.
+"""The job schemas: shared sections, one schema per recipe, YAML in, dotted command-line overrides.
 
     job = load_job("jobs/demo_stage1.yaml", ["model.lora.r=8", "optim.lr=1e-4"])
 
-Every section forbids unknown keys, so a typo fails before any model loads,
-with the key path and what is allowed (`ConfigError`).
+A job is one of `Stage1Job`, `AlignJob`, `RealignJob`, chosen by its `recipe` key (a pydantic
+discriminated union, `JobConfig`). Every recipe shares `seed`, `output_dir`, `optim`, `tracking`,
+`engine` and `checkpoint`; each has its own `model`, data and objective sections with the
+method's defaults written once, here. Every section forbids unknown keys, so a typo fails
+before any model loads, with the key path and what is allowed (`ConfigError`).
 """
 
 from __future__ import annotations
 
 import difflib
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Annotated, Any, Literal, Union, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
 
-from trainer.data.languages import language_table
 from trainer.data.parallel import ParallelDataConfig
+from trainer.data.stream import StreamOptions
+from trainer.languages.table import language_table
 
 
 class Section(BaseModel):
@@ -24,6 +28,8 @@ class Section(BaseModel):
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
+
+# --- models -------------------------------------------------------------------------------------
 
 class LLMConfig(Section):
     name_or_path: str = Field("tiny:llama", description="Hub name, local directory, or tiny:{llama,qwen2,gpt2,gemma2,xlmr}")
@@ -57,29 +63,43 @@ class ProjectionConfig(Section):
     hidden_multiplier: int = Field(2, gt=0, description="MLP hidden width as a multiple of d_LLM")
 
 
-class ModelConfig(Section):
-    llm: LLMConfig = Field(LLMConfig(), description="stage1: the LLM that is distilled; align/realign: the backbone "
-                                                    "(a decoder LLM or an XLM-R-like encoder)")
-    encoder: EncoderConfig = Field(EncoderConfig(), description="stage1: the frozen NLLB encoder whose pooled output "
-                                                                "is projected into the LLM; unused by align/realign")
-    lora: LoraConfig = Field(LoraConfig(), description="peft LoRA adapters on the LLM (stage1, and align/realign "
-                                                       "with model.finetune: lora)")
-    projection: ProjectionConfig = Field(ProjectionConfig(), description="stage1: the trained projection from "
-                                                                         "encoder to LLM space")
+class ModelCore(Section):
+    """What every recipe's model section shares: LoRA, pooling, where tiny models are built."""
+
+    lora: LoraConfig = Field(LoraConfig(), description="peft LoRA adapters on the LLM")
     pooling: Literal["mean", "bos", "eos"] = Field("mean", description=(
         "phi over last hidden states: mean (over real tokens, special tokens included), bos (first real token), "
-        "eos (last real token). stage1: both views; realign: the classification head's input. The alignment "
-        "loss and retrieval always take the mean"))
-    finetune: Literal["lora", "full"] = Field(
-        "lora", description="align/realign: train LoRA adapters on the backbone (lora) or every backbone weight "
-                            "(full, e.g. an XLM-R-like encoder); heads are always trained. stage1: lora only")
+        "eos (last real token)"))
     cache_dir: str = Field(".cache/tiny-models", description="Where tiny:* models are built")
 
 
-class TextDataConfig(Section):
+class MTLLMConfig(ModelCore):
+    """Stage 1 (M1): the frozen NLLB encoder, a trained projection, the frozen LLM with LoRA."""
+
+    llm: LLMConfig = Field(LLMConfig(), description="The LLM that is distilled (teacher with adapters off, "
+                                                    "student with them on)")
+    encoder: EncoderConfig = Field(EncoderConfig(), description="The frozen NLLB encoder whose output is projected "
+                                                                "into the LLM's input space")
+    projection: ProjectionConfig = Field(ProjectionConfig(), description="The trained projection from encoder to "
+                                                                         "LLM space")
+
+
+class BackboneConfig(ModelCore):
+    """align / realign (M2, M3): one backbone, trained through LoRA or fully."""
+
+    llm: LLMConfig = Field(LLMConfig(), description="The backbone: a decoder LLM or an XLM-R-like encoder")
+    finetune: Literal["lora", "full"] = Field(
+        "lora", description="Train LoRA adapters on the backbone (lora) or every backbone weight (full, e.g. an "
+                            "XLM-R-like encoder); heads are always trained")
+
+
+# --- data ---------------------------------------------------------------------------------------
+
+class TextDataConfig(StreamOptions):
     """Stage-1 English text, from exactly one source: `files` (read into memory) or `manifest` (streamed shards).
 
-    The streaming options (shuffle_window and below) apply to `manifest` only; docs/streaming.md has the details.
+    The streaming options (inherited from `trainer.data.stream.StreamOptions`: shuffle_window and
+    below) apply to `manifest` only; docs/streaming.md has the details.
     """
 
     files: list[str] = Field(default_factory=list, description="Local parquet/jsonl files or globs with a text column, "
@@ -90,25 +110,10 @@ class TextDataConfig(Section):
     max_length: int = Field(128, gt=0, description="Tokens per example in each view (LLM and NLLB), special tokens "
                                                    "included. files: each view truncated; manifest: documents cut "
                                                    "into spans that fit both views, nothing truncated")
-    shuffle: bool = Field(True, description="Seeded reshuffle every epoch (manifest: shard order, documents in "
-                                            "windows, chunks in pools)")
-    shuffle_window: int = Field(10_000, ge=1, description="manifest: documents are permuted in windows of this many")
-    pool_batches: int = Field(8, ge=1, description="manifest: chunks are shuffled or bucketed in pools of "
-                                                   "pool_batches x micro_batch_size")
-    length_bucketing: bool = Field(False, description="manifest: batch chunks of similar length (less padding)")
-    consumers: int | None = Field(
-        None, ge=1, description="manifest: slices of the document order; global micro-batch k comes from slice "
-                                "k % consumers. A multiple of world_size x max(1, num_workers); null = that product. "
-                                "Fix it to get the same batches per step under every launch shape")
-    num_workers: int = Field(0, ge=0, description="manifest: DataLoader worker processes per rank (0: in-process)")
-    prefetch_factor: int = Field(4, gt=0, description="manifest: micro-batches each worker prepares ahead")
-    verify_checksums: bool = Field(True, description="manifest: check each shard's sha256 when it is read")
 
     def stream_options(self) -> dict[str, Any]:
         """The settings of the streaming reader (`trainer.data.stream.StreamConfig` keys)."""
-        return self.model_dump(include={"manifest", "max_length", "shuffle", "shuffle_window", "pool_batches",
-                                        "length_bucketing", "consumers", "num_workers", "prefetch_factor",
-                                        "verify_checksums"})
+        return self.model_dump(include={"manifest", "max_length", *StreamOptions.model_fields})
 
     @model_validator(mode="after")
     def _one_source(self) -> "TextDataConfig":
@@ -120,8 +125,8 @@ class TextDataConfig(Section):
             raise ValueError("data.files or data.manifest: give parquet/jsonl files or a shard manifest")
         if self.manifest is None:
             # a dumped-and-reloaded config sets every field, so only a non-default value is a mistake
-            streaming = sorted(name for name in set(self.stream_options()) - {"manifest", "max_length", "shuffle"}
-                               if getattr(self, name) != type(self).model_fields[name].get_default())
+            streaming = sorted(name for name in set(StreamOptions.model_fields) - {"shuffle"}
+                               if getattr(self, name) != StreamOptions.model_fields[name].get_default())
             if streaming:
                 raise ValueError(f"data.{streaming[0]}: a streaming option, used with data.manifest only "
                                  f"(data.files is read into memory)")
@@ -190,7 +195,7 @@ class CheckpointConfig(Section):
 
 
 class TaskDataConfig(Section):
-    """Labelled task data (align, realign): train on the source language, evaluate zero-shot per language.
+    """Labelled task data: train on the source language, evaluate zero-shot per language.
 
     Files are JSONL or parquet with a text and an integer label column (`python -m data_prep.make_task_data`
     writes the generated demo task).
@@ -207,14 +212,8 @@ class TaskDataConfig(Section):
     text_column: str = Field("text", description="Column with the input text")
     label_column: str = Field("label", description="Column with the integer class label (0 .. num_labels-1)")
     num_labels: int = Field(3, ge=2, description="Number of classes")
-    max_length: int = Field(64, gt=0, description="Tokens per example (prompt and answer together for align)")
+    max_length: int = Field(64, gt=0, description="Tokens per example (align: prompt and answer together)")
     eval_examples: int | None = Field(None, gt=0, description="Evaluate at most the first N examples per language")
-    prompt_template: str = Field("{text} Topic:", description=(
-        "align (causal LM task): the prompt; {text} is replaced by the example's text"))
-    label_words: list[str] | None = Field(None, description=(
-        "align: the answer for each label (index = label); the loss covers the answer tokens only, and "
-        "evaluation picks the answer with the highest summed log-likelihood. Default: the label numbers"))
-
     @field_validator("eval_languages")
     @classmethod
     def _languages(cls, v: list[str]) -> list[str]:
@@ -225,8 +224,18 @@ class TaskDataConfig(Section):
     def _source(cls, v: str) -> str:
         return language_table().flores(v, "source_language")
 
+
+class PromptTaskConfig(TaskDataConfig):
+    """The task as causal language modelling on the answer given the prompt (M2)."""
+
+    prompt_template: str = Field("{text} Topic:", description=(
+        "The prompt; {text} is replaced by the example's text"))
+    label_words: list[str] | None = Field(None, description=(
+        "The answer for each label (index = label); the loss covers the answer tokens only, and "
+        "evaluation picks the answer with the highest summed log-likelihood. Default: the label numbers"))
+
     @model_validator(mode="after")
-    def _labels(self) -> "TaskDataConfig":
+    def _labels(self) -> "PromptTaskConfig":
         if self.label_words is not None and len(self.label_words) != self.num_labels:
             raise ValueError(f"task.label_words: {len(self.label_words)} words for task.num_labels={self.num_labels}")
         if "{text}" not in self.prompt_template:
@@ -234,40 +243,59 @@ class TaskDataConfig(Section):
         return self
 
 
+# --- objectives ---------------------------------------------------------------------------------
+
 class AlignmentConfig(Section):
-    """The contrastive objective of align (M2) and realign (M3), and which objectives train."""
+    """The contrastive objective shared by align (M2) and realign (M3), and which objectives train."""
 
     enabled: bool = Field(True, description=(
         "Train the contrastive alignment objective; false = task-only baseline (no parallel data needed)"))
     task: bool = Field(True, description=(
         "Train the task objective; false = alignment only (align: the export is an alignment adapter; "
         "realign: the realigned model, no task evaluation)"))
-    objective: Literal["info_nce", "two_b"] | None = Field(None, description=(
-        "info_nce: each source picks its translation among the batch's targets (M2); two_b: each of the 2B "
-        "sentences picks its translation among the other 2B-1 (M3); null = the recipe's method "
-        "(align: info_nce, realign: two_b)"))
     symmetric: bool = Field(False, description="info_nce only: average with the target -> source direction")
-    temperature: float = Field(0.1, gt=0, description="Softmax temperature on cosine similarities")
-    layers: int | list[int] | None = Field(None, description=(
-        "hidden_states index (or indices, pooled then averaged) to align: 0 = embeddings, i = output of "
-        "block i, -1 = last (final-normed); null = the recipe's default (align: the middle block L//2, "
-        "realign: -1)"))
+    temperature: float = Field(0.1, gt=0, description="Softmax temperature on cosine similarities (both studies: 0.1 "
+                                                      "for Llama; M2 used 1.5 for Qwen)")
     batch_size: int | None = Field(None, ge=2, description=(
-        "Translation pairs per alignment micro-batch (in-batch negatives); default optim.micro_batch_size"))
+        "Translation pairs per alignment micro-batch (in-batch negatives); null = optim.micro_batch_size"))
     max_length: int = Field(64, gt=0, description="Tokens per sentence of a pair (and of the retrieval set)")
-    steps: int | None = Field(None, ge=0, description=(
-        "realign only: optimizer steps of the realignment phase; the remaining optim.max_steps - steps "
-        "fine-tune the task. Default: half of optim.max_steps"))
 
     @model_validator(mode="after")
-    def _something_trains(self) -> "AlignmentConfig":
+    def _consistent(self) -> "AlignmentConfig":
         if not (self.enabled or self.task):
             raise ValueError("alignment.enabled and alignment.task are both false: nothing to train")
+        if self.symmetric and self.objective == "two_b":
+            raise ValueError("alignment.symmetric: two_b is symmetric by construction; it applies to info_nce only")
         return self
 
 
+class AlignObjectiveConfig(AlignmentConfig):
+    """M2: InfoNCE from the non-English sentence to the English candidates, at the middle layer."""
+
+    objective: Literal["info_nce", "two_b"] = Field("info_nce", description=(
+        "info_nce: each source picks its translation among the batch's targets (M2, the reference's one "
+        "direction); two_b: each of the 2B sentences picks its translation among the other 2B-1 (M3)"))
+    layers: int | list[int] | Literal["middle"] = Field("middle", description=(
+        "hidden_states index (or indices, pooled then averaged) to align: 0 = embeddings, i = output of block i, "
+        "-1 = last (final-normed); middle = block L // 2 of L (M2: layer 16 of 32)"))
+
+
+class RealignObjectiveConfig(AlignmentConfig):
+    """M3: the symmetric 2B-candidate loss at the last layer, as a phase before task fine-tuning."""
+
+    objective: Literal["info_nce", "two_b"] = Field("two_b", description=(
+        "two_b: each of the 2B sentences picks its translation among the other 2B-1 (M3); info_nce: each "
+        "source picks its translation among the batch's targets (M2)"))
+    layers: int | list[int] = Field(-1, description=(
+        "hidden_states index (or indices, pooled then averaged) to align: 0 = embeddings, i = output of block i, "
+        "-1 = last (final-normed; M3's default)"))
+    steps: int | None = Field(None, ge=0, description=(
+        "Optimizer steps of the realignment phase; the remaining optim.max_steps - steps fine-tune the task. "
+        "null = half of optim.max_steps"))
+
+
 class EvalConfig(Section):
-    """Evaluation of align/realign: translation retrieval per layer, task accuracy per language."""
+    """Translation retrieval per layer and task accuracy per language."""
 
     retrieval: ParallelDataConfig | None = Field(None, description=(
         "Multi-way parallel set for translation retrieval (English plus its languages, the same English "
@@ -279,40 +307,51 @@ class EvalConfig(Section):
     batch_size: int = Field(32, gt=0, description="Sentences per forward pass in evaluation")
 
 
-class JobConfig(Section):
-    recipe: Literal["stage1", "align", "realign"] = Field("stage1", description=(
-        "stage1: MT-LLM self-distillation (M1); align: task + middle-layer alignment (M2); realign: "
-        "realignment then task fine-tuning (M3)"))
+# --- jobs ---------------------------------------------------------------------------------------
+
+class JobBase(Section):
+    """What every recipe's job shares: seed, run directory, optimizer, tracking, engine, checkpoints."""
+
+    recipe: str = Field(description="stage1: MT-LLM self-distillation (M1); align: task + middle-layer alignment "
+                                    "(M2); realign: realignment then task fine-tuning (M3)")
     seed: int = Field(0, description="Seeds torch (initialisation, dropout) and the order of the text and task "
                                      "data; parallel data has its own parallel.seed")
     output_dir: str = Field("outputs/run", description=(
-        "Run directory: the resolved config.yaml, metrics.jsonl (one row per step), export/ (the trained "
-        "weights), checkpoints/ (unless checkpoint.dir); align/realign also final_metrics.json and eval/ tables"))
-    model: ModelConfig = Field(ModelConfig(), description="The models: LLM or backbone, encoder, LoRA, projection")
-    data: TextDataConfig | None = Field(None, description="stage1: the English text (required there)")
-    parallel: ParallelDataConfig | None = Field(None, description=(
-        "align/realign: translation pairs for the alignment objective; parallel.languages is the language "
-        "subset (the key sweeps set)"))
-    task: TaskDataConfig = Field(default_factory=TaskDataConfig, description="align/realign: the labelled task")
-    alignment: AlignmentConfig = Field(default_factory=AlignmentConfig, description="align/realign: objectives")
-    eval: EvalConfig = Field(default_factory=EvalConfig, description="align/realign: retrieval and task evaluation")
+        "Run directory: the resolved config.yaml, metrics.jsonl (one row per step), final_metrics.json, export/ "
+        "(the trained weights), checkpoints/ (unless checkpoint.dir); align/realign also eval/ tables"))
     optim: OptimConfig = Field(OptimConfig(), description="AdamW, the learning-rate schedule and the batch shape")
     tracking: TrackingConfig = Field(TrackingConfig(), description="MLflow: store, experiment, run")
     engine: EngineConfig = Field(EngineConfig(), description="DeepSpeed config, precision and process group")
     checkpoint: CheckpointConfig = Field(CheckpointConfig(), description="Resume state: when, how many, from where")
 
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+class Stage1Job(JobBase):
+    """M1 stage 1: distil the LLM's pooled representation of English text into the MT-LLM."""
+
+    recipe: Literal["stage1"] = Field(description="stage1: MT-LLM self-distillation (M1)")
+    model: MTLLMConfig = Field(MTLLMConfig(), description="Encoder, projection, LLM and LoRA")
+    data: TextDataConfig = Field(description="The English text (required)")
+
+
+class AlignmentJob(JobBase):
+    """What align and realign share: parallel data, evaluation, a backbone; checks across sections."""
+
+    model: BackboneConfig = Field(BackboneConfig(), description="The backbone and how it is trained")
+    parallel: ParallelDataConfig | None = Field(None, description=(
+        "Translation pairs for the alignment objective; parallel.languages is the language subset (the key "
+        "sweeps set)"))
+    eval: EvalConfig = Field(default_factory=EvalConfig, description="Retrieval and task evaluation")
+
+    @property
+    def alignment_batch_size(self) -> int:
+        return self.alignment.batch_size or self.optim.micro_batch_size
+
     @model_validator(mode="after")
-    def _recipe_sections(self) -> "JobConfig":
-        """Each recipe's required sections, named by key (checked before anything loads)."""
-        if self.recipe == "stage1":
-            if self.data is None:
-                raise ValueError("data: required key is missing (recipe stage1 trains on data.files)")
-            if self.model.finetune != "lora":
-                raise ValueError("model.finetune: stage1 trains LoRA and the projection only; use lora")
-            return self
+    def _sections_agree(self) -> "AlignmentJob":
         a = self.alignment
-        if a.symmetric and (a.objective or {"align": "info_nce", "realign": "two_b"}[self.recipe]) == "two_b":
-            raise ValueError("alignment.symmetric: two_b is symmetric by construction; it applies to info_nce only")
         if a.enabled and self.parallel is None:
             raise ValueError(f"parallel: required key is missing (recipe {self.recipe} with alignment.enabled "
                              f"trains on translation pairs: give parallel.files or parallel.hub)")
@@ -321,18 +360,53 @@ class JobConfig(Section):
                              f"source-language data")
         if a.task and self.task.eval_languages and self.task.eval_dir is None:
             raise ValueError("task.eval_dir: task.eval_languages are listed but no directory holds their files")
-        if self.recipe == "realign":
-            if a.steps is not None and a.steps > self.optim.max_steps:
-                raise ValueError(f"alignment.steps ({a.steps}) exceeds optim.max_steps ({self.optim.max_steps})")
-            if a.steps == self.optim.max_steps and a.task and a.enabled:
-                raise ValueError(f"alignment.steps ({a.steps}) leaves no task fine-tuning steps of optim.max_steps; "
-                                 f"for realignment only set alignment.task: false")
-        elif a.steps is not None:
-            raise ValueError("alignment.steps: only the realign recipe has a separate realignment phase")
         return self
 
-    def to_yaml(self) -> str:
-        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+class AlignJob(AlignmentJob):
+    """M2: task and alignment micro-batches alternate; the export is a task or an alignment adapter."""
+
+    recipe: Literal["align"] = Field(description="align: task + middle-layer alignment (M2)")
+    task: PromptTaskConfig = Field(default_factory=PromptTaskConfig, description="The labelled task, as a prompt "
+                                                                                  "and an answer")
+    alignment: AlignObjectiveConfig = Field(default_factory=AlignObjectiveConfig, description="The objectives")
+
+
+class RealignJob(AlignmentJob):
+    """M3: a realignment phase on a language subset, then task fine-tuning on English."""
+
+    recipe: Literal["realign"] = Field(description="realign: realignment then task fine-tuning (M3)")
+    task: TaskDataConfig = Field(default_factory=TaskDataConfig, description="The labelled task (classification head)")
+    alignment: RealignObjectiveConfig = Field(default_factory=RealignObjectiveConfig, description="The objectives "
+                                                                                                  "and the phases")
+
+    @property
+    def realignment_steps(self) -> int:
+        """Optimizer steps of the realignment phase (0 when alignment is off, all of them when the task is)."""
+        a = self.alignment
+        if not a.enabled:
+            return 0
+        if not a.task:
+            return self.optim.max_steps
+        return self.optim.max_steps // 2 if a.steps is None else a.steps
+
+    @model_validator(mode="after")
+    def _phases(self) -> "RealignJob":
+        a = self.alignment
+        if a.steps is not None and a.steps > self.optim.max_steps:
+            raise ValueError(f"alignment.steps ({a.steps}) exceeds optim.max_steps ({self.optim.max_steps})")
+        if a.steps == self.optim.max_steps and a.task and a.enabled:
+            raise ValueError(f"alignment.steps ({a.steps}) leaves no task fine-tuning steps of optim.max_steps; "
+                             f"for realignment only set alignment.task: false")
+        return self
+
+
+RECIPE_SCHEMAS: dict[str, type[JobBase]] = {"stage1": Stage1Job, "align": AlignJob, "realign": RealignJob}
+JobConfig = Annotated[Union[Stage1Job, AlignJob, RealignJob], Field(discriminator="recipe")]
+"""A job file: the schema of its `recipe` (validate with `validate(raw, JobConfig)` or `load_job`)."""
+
+
+_JOB_ADAPTER = TypeAdapter(JobConfig)
 
 
 class ConfigError(ValueError):
@@ -340,6 +414,13 @@ class ConfigError(ValueError):
 
 
 def _describe(err: dict[str, Any], model: type[BaseModel], raw: dict[str, Any]) -> str:
+    if err["type"] == "union_tag_not_found":
+        return f"recipe: required key is missing (one of {', '.join(RECIPE_SCHEMAS)})"
+    if err["type"] == "union_tag_invalid":
+        return f"recipe: {raw.get('recipe')!r} is not a recipe; choose one of {', '.join(RECIPE_SCHEMAS)}"
+    if model is JobConfig and err["loc"] and err["loc"][0] in RECIPE_SCHEMAS:
+        model = RECIPE_SCHEMAS[err["loc"][0]]       # errors inside a recipe's schema start with its tag
+        err = {**err, "loc": err["loc"][1:]}
     path = ".".join(str(p) for p in err["loc"])
     msg = err["msg"]
     if err["type"] == "extra_forbidden":
@@ -349,7 +430,7 @@ def _describe(err: dict[str, Any], model: type[BaseModel], raw: dict[str, Any]) 
         return f"{path}: unknown key.{hint} Allowed here: {', '.join(allowed)}"
     if err["type"] == "missing":
         return f"{path}: required key is missing"
-    if not path:  # a check across sections (JobConfig's validator): its message names the key
+    if not path:  # a check across sections (a job's validator): its message names the key
         return msg.removeprefix("Value error, ")
     got = err.get("input")
     shown = "" if isinstance(got, dict) else f" (got {got!r})"
@@ -368,9 +449,11 @@ def _fields_at(model: type[BaseModel], loc: tuple) -> list[str]:
     return sorted(model.model_fields)
 
 
-def validate(raw: dict[str, Any], schema: type[BaseModel] = JobConfig, source: str = "job") -> Any:
-    """Validate a raw dict into `schema`, turning pydantic's errors into one ConfigError."""
+def validate(raw: dict[str, Any], schema: Any = JobConfig, source: str = "job") -> Any:
+    """Validate a raw dict into `schema` (a model, or `JobConfig`), turning pydantic's errors into one ConfigError."""
     try:
+        if schema is JobConfig:
+            return _JOB_ADAPTER.validate_python(raw)
         return schema.model_validate(raw)
     except ValidationError as e:
         lines = [_describe(err, schema, raw) for err in e.errors()]
@@ -408,6 +491,6 @@ def load_raw(path: str | Path, overrides: list[str] | None = None) -> dict[str, 
     return raw
 
 
-def load_job(path: str | Path, overrides: list[str] | None = None) -> JobConfig:
+def load_job(path: str | Path, overrides: list[str] | None = None) -> JobBase:
     """Load, override and validate a job file."""
     return validate(load_raw(path, overrides), JobConfig, source=f"job {path}")

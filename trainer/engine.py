@@ -47,7 +47,7 @@ from transformers.integrations import HfDeepSpeedConfig  # noqa: E402
 from transformers.integrations.deepspeed import unset_hf_deepspeed_config  # noqa: E402
 
 from trainer import distributed  # noqa: E402
-from trainer.config import ConfigError, JobConfig  # noqa: E402
+from trainer.config import ConfigError, JobBase  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -71,14 +71,14 @@ def ds_config_path(name_or_path: str) -> Path:
     return path
 
 
-def resolve_precision(job: JobConfig) -> str:
+def resolve_precision(job: JobBase) -> str:
     """engine.precision, with auto = the LLM's weights dtype."""
     if job.engine.precision != "auto":
         return job.engine.precision
     return {"bfloat16": "bf16", "float16": "fp16"}.get(job.model.llm.dtype, "fp32")
 
 
-def auto_values(job: JobConfig, world_size: int) -> dict[str, Any]:
+def auto_values(job: JobBase, world_size: int) -> dict[str, Any]:
     """Dotted DeepSpeed key -> the value the job implies."""
     o = job.optim
     precision = resolve_precision(job)
@@ -133,7 +133,7 @@ def _same(a: Any, b: Any) -> bool:
     return a == b
 
 
-def build_ds_config(job: JobConfig, world_size: int) -> dict[str, Any]:
+def build_ds_config(job: JobBase, world_size: int) -> dict[str, Any]:
     """The job's DeepSpeed config with every "auto" filled."""
     path = ds_config_path(job.engine.deepspeed)
     try:
@@ -173,7 +173,7 @@ def reset_optimizer_moments(optimizer: Any) -> None:
 class Engine:
     """One DeepSpeed engine for one job, in the current process group."""
 
-    def __init__(self, job: JobConfig):
+    def __init__(self, job: JobBase):
         self.job = job
         distributed.setup(job.engine.backend, job.engine.timeout_minutes)
         from datetime import timedelta

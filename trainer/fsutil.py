@@ -1,9 +1,39 @@
-"""Filesystem steps shared by checkpoints and exports."""
+"""Writing files and folders so that a kill never leaves them half-written: the one place that does it.
+
+`write_atomic` for a file (a temporary file in the same folder, fsynced, renamed over the target),
+`replace_dir` for a folder written completely beside its target. Every writer of a file that a
+resumed run, a sweep or a user reads back uses them: checkpoints and their pointers, manifests,
+metrics, configs, exports, tables.
+"""
 
 from __future__ import annotations
 
+import os
 import shutil
+import tempfile
 from pathlib import Path
+
+
+def write_atomic(path: str | os.PathLike, data: str | bytes, fsync: bool = True) -> Path:
+    """Write `data` (text as UTF-8, or bytes) to `path` through a temporary file and a rename.
+
+    A reader sees the old content or the new one, never a mixture; with `fsync` the data is on
+    disk before the rename (what a checkpoint pointer needs to survive a machine crash).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data.encode("utf-8") if isinstance(data, str) else data)
+            if fsync:
+                f.flush()
+                os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
 
 
 def replace_dir(new: Path, target: Path) -> Path:

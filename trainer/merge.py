@@ -101,7 +101,8 @@ def dev_loss(model: torch.nn.Module, prompts: Sequence[Sequence[int]], answers: 
              show_progress: bool = False) -> float:
     """Answer-token cross-entropy, summed over the dev set and divided by its answer-token count."""
     from trainer.models.llm_forward import run_llm
-    from trainer.objectives.task import IGNORE_INDEX, build_prompt_answer_batch, causal_lm_loss
+    from trainer.data.task import IGNORE_INDEX, build_prompt_answer_batch
+    from trainer.objectives.task import causal_lm_loss
 
     device = next(model.parameters()).device
     total, tokens = 0.0, 0
@@ -175,7 +176,7 @@ def build_search_model(task_dir: Path, base: str | None, dtype: str | None, devi
                 raise MergeError(f"the merged adapter does not fit {name}: unexpected "
                                  f"{result.unexpected_keys[:3]}, missing {lora_missing[:3]}")
     else:
-        from trainer.models.mt_llm import add_lora
+        from trainer.models.lora import add_lora
 
         model = add_lora(llm, lora_cfg.r, lora_cfg.alpha, 0.0, lora_cfg.target_modules)
         params = dict(model.named_parameters())

@@ -85,7 +85,7 @@ class SubsetAxis(Section):
     names: list[str] | None = Field(None, description="Subset names to take from `file` (default: all)")
     inline: dict[str, list[str]] | None = Field(None, description="name -> languages, instead of a file")
     select: dict[str, Any] | None = Field(None, description=(
-        "Compute the subsets when the sweep starts, with the keys of trainer.data.subsets.SelectionConfig "
+        "Compute the subsets when the sweep starts, with the keys of trainer.languages.subsets.SelectionConfig "
         "(heuristics, sizes, seeds, pool: a list of codes, default the 65-language pool, ...); "
         "the same as writing them with data_prep.select_languages first"))
 
@@ -158,7 +158,7 @@ class SweepConfig(Section):
 
 def load_subsets(axis: SubsetAxis, base_dir: Path) -> dict[str, dict[str, Any]]:
     """name -> {"languages": [...], plus heuristic/size/seed/objective when the file has them}."""
-    from trainer.data.languages import language_table
+    from trainer.languages.table import language_table
 
     if axis.inline is not None:
         table = language_table()
@@ -186,8 +186,8 @@ def load_subsets(axis: SubsetAxis, base_dir: Path) -> dict[str, dict[str, Any]]:
 
 def selected_subsets(select: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """Run the subset selection of `data_prep.select_languages` in memory -> name -> subset entry."""
-    from trainer.data.languages import language_table
-    from trainer.data.subsets import SelectionConfig, select_subsets
+    from trainer.languages.table import language_table
+    from trainer.languages.subsets import SelectionConfig, select_subsets
 
     options = dict(select)
     if "pool" not in options:

@@ -116,7 +116,10 @@ def finish_parent_run(uri: str, run_id: str, rows: list[dict[str, Any]], metric:
                       status: str = "FINISHED") -> None:
     """Attach the summary table (CSV) and a plot of `metric` per trial to the parent run, then close it."""
     import csv
+    import io
     from pathlib import Path
+
+    from trainer.fsutil import write_atomic
 
     import matplotlib
 
@@ -125,10 +128,11 @@ def finish_parent_run(uri: str, run_id: str, rows: list[dict[str, Any]], metric:
 
     out = Path(out_dir)
     cols = list(dict.fromkeys(k for row in rows for k in row))
-    with (out / "summary.csv").open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=cols)
-        writer.writeheader()
-        writer.writerows(rows)
+    table = io.StringIO(newline="")
+    writer = csv.DictWriter(table, fieldnames=cols)
+    writer.writeheader()
+    writer.writerows(rows)
+    write_atomic(out / "summary.csv", table.getvalue())
     labels = [f"{r.get('trial', '?')}\n{r.get('subset', '')}" for r in rows]
     values = [float(r[metric]) if r.get(metric) is not None else float("nan") for r in rows]
     fig, ax = plt.subplots(figsize=(max(4, 1.2 * len(rows)), 3.5))

@@ -18,9 +18,14 @@ import time
 from pathlib import Path
 from typing import Callable
 
+import torch
+
 from trainer import distributed
 from trainer.checkpoint import Checkpointer
-from trainer.config import ConfigError, JobConfig, load_job
+from trainer.config import ConfigError, JobBase, load_job
+from trainer.engine import Engine
+from trainer.fsutil import write_atomic
+from trainer.loop import Run
 from trainer.models.loading import build_tiny_models_in
 from trainer.recipes import align, realign, stage1
 from trainer.tracking import Tracker
@@ -30,14 +35,15 @@ RECIPES = {"stage1": stage1.run, "align": align.run, "realign": realign.run}
 log = logging.getLogger("trainer.train")
 
 
-def run_job(job: JobConfig, report: Callable[[dict[str, float], int], None] | None = None) -> dict:
+def run_job(job: JobBase, report: Callable[[dict[str, float], int], None] | None = None) -> dict:
     """Run `job` in the current process group (joined, or created for a single process).
 
     `report(metrics, step)`, when given, receives every logged metric row on every rank
     (a Ray Train worker passes `ray.train.report` through it).
 
     Every rank: check the ranks agree on the config, agree on a checkpoint to resume
-    from, run the recipe. Rank 0 only: write the resolved config, and track the run in
+    from, seed torch, make the engine (before the model: under ZeRO-3 the frozen weights load
+    partitioned), run the recipe. Rank 0 only: write the resolved config, and track the run in
     MLflow, continuing the checkpoint's MLflow run when resuming.
     """
     distributed.setup(job.engine.backend, job.engine.timeout_minutes)
@@ -47,7 +53,7 @@ def run_job(job: JobConfig, report: Callable[[dict[str, float], int], None] | No
     out = Path(job.output_dir)
     if main:
         out.mkdir(parents=True, exist_ok=True)
-        (out / "config.yaml").write_text(config_yaml)
+        write_atomic(out / "config.yaml", config_yaml)
     with distributed.main_first():
         build_tiny_models_in(job.model_dump(), job.model.cache_dir)
     checkpoints = Checkpointer(job.checkpoint, out, config_hash)
@@ -58,7 +64,12 @@ def run_job(job: JobConfig, report: Callable[[dict[str, float], int], None] | No
         _record_run_id(out, tracker)
         tracker.log_artifact(str(out / "config.yaml"))
     try:
-        summary = RECIPES[job.recipe](job, tracker, checkpoints)
+        torch.manual_seed(job.seed)
+        engine = Engine(job)
+        try:
+            summary = RECIPES[job.recipe](Run(job, engine, tracker, checkpoints))
+        finally:
+            engine.close()
     except BaseException:
         tracker.end("FAILED")
         raise
@@ -68,7 +79,7 @@ def run_job(job: JobConfig, report: Callable[[dict[str, float], int], None] | No
     return summary
 
 
-def _start_tracker(tracker: Tracker, job: JobConfig, run_id: str | None) -> None:
+def _start_tracker(tracker: Tracker, job: JobBase, run_id: str | None) -> None:
     """Continue the checkpoint's MLflow run; a run the store does not know starts afresh, with a warning."""
     config, tags = job.model_dump(mode="json"), {"recipe": job.recipe}
     if run_id is None:
@@ -95,7 +106,7 @@ def _record_run_id(out: Path, tracker: Tracker) -> None:
     previous = path.read_text().strip() if path.is_file() else None
     if previous and previous != tracker.run_id:
         tracker.close_abandoned(previous, superseded_by=tracker.run_id)
-    path.write_text(f"{tracker.run_id}\n")
+    write_atomic(path, f"{tracker.run_id}\n")
 
 
 def _configure_logging() -> None:

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from trainer.config import ConfigError, JobConfig, validate
+from trainer.fsutil import write_atomic
 from trainer.sweep import Sweep, load_sweep
 
 log = logging.getLogger("trainer.tune")
@@ -260,7 +261,7 @@ def run_sweep(sweep: Sweep, sweep_dir: Path | None = None, resume: bool = False,
     state.setdefault("workdir", os.getcwd())   # a resumed sweep keeps resolving paths where it started
     state.update(parent_run_id=parent_run_id, sweep=sweep.config.model_dump(mode="json"),
                  base_job=sweep.base_raw, subsets=sweep.subsets, base_dir=str(sweep.base_dir))
-    state_path.write_text(json.dumps(state, indent=1))
+    write_atomic(state_path, json.dumps(state, indent=1))
 
     # A metric computed at evaluation time is absent from the training rows reported before it;
     # FIFO ignores those rows and ASHA skips them (a metric present in every row suits ASHA best).

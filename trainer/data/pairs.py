@@ -16,7 +16,7 @@ import itertools
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from trainer.data.parallel import BalancedPairStream, ParallelDataConfig, load_parallel
+from trainer.data.parallel import BalancedPairStream, ParallelDataConfig, load_parallel, stream_from_config
 
 
 class PairCollator:
@@ -105,3 +105,10 @@ def load_multiway(cfg: ParallelDataConfig, n: int | None = None) -> dict[str, li
     if len(out) < 2:
         raise ValueError("multi-way set: need English and at least one other language")
     return out
+
+
+def pair_batches(cfg: ParallelDataConfig, batch_size: int, tokenizer: PreTrainedTokenizerBase, max_length: int,
+                 rank: int = 0, world_size: int = 1) -> PairBatches:
+    """This rank's share of `cfg`'s pairs, `batch_size` pairs per micro-batch ([2B, s], English rows first)."""
+    return PairBatches(stream_from_config(cfg, rank=rank, world_size=world_size), batch_size,
+                       PairCollator(tokenizer, max_length))

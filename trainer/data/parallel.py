@@ -49,7 +49,7 @@ import pyarrow.parquet as pq
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from trainer.data.languages import Language, LanguageTable, UnknownLanguageError, language_table
+from trainer.languages.table import Language, LanguageTable, UnknownLanguageError, language_table
 
 log = logging.getLogger(__name__)
 
@@ -329,7 +329,7 @@ def load_hub_pairs(source: HubSource, english: Language, other: Language,
 
 def _requested_languages(cfg: ParallelDataConfig, available_files: dict[str, list[Path]]) -> list[str]:
     if cfg.subset is not None:
-        from trainer.data.subsets import load_subsets
+        from trainer.languages.subsets import load_subsets
 
         subsets = load_subsets(cfg.subsets_file)
         if cfg.subset not in subsets:

@@ -26,13 +26,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from trainer.fsutil import write_atomic
 
 MANIFEST_FORMAT = "trainer.fineweb_shards/1"
 MANIFEST_NAME = "manifest.json"
@@ -137,21 +138,8 @@ def load_manifest(path: str | os.PathLike) -> Manifest:
 def save_manifest(manifest: Manifest, path: str | os.PathLike) -> Path:
     """Write the manifest atomically (temporary file + rename), so readers never see half a file."""
     path = manifest_file(path)
-    write_atomic(path, manifest.to_json().encode())
+    write_atomic(path, manifest.to_json())
     return path
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write `data` to `path` through a temporary file in the same folder and a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def missing_shards(manifest: Manifest) -> list[str]:

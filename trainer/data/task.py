@@ -5,10 +5,7 @@ file per language (`{lang}.jsonl`, FLORES-200 code as the name). Real jobs
 point at prepared XNLI/NusaX/SIB-style files; tests and demos use the
 generated task below.
 
-Generated task (`synthetic_task`): 3-way classification of what the sentence's
-verb does (perception/commerce/making); the same concept sequences rendered in
-every language, so a model fine-tuned on English can only transfer through
-cross-lingual alignment of the pseudo-words.
+The generated demo task lives with the other generated data (`trainer.tiny.text.synthetic_task`).
 
 Collators: `ClassificationCollator` (text -> ids + class label, for a classification head) and
 `PromptAnswerCollator` (M2's causal LM task: prompt = template(text), answer = the label's word
@@ -19,43 +16,16 @@ answer for evaluation by answer likelihood).
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from trainer.data import synthetic
-from trainer.data.text import expand_files
-from trainer.objectives.task import build_prompt_answer_batch
+from trainer.data.batches import MicroBatches
+from trainer.data.files import expand_files
 
-VERB_CLASSES = {
-    0: ["sees", "finds", "reads", "loves"],
-    1: ["buys", "sells", "carries", "opens"],
-    2: ["paints", "cooks", "builds", "washes"],
-}
-LABEL_OF_VERB = {verb: label for label, verbs in VERB_CLASSES.items() for verb in verbs}
-
-
-def synthetic_task(lang: str, n: int, seed: int) -> list[dict]:
-    """`n` examples {"text", "label"} in `lang`; the same seed gives translations across languages."""
-    rows = []
-    for concepts in synthetic.concept_sentences(n, seed):
-        rows.append({"text": synthetic.render(concepts, lang), "label": LABEL_OF_VERB[concepts[1]]})
-    return rows
-
-
-def write_task_files(out_dir: str | Path, languages: list[str], n: int, seed: int) -> dict[str, Path]:
-    """Write `{lang}.jsonl` for each language; returns lang -> path."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    paths = {}
-    for lang in languages:
-        path = out / f"{lang}.jsonl"
-        with path.open("w") as f:
-            for row in synthetic_task(lang, n, seed):
-                f.write(json.dumps(row, ensure_ascii=False) + "\n")
-        paths[lang] = path
-    return paths
+IGNORE_INDEX = -100   # label of tokens outside the answer: PyTorch's cross_entropy ignore_index
 
 
 def read_task_file(path: str | Path, text_column: str = "text", label_column: str = "label") -> list[dict]:
@@ -80,14 +50,8 @@ def load_task_rows(patterns: list[str], text_column: str = "text", label_column:
                    what: str = "task.train_files") -> list[dict]:
     """Rows {"text", "label"} of every file the patterns (files or globs) match, in sorted order."""
     rows: list[dict] = []
-    for pattern in patterns:
-        try:
-            files = expand_files([pattern])
-        except FileNotFoundError:
-            raise FileNotFoundError(f"{what}: {pattern!r} matches no file "
-                                    f"(generated demo data: python -m data_prep.make_task_data --out DIR)") from None
-        for path in files:
-            rows += read_task_file(path, text_column, label_column)
+    for path in expand_files(patterns, what):
+        rows += read_task_file(path, text_column, label_column)
     return rows
 
 
@@ -106,6 +70,53 @@ def check_labels(rows: list[dict], num_labels: int, what: str) -> None:
     bad = sorted({r["label"] for r in rows if not 0 <= r["label"] < num_labels})
     if bad:
         raise ValueError(f"{what}: labels {bad[:5]} outside 0..{num_labels - 1} (task.num_labels={num_labels})")
+
+
+def prompt_answer_example(prompt: Sequence[int], answer: Sequence[int],
+                          max_length: int | None = None) -> tuple[list[int], list[int]]:
+    """One example -> (input_ids, labels), labels = -100 on the prompt, the answer ids on the answer.
+
+    With `max_length`, the prompt is cut from the left (its end, next to the answer, is kept);
+    if the answer alone is longer, it is cut from the right and no prompt token is kept.
+    """
+    if not answer:
+        raise ValueError("empty answer: nothing to train on")
+    prompt, answer = list(prompt), list(answer)
+    if max_length is not None:
+        answer = answer[:max_length]
+        keep = max_length - len(answer)
+        prompt = prompt[max(0, len(prompt) - keep):] if keep > 0 else []
+    return prompt + answer, [IGNORE_INDEX] * len(prompt) + answer
+
+
+def build_prompt_answer_batch(prompts: Sequence[Sequence[int]], answers: Sequence[Sequence[int]], pad_id: int,
+                              padding_side: str = "right", max_length: int | None = None) -> dict[str, torch.Tensor]:
+    """Token lists -> padded `input_ids`, `attention_mask`, `labels`, each [batch, seq] int64.
+
+    `labels` is -100 on prompt tokens and on padding (either side), the token id on answer tokens;
+    `labels` is aligned with `input_ids` (no shift here: `causal_lm_loss` shifts). Pass the
+    attention mask to `run_llm`, which computes position ids right for left padding too.
+    """
+    if len(prompts) != len(answers) or not prompts:
+        raise ValueError(f"need equally many prompts and answers (got {len(prompts)} and {len(answers)})")
+    if padding_side not in ("left", "right"):
+        raise ValueError(f"padding_side must be left or right, got {padding_side!r}")
+    examples = [prompt_answer_example(p, a, max_length) for p, a in zip(prompts, answers)]
+    seq = max(len(ids) for ids, _ in examples)
+    rows_ids, rows_mask, rows_labels = [], [], []
+    for ids, labels in examples:
+        pad = seq - len(ids)
+        if padding_side == "right":
+            rows_ids.append(ids + [pad_id] * pad)
+            rows_mask.append([1] * len(ids) + [0] * pad)
+            rows_labels.append(labels + [IGNORE_INDEX] * pad)
+        else:
+            rows_ids.append([pad_id] * pad + ids)
+            rows_mask.append([0] * pad + [1] * len(ids))
+            rows_labels.append([IGNORE_INDEX] * pad + labels)
+    return {"input_ids": torch.tensor(rows_ids, dtype=torch.long),
+            "attention_mask": torch.tensor(rows_mask, dtype=torch.long),
+            "labels": torch.tensor(rows_labels, dtype=torch.long)}
 
 
 class ClassificationCollator:
@@ -154,3 +165,23 @@ class PromptAnswerCollator:
         if self.choices:
             batch["gold"] = torch.tensor([r["label"] for r in rows], dtype=torch.long)
         return batch
+
+
+def task_batches(train_files: list[str], text_column: str, label_column: str, num_labels: int,
+                 collate, batch_size: int, seed: int, rank: int = 0, world_size: int = 1) -> MicroBatches:
+    """Source-language task examples reshuffled every epoch; global micro-batch k goes to rank k % world_size."""
+    rows = load_task_rows(train_files, text_column, label_column)
+    check_labels(rows, num_labels, "task.train_files")
+    return MicroBatches(rows, batch_size, collate, seed=seed, rank=rank, world_size=world_size)
+
+
+def eval_sets(eval_dir: str, languages: list[str], text_column: str, label_column: str, num_labels: int,
+              max_examples: int | None = None) -> dict[str, list[dict]]:
+    """{language: rows} of `eval_dir/<language>.jsonl|parquet`, the first `max_examples` of each."""
+    sets = {}
+    for lang in languages:
+        rows = read_task_file(eval_file(eval_dir, lang), text_column, label_column)
+        rows = rows[:max_examples] if max_examples else rows
+        check_labels(rows, num_labels, f"task.eval_dir {lang}")
+        sets[lang] = rows
+    return sets

@@ -28,16 +28,17 @@ N(N-1)/2 matmuls [n, d] x [d, n], batched over all b > a.
 from __future__ import annotations
 
 import csv
-from collections.abc import Mapping, Sequence
+import io
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
+from trainer.fsutil import write_atomic
 from trainer.models.llm_forward import run_llm
-from trainer.models.pooling import masked_mean
-from trainer.objectives.contrastive import resolve_layers
+from trainer.models.pooling import masked_mean, resolve_layers
 
 DEFAULT_K = 4
 
@@ -158,7 +159,7 @@ class RetrievalResult:
         return self.accuracy[self.layers.index(layer)]
 
     def to_dataframe(self):
-        """The `rows()` table as a pandas DataFrame (pandas imported on demand)."""
+        """The `rows()` table as a pandas DataFrame (columns layer, src, tgt, accuracy)."""
         import pandas as pd
 
         return pd.DataFrame(self.rows(), columns=["layer", "src", "tgt", "accuracy"])
@@ -174,10 +175,11 @@ class RetrievalResult:
 
 
 def _write_rows(path: Path, rows: list[dict], columns: list[str]) -> None:
-    with path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(rows)
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=columns)
+    writer.writeheader()
+    writer.writerows(rows)
+    write_atomic(path, text.getvalue())
 
 
 # --- embedding a multi-way parallel set with a model ---------------------------------------------
@@ -196,47 +198,63 @@ def tokenize_languages(tokenizer, sentences: Mapping[str, Sequence[str]],
     return out
 
 
+HiddenStates = Callable[[torch.Tensor, torch.Tensor], Sequence[torch.Tensor]]
+
+
+def hidden_states_of(model: torch.nn.Module) -> HiddenStates:
+    """`(input_ids, attention_mask) -> hidden_states` of a transformers model (plain, peft or bidirectional).
+
+    The batch is moved to the model's device; `run_llm` computes position ids right for either padding side.
+    """
+    device = next(model.parameters()).device
+
+    def hidden_states(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> Sequence[torch.Tensor]:
+        return run_llm(model, attention_mask.to(device), input_ids=input_ids.to(device),
+                       output_hidden_states=True).hidden_states
+
+    return hidden_states
+
+
 @torch.no_grad()
-def embed_languages(model: torch.nn.Module, tokenized: Mapping[str, Mapping[str, torch.Tensor]],
+def embed_languages(hidden_states: HiddenStates, tokenized: Mapping[str, Mapping[str, torch.Tensor]],
                     batch_size: int = 32, layers: Sequence[int] | None = None,
                     dtype: torch.dtype = torch.float32) -> tuple[list[str], list[int], torch.Tensor]:
     """Masked-mean embeddings of every sentence at every layer -> (languages, layers, [N, n_layers, n, d]).
 
-    `tokenized[lang]` holds `input_ids` and `attention_mask` [n, s] (either padding side); each
-    batch is cut to the columns holding real tokens. `layers` are hidden_states indices
-    (default: all, 0 = embeddings .. L = last, final-normed). The model runs in eval mode through
-    `run_llm` (bidirectional and peft models included) and is put back in its previous mode.
-    Result on CPU in `dtype` (bf16 halves the memory: 20 x 33 x 997 x 4096 is 10.8 GB in fp32).
+    `hidden_states(input_ids, attention_mask)` runs the model (`hidden_states_of(model)` for a
+    transformers model; the caller chooses eval mode). `tokenized[lang]` holds `input_ids` and
+    `attention_mask` [n, s] (either padding side); each batch is cut to the columns holding real
+    tokens. `layers` are hidden_states indices (default: all, 0 = embeddings .. L = last,
+    final-normed). Result on CPU in `dtype` (bf16 halves the memory: 20 x 33 x 997 x 4096 is
+    10.8 GB in fp32).
     """
     languages = list(tokenized)
     n = _common_size(tokenized)
-    was_training = model.training
-    device = _device_of(model)
-    model.eval()
-    try:
-        result, chosen = None, None
-        for li, lang in enumerate(languages):
-            for start in range(0, n, batch_size):
-                ids, mask = _trimmed_batch(tokenized[lang], start, batch_size)
-                out = run_llm(model, mask.to(device), input_ids=ids.to(device), output_hidden_states=True)
-                states = out.hidden_states
-                if result is None:
-                    chosen = list(range(len(states))) if layers is None else resolve_layers(list(layers), len(states))
-                    result = torch.empty(len(languages), len(chosen), n, states[0].shape[-1], dtype=dtype)
-                mask_dev = mask.to(states[0].device)
-                for j, layer in enumerate(chosen):
-                    pooled = masked_mean(states[layer], mask_dev)
-                    result[li, j, start:start + ids.shape[0]] = pooled.to("cpu", dtype)
-    finally:
-        model.train(was_training)
+    result, chosen = None, None
+    for li, lang in enumerate(languages):
+        for start in range(0, n, batch_size):
+            ids, mask = _trimmed_batch(tokenized[lang], start, batch_size)
+            states = hidden_states(ids, mask)
+            if result is None:
+                chosen = list(range(len(states))) if layers is None else resolve_layers(list(layers), len(states))
+                result = torch.empty(len(languages), len(chosen), n, states[0].shape[-1], dtype=dtype)
+            mask_dev = mask.to(states[0].device)
+            for j, layer in enumerate(chosen):
+                pooled = masked_mean(states[layer], mask_dev)
+                result[li, j, start:start + ids.shape[0]] = pooled.to("cpu", dtype)
     return languages, chosen, result
 
 
 def evaluate_retrieval(model: torch.nn.Module, tokenized: Mapping[str, Mapping[str, torch.Tensor]],
                        batch_size: int = 32, layers: Sequence[int] | None = None, k: int = DEFAULT_K,
                        dtype: torch.dtype = torch.float32) -> RetrievalResult:
-    """`embed_languages` then `retrieval_accuracy`: the whole diagnostic for one model."""
-    languages, chosen, emb = embed_languages(model, tokenized, batch_size, layers, dtype)
+    """The whole diagnostic for one model, in eval mode (restored after): embed, then `retrieval_accuracy`."""
+    was_training = model.training
+    model.eval()
+    try:
+        languages, chosen, emb = embed_languages(hidden_states_of(model), tokenized, batch_size, layers, dtype)
+    finally:
+        model.train(was_training)
     return retrieval_accuracy(emb, languages, chosen, k)
 
 
@@ -252,7 +270,3 @@ def _trimmed_batch(enc: Mapping[str, torch.Tensor], start: int, size: int) -> tu
     mask = enc["attention_mask"][start:start + size]
     keep = mask.bool().any(dim=0)
     return ids[:, keep], mask[:, keep]
-
-
-def _device_of(model: torch.nn.Module) -> torch.device:
-    return next(model.parameters()).device

@@ -14,7 +14,8 @@ from collections.abc import Callable, Mapping, Sequence
 import torch
 
 from trainer import distributed
-from trainer.eval.retrieval import RetrievalResult, embed_languages, retrieval_accuracy, tokenize_languages
+from trainer.eval.retrieval import (HiddenStates, RetrievalResult, embed_languages, retrieval_accuracy,
+                                    tokenize_languages)
 
 
 def rank_slice(n: int, rank: int, world_size: int) -> tuple[list[int], int]:
@@ -51,7 +52,7 @@ def task_accuracy(predict: Callable[[dict], torch.Tensor], rows_by_language: Map
     return {lang: summed[2 * i] / summed[2 * i + 1] for i, lang in enumerate(rows_by_language)}
 
 
-def retrieval_over_ranks(model: torch.nn.Module, tokenizer, sentences: Mapping[str, Sequence[str]],
+def retrieval_over_ranks(hidden_states: HiddenStates, tokenizer, sentences: Mapping[str, Sequence[str]],
                          layers: Sequence[int] | None = None, k: int = 4, batch_size: int = 32,
                          max_length: int | None = None, rank: int = 0, world_size: int = 1) -> RetrievalResult:
     """`trainer.eval.retrieval.evaluate_retrieval` with the sentences split over the ranks.
@@ -64,7 +65,7 @@ def retrieval_over_ranks(model: torch.nn.Module, tokenizer, sentences: Mapping[s
     indices, real = rank_slice(n, rank, world_size)
     index = torch.tensor(indices)
     mine = {lang: {key: t[index] for key, t in enc.items()} for lang, enc in tokenized.items()}
-    languages, chosen, emb = embed_languages(model, mine, batch_size, layers)
+    languages, chosen, emb = embed_languages(hidden_states, mine, batch_size, layers)
     emb = emb[:, :, :real]
     if world_size == 1:
         return retrieval_accuracy(emb, languages, chosen, k)

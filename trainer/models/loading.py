@@ -18,7 +18,7 @@ import torch
 from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer, M2M100Model, PreTrainedTokenizerBase
 
 from trainer.config import EncoderConfig, LLMConfig
-from trainer.models import tiny
+from trainer.tiny import models as tiny
 from trainer.models.bidirectional import make_bidirectional
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}

@@ -40,7 +40,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from trainer.fsutil import replace_dir
+from trainer.fsutil import replace_dir, write_atomic
 from trainer.models.weights import CONFIG_FILE, WEIGHTS_FILE, save_trainable
 
 PEFT_WEIGHTS_FILE = "adapter_model.safetensors"
@@ -123,7 +123,7 @@ def merge_adapter_dirs(task_dir: str | Path, alignment_dir: str | Path, out_dir:
     config_path = Path(task_dir) / CONFIG_FILE
     config_yaml = config_path.read_text() if config_path.is_file() else ""
     out = save_trainable(merged, out_dir, config_yaml)
-    (out / MERGE_INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
+    write_atomic(out / MERGE_INFO_FILE, json.dumps(info, indent=2) + "\n")
     return out
 
 

@@ -2,6 +2,9 @@
 
     z = phi(LLM_lora(U(ENC(nllb_tokens(S)))))      student
     x = phi(LLM(llm_tokens(S)))                     teacher: same weights, adapters off, no grad
+
+The forward returns both pooled vectors; the stage-1 recipe computes the distillation loss from
+them (`trainer.objectives.distillation`).
 """
 
 from __future__ import annotations
@@ -13,11 +16,11 @@ import torch
 from torch import nn
 from transformers.utils import ModelOutput
 
-from trainer.config import ModelConfig
+from trainer.config import MTLLMConfig
 from trainer.models.llm_forward import run_llm
 from trainer.models.loading import load_llm, load_nllb_encoder
+from trainer.models.lora import add_lora
 from trainer.models.pooling import pool
-from trainer.objectives.distillation import distillation_mse, fraction_of_variance_unexplained
 
 
 class Projection(nn.Module):
@@ -37,22 +40,12 @@ class Projection(nn.Module):
         return self.net(x)
 
 
-def add_lora(llm: nn.Module, r: int, alpha: float, dropout: float,
-             target_modules: list[str] | str = "all-linear") -> peft.PeftModel:
-    """Wrap `llm` with peft LoRA; B starts at zero, so the output is unchanged at init."""
-    config = peft.LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=target_modules,
-                             bias="none")
-    return peft.get_peft_model(llm, config)
-
-
 @dataclass
 class Stage1Output(ModelOutput):
     """A dict as well as a dataclass, so DeepSpeed's ZeRO-3 hooks can find the tensors in it."""
 
-    loss: torch.Tensor | None = None      # scalar, fp32 MSE
-    fvu: torch.Tensor | None = None       # scalar, fraction of variance unexplained
-    teacher: torch.Tensor | None = None   # [batch, d_llm]
-    student: torch.Tensor | None = None   # [batch, d_llm]
+    teacher: torch.Tensor | None = None   # [batch, d_llm] fp32, no grad
+    student: torch.Tensor | None = None   # [batch, d_llm] fp32
 
 
 class MTLLM(nn.Module):
@@ -94,9 +87,7 @@ class MTLLM(nn.Module):
                 nllb_input_ids: torch.Tensor, nllb_attention_mask: torch.Tensor, **_) -> Stage1Output:
         teacher = self.teacher(llm_input_ids, llm_attention_mask)
         student = self.student(nllb_input_ids, nllb_attention_mask)
-        return Stage1Output(loss=distillation_mse(teacher, student),
-                            fvu=fraction_of_variance_unexplained(teacher, student).detach(),
-                            teacher=teacher, student=student)
+        return Stage1Output(teacher=teacher, student=student)
 
     @property
     def projection_dtype(self) -> torch.dtype:
@@ -111,7 +102,7 @@ class MTLLM(nn.Module):
         return {n: p.detach() for n, p in self.named_parameters() if p.requires_grad}
 
 
-def build_mt_llm(cfg: ModelConfig) -> MTLLM:
+def build_mt_llm(cfg: MTLLMConfig) -> MTLLM:
     """Load the encoder and LLM named in `cfg`, add LoRA and a fresh projection."""
     encoder = load_nllb_encoder(cfg.encoder, cfg.cache_dir)
     llm = load_llm(cfg.llm, cfg.cache_dir)

@@ -8,7 +8,11 @@ the special tokens carry no padding artefacts.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
+
+from trainer.models.llm_forward import run_llm
 
 POOLING_MODES = ("mean", "bos", "eos")
 
@@ -43,3 +47,58 @@ def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, mode: str) -> torch
         rows = torch.arange(hidden.shape[0], device=hidden.device)
         return hidden[rows, index].to(torch.float32)
     raise ValueError(f"pooling: unknown mode {mode!r}; choose one of {', '.join(POOLING_MODES)}")
+
+
+# --- pooling over layers ------------------------------------------------------------------------
+#
+# Layer indices follow transformers' `output_hidden_states=True` convention, for a
+# model with `L` blocks (`len(hidden_states) == L + 1`):
+#
+# - `0`: the input embeddings (GPT-2: token + position embeddings);
+# - `i` for `1 <= i < L`: the output of block `i`, before any final norm (M2's
+#   "layer 16 of 32" is `hidden_states[16]`);
+# - `L`, equivalently `-1`: transformers' last entry, which for Llama, Qwen2,
+#   Gemma 2 and GPT-2 is the output of block `L` *after* the final norm (it equals
+#   `last_hidden_state`; checked in tests/test_contrastive.py). The raw output of the
+#   last block is not in `hidden_states`. M3's default "last layer" is this entry.
+#
+# Negative indices count from the end as in Python (`-1` = `L`, `-2` = block `L-1`).
+
+
+class LayerIndexError(ValueError):
+    """A layer index outside a model's `hidden_states` (callers name the config key)."""
+
+
+def resolve_layers(layers: int | Sequence[int], n_hidden_states: int) -> list[int]:
+    """Layer indices (negative allowed) -> non-negative indices into `hidden_states`; range-checked."""
+    wanted = [layers] if isinstance(layers, int) else list(layers)
+    if not wanted:
+        raise LayerIndexError("layers: give at least one layer index")
+    resolved = []
+    for i in wanted:
+        j = i + n_hidden_states if i < 0 else i
+        if not 0 <= j < n_hidden_states:
+            raise LayerIndexError(f"layer {i} out of range for {n_hidden_states} hidden states "
+                             f"(0 = embeddings .. {n_hidden_states - 1} = last, -1 = last)")
+        resolved.append(j)
+    return resolved
+
+
+def layer_embeddings(hidden_states: Sequence[torch.Tensor], attention_mask: torch.Tensor,
+                     layers: int | Sequence[int]) -> torch.Tensor:
+    """Masked mean of `hidden_states[i]` over real tokens, averaged over `layers` -> [batch, d] fp32.
+
+    `hidden_states`: tuple of [batch, seq, d] (transformers' convention, in the comment above);
+    `attention_mask`: [batch, seq], 1 = real token (either padding side). Several layers are
+    averaged after pooling each (equal weights), as M3 allows "the chosen layer(s)".
+    """
+    indices = resolve_layers(layers, len(hidden_states))
+    pooled = [masked_mean(hidden_states[i], attention_mask) for i in indices]
+    return torch.stack(pooled, dim=0).mean(dim=0)
+
+
+def sentence_embeddings(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                        layers: int | Sequence[int]) -> torch.Tensor:
+    """Run `model` (plain or peft-wrapped) and pool `layers` -> [batch, d] fp32 (gradients kept)."""
+    out = run_llm(model, attention_mask, input_ids=input_ids, output_hidden_states=True)
+    return layer_embeddings(out.hidden_states, attention_mask, layers)

@@ -1,63 +1,16 @@
-"""Contrastive alignment losses on pooled hidden states (M2, M3), computed in fp32.
+"""Contrastive alignment losses on pooled sentence vectors (M2, M3), computed in fp32.
 
-Layer indices follow transformers' `output_hidden_states=True` convention, for a
-model with `L` blocks (`len(hidden_states) == L + 1`):
-
-- `0`: the input embeddings (GPT-2: token + position embeddings);
-- `i` for `1 <= i < L`: the output of block `i`, before any final norm (M2's
-  "layer 16 of 32" is `hidden_states[16]`);
-- `L`, equivalently `-1`: transformers' last entry, which for Llama, Qwen2,
-  Gemma 2 and GPT-2 is the output of block `L` *after* the final norm (it equals
-  `last_hidden_state`; checked in tests/test_contrastive.py). The raw output of the
-  last block is not in `hidden_states`. M3's default "last layer" is this entry.
-
-Negative indices count from the end as in Python (`-1` = `L`, `-2` = block `L-1`).
+Pure functions on tensors: the vectors come from `trainer.models.pooling.layer_embeddings`
+(masked mean of the chosen `hidden_states` layers; the index convention is documented there).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from functools import partial
 
 import torch
 import torch.nn.functional as F
 
-from trainer.models.llm_forward import run_llm
-from trainer.models.pooling import masked_mean
-
-
-def resolve_layers(layers: int | Sequence[int], n_hidden_states: int) -> list[int]:
-    """Layer indices (negative allowed) -> non-negative indices into `hidden_states`; range-checked."""
-    wanted = [layers] if isinstance(layers, int) else list(layers)
-    if not wanted:
-        raise ValueError("layers: give at least one layer index")
-    resolved = []
-    for i in wanted:
-        j = i + n_hidden_states if i < 0 else i
-        if not 0 <= j < n_hidden_states:
-            raise ValueError(f"layer {i} out of range for {n_hidden_states} hidden states "
-                             f"(0 = embeddings .. {n_hidden_states - 1} = last, -1 = last)")
-        resolved.append(j)
-    return resolved
-
-
-def layer_embeddings(hidden_states: Sequence[torch.Tensor], attention_mask: torch.Tensor,
-                     layers: int | Sequence[int]) -> torch.Tensor:
-    """Masked mean of `hidden_states[i]` over real tokens, averaged over `layers` -> [batch, d] fp32.
-
-    `hidden_states`: tuple of [batch, seq, d] (transformers convention, see module docstring);
-    `attention_mask`: [batch, seq], 1 = real token (either padding side). Several layers are
-    averaged after pooling each (equal weights), as M3 allows "the chosen layer(s)".
-    """
-    indices = resolve_layers(layers, len(hidden_states))
-    pooled = [masked_mean(hidden_states[i], attention_mask) for i in indices]
-    return torch.stack(pooled, dim=0).mean(dim=0)
-
-
-def sentence_embeddings(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                        layers: int | Sequence[int]) -> torch.Tensor:
-    """Run `model` (plain or peft-wrapped) and pool `layers` -> [batch, d] fp32 (gradients kept)."""
-    out = run_llm(model, attention_mask, input_ids=input_ids, output_hidden_states=True)
-    return layer_embeddings(out.hidden_states, attention_mask, layers)
 
 
 def cosine_logits(a: torch.Tensor, b: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -112,3 +65,15 @@ def _check_pairs(source: torch.Tensor, target: torch.Tensor) -> None:
                          f"and {tuple(target.shape)}")
     if source.shape[0] < 2:
         raise ValueError("contrastive loss needs at least 2 pairs per batch (no negatives otherwise)")
+
+
+def pair_loss(objective: str, temperature: float, symmetric: bool = False):
+    """The contrastive loss on (source, target) [B, d] named by `alignment.objective`.
+
+    `info_nce` (M2; `symmetric` averages both directions) or `two_b` (M3, symmetric by construction).
+    """
+    if objective == "two_b":
+        return partial(two_b_candidate_loss, temperature=temperature)
+    if objective == "info_nce":
+        return partial(info_nce, temperature=temperature, symmetric=symmetric)
+    raise ValueError(f"alignment.objective: unknown {objective!r}; choose info_nce or two_b")

@@ -1,66 +1,16 @@
-"""Task objective of M2: causal language modelling on the answer given the prompt, in fp32.
+"""Task losses on tensors, in fp32: classification, causal LM on the answer (M2), answer likelihoods.
 
-A training example is `prompt + answer` as one token sequence; the loss covers the answer tokens
-only (labels are -100 on the prompt and on padding). Token lists are used as given: add BOS to the
-prompt and EOS to the answer before calling `build_prompt_answer_batch` if the model should see /
-learn them (the EOS then counts as an answer token, so the model learns to stop).
+A causal LM example is `prompt + answer` as one token sequence (built by
+`trainer.data.task.build_prompt_answer_batch`); the loss covers the answer tokens only (labels
+are -100, PyTorch's `ignore_index`, on the prompt and on padding).
 """
 
 from __future__ import annotations
-
-from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 
 IGNORE_INDEX = -100
-
-
-def prompt_answer_example(prompt: Sequence[int], answer: Sequence[int],
-                          max_length: int | None = None) -> tuple[list[int], list[int]]:
-    """One example -> (input_ids, labels), labels = -100 on the prompt, the answer ids on the answer.
-
-    With `max_length`, the prompt is cut from the left (its end, next to the answer, is kept);
-    if the answer alone is longer, it is cut from the right and no prompt token is kept.
-    """
-    if not answer:
-        raise ValueError("empty answer: nothing to train on")
-    prompt, answer = list(prompt), list(answer)
-    if max_length is not None:
-        answer = answer[:max_length]
-        keep = max_length - len(answer)
-        prompt = prompt[max(0, len(prompt) - keep):] if keep > 0 else []
-    return prompt + answer, [IGNORE_INDEX] * len(prompt) + answer
-
-
-def build_prompt_answer_batch(prompts: Sequence[Sequence[int]], answers: Sequence[Sequence[int]], pad_id: int,
-                              padding_side: str = "right", max_length: int | None = None) -> dict[str, torch.Tensor]:
-    """Token lists -> padded `input_ids`, `attention_mask`, `labels`, each [batch, seq] int64.
-
-    `labels` is -100 on prompt tokens and on padding (either side), the token id on answer tokens;
-    `labels` is aligned with `input_ids` (no shift here: `causal_lm_loss` shifts). Pass the
-    attention mask to `run_llm`, which computes position ids right for left padding too.
-    """
-    if len(prompts) != len(answers) or not prompts:
-        raise ValueError(f"need equally many prompts and answers (got {len(prompts)} and {len(answers)})")
-    if padding_side not in ("left", "right"):
-        raise ValueError(f"padding_side must be left or right, got {padding_side!r}")
-    examples = [prompt_answer_example(p, a, max_length) for p, a in zip(prompts, answers)]
-    seq = max(len(ids) for ids, _ in examples)
-    rows_ids, rows_mask, rows_labels = [], [], []
-    for ids, labels in examples:
-        pad = seq - len(ids)
-        if padding_side == "right":
-            rows_ids.append(ids + [pad_id] * pad)
-            rows_mask.append([1] * len(ids) + [0] * pad)
-            rows_labels.append(labels + [IGNORE_INDEX] * pad)
-        else:
-            rows_ids.append([pad_id] * pad + ids)
-            rows_mask.append([0] * pad + [1] * len(ids))
-            rows_labels.append([IGNORE_INDEX] * pad + labels)
-    return {"input_ids": torch.tensor(rows_ids, dtype=torch.long),
-            "attention_mask": torch.tensor(rows_mask, dtype=torch.long),
-            "labels": torch.tensor(rows_labels, dtype=torch.long)}
 
 
 def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
@@ -83,3 +33,22 @@ def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor, reduction: str = 
 def count_answer_tokens(labels: torch.Tensor) -> int:
     """Number of tokens `causal_lm_loss` averages over (labels after the shift that are not -100)."""
     return int((labels[:, 1:] != IGNORE_INDEX).sum())
+
+
+def classification_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of class logits [batch, C] against labels [batch] -> scalar fp32 (mean over the batch)."""
+    return F.cross_entropy(logits.float(), labels)
+
+
+def answer_log_likelihood(logits: torch.Tensor, labels: torch.Tensor, num_choices: int) -> torch.Tensor:
+    """Summed log-likelihood of each row's answer tokens -> [examples, num_choices] fp32.
+
+    `logits` [rows, seq, V] and `labels` [rows, seq] hold every example once per candidate answer
+    (example-major: rows = examples x num_choices), labels -100 outside the answer. No length
+    normalisation: M2's candidates are short label words, scored like the reference.
+    """
+    logprobs = logits[:, :-1].float().log_softmax(-1)
+    target = labels[:, 1:].to(logprobs.device)
+    keep = target != IGNORE_INDEX
+    picked = logprobs.gather(-1, target.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    return (picked * keep).sum(dim=1).view(-1, num_choices)

@@ -20,17 +20,15 @@ answer with the highest likelihood among the label words), `source_accuracy`, `z
 
 from __future__ import annotations
 
-import torch
-
-from trainer.config import JobConfig
+from trainer.config import AlignJob
 from trainer.data.task import PromptAnswerCollator
-from trainer.engine import Engine
-from trainer.models.heads import build_aligned_model
+from trainer.loop import Hooks, Run, train
 from trainer.models.loading import load_llm_tokenizer
-from trainer.recipes import common
+from trainer.objectives.task import answer_log_likelihood, causal_lm_loss
+from trainer.recipes import alignment
 
 
-def objectives_of_step(job: JobConfig, step: int) -> list[str]:
+def objectives_of_step(job: AlignJob, step: int) -> list[str]:
     """The objective of each of the step's `grad_accum` micro-batches."""
     accum, a = job.optim.grad_accum, job.alignment
     if not a.task:
@@ -40,28 +38,27 @@ def objectives_of_step(job: JobConfig, step: int) -> list[str]:
     return [("task", "align")[(step * accum + j) % 2] for j in range(accum)]
 
 
-def run(job: JobConfig, tracker, checkpoints) -> dict:
+def run(r: Run) -> dict:
     """Train with alternating objectives, evaluate; returns the per-step losses, final metrics, export directory."""
-    torch.manual_seed(job.seed)
-    engine = Engine(job)  # before the model: under ZeRO-3 the LLM loads partitioned
-    try:
-        tokenizer = load_llm_tokenizer(job.model.llm, job.model.cache_dir)
-        task = job.task
-        words = task.label_words or [str(i) for i in range(task.num_labels)]
-        model = build_aligned_model(job.model, "causal_lm", job.alignment.layers if job.alignment.layers is not None
-                                    else "middle", common.pair_loss(job.alignment, "info_nce"), task.num_labels).train()
-        train_collate = PromptAnswerCollator(tokenizer, task.prompt_template, words, task.max_length)
-        eval_collate = PromptAnswerCollator(tokenizer, task.prompt_template, words, task.max_length, choices=True)
-        data = common.Streams(pairs=common.pair_batches(job, tokenizer, engine) if job.alignment.enabled else None,
-                              task=common.task_batches(job, train_collate, engine) if job.alignment.task else None)
-        evaluation = common.Evaluation(job, engine, model, tokenizer, tracker, eval_collate)
-        start_step, carried = common.start(engine, model, data, checkpoints, evaluation)
+    job: AlignJob = r.job
+    engine, task = r.engine, job.task
+    tokenizer = load_llm_tokenizer(job.model.llm, job.model.cache_dir)
+    words = task.label_words or [str(i) for i in range(task.num_labels)]
+    model = alignment.build_model(job, "causal_lm", num_labels=task.num_labels)
+    train_collate = PromptAnswerCollator(tokenizer, task.prompt_template, words, task.max_length)
+    choices_collate = PromptAnswerCollator(tokenizer, task.prompt_template, words, task.max_length, choices=True)
+    data = alignment.build_data(r, tokenizer, train_collate, pairs=job.alignment.enabled, task=job.alignment.task)
+    loss_of = alignment.losses(r, lambda logits, batch: causal_lm_loss(logits, batch["labels"]))
 
-        def step_fn(step: int) -> dict[str, list[float]]:
-            return common.micro_batches(job, engine, data, step, objectives_of_step(job, step))
+    def predict(batch: dict):   # every example once per label word -> [examples, words] answer log-likelihoods
+        batch = engine.to_device(batch)
+        return answer_log_likelihood(engine("logits", **batch).logits, batch["labels"], task.num_labels)
 
-        losses = common.train_steps(job, engine, tracker, checkpoints, data, start_step, "align", step_fn, carried)
-        final = carried | evaluation.retrieval("after", job.optim.max_steps) | evaluation.task()
-        return common.finish(job, engine, tracker, final, losses, start_step)
-    finally:
-        engine.close()
+    evaluations = alignment.Evaluations(r, model, tokenizer, choices_collate, predict)
+
+    def step(step: int):
+        return alignment.train_micro_batches(r, data, loss_of, step, objectives_of_step(job, step))
+
+    hooks = Hooks(before=lambda: evaluations.retrieval("before"),
+                  at_end=lambda: evaluations.retrieval("after") | evaluations.task())
+    return train(r, model, data, step, hooks)

@@ -26,60 +26,42 @@ at the end `accuracy_<lang>`, `source_accuracy` and `zero_shot_accuracy` (the sw
 
 from __future__ import annotations
 
-import torch
-
-from trainer.config import JobConfig
+from trainer.config import RealignJob
 from trainer.data.task import ClassificationCollator
-from trainer.engine import Engine
-from trainer.models.heads import build_aligned_model
+from trainer.loop import Hooks, Run, train
 from trainer.models.loading import load_llm_tokenizer
-from trainer.recipes import common
+from trainer.objectives.task import classification_loss
+from trainer.recipes import alignment
 
 
-def realignment_steps(job: JobConfig) -> int:
-    """Optimizer steps of the realignment phase (0 when alignment is off, all of them when the task is)."""
-    a = job.alignment
-    if not a.enabled:
-        return 0
-    if not a.task:
-        return job.optim.max_steps
-    return job.optim.max_steps // 2 if a.steps is None else a.steps
-
-
-def run(job: JobConfig, tracker, checkpoints) -> dict:
+def run(r: Run) -> dict:
     """Realign, fine-tune, evaluate; returns the per-step losses, the final metrics and the export directory."""
-    torch.manual_seed(job.seed)
-    engine = Engine(job)  # before the model: under ZeRO-3 the backbone loads partitioned
-    try:
-        tokenizer = load_llm_tokenizer(job.model.llm, job.model.cache_dir)
-        model = build_aligned_model(job.model, "classify", job.alignment.layers if job.alignment.layers is not None
-                                    else "last", common.pair_loss(job.alignment, "two_b"), job.task.num_labels).train()
-        align_steps = realignment_steps(job)
-        collate = ClassificationCollator(tokenizer, job.task.max_length)
-        data = common.Streams(
-            pairs=common.pair_batches(job, tokenizer, engine) if align_steps > 0 else None,
-            task=common.task_batches(job, collate, engine) if align_steps < job.optim.max_steps else None)
-        evaluation = common.Evaluation(job, engine, model, tokenizer, tracker, collate)
-        start_step, carried = common.start(engine, model, data, checkpoints, evaluation)
+    job: RealignJob = r.job
+    engine, max_steps = r.engine, job.optim.max_steps
+    align_steps = job.realignment_steps
+    tokenizer = load_llm_tokenizer(job.model.llm, job.model.cache_dir)
+    model = alignment.build_model(job, "classify", num_labels=job.task.num_labels)
+    collate = ClassificationCollator(tokenizer, job.task.max_length)
+    data = alignment.build_data(r, tokenizer, collate, pairs=align_steps > 0, task=align_steps < max_steps)
+    loss_of = alignment.losses(r, lambda logits, batch: classification_loss(logits, batch["labels"]))
+    evaluations = alignment.Evaluations(r, model, tokenizer, collate,
+                                        lambda batch: engine("logits", **engine.to_device(batch)).logits)
 
-        def step_fn(step: int) -> dict[str, list[float]]:
-            objective = "align" if step < align_steps else "task"
-            return common.micro_batches(job, engine, data, step, [objective] * job.optim.grad_accum)
+    def step(step: int):
+        if step == align_steps > 0:
+            engine.reset_optimizer()   # the task phase starts with fresh AdamW moments
+        objective = "align" if step < align_steps else "task"
+        return alignment.train_micro_batches(r, data, loss_of, step, [objective] * job.optim.grad_accum)
 
-        def after_step(done: int) -> dict[str, float]:
-            if done == align_steps and 0 < align_steps < job.optim.max_steps:
-                engine.reset_optimizer()  # before the checkpoint of this step
-                return evaluation.retrieval("after", done)
-            return {}
+    def after_step(done: int) -> dict[str, float]:
+        if done == align_steps and 0 < align_steps < max_steps:
+            return evaluations.retrieval("after")
+        return {}
 
-        losses = common.train_steps(job, engine, tracker, checkpoints, data, start_step, "realign", step_fn,
-                                    carried, after_step)
-        final = dict(carried)
-        if align_steps < job.optim.max_steps:   # the task was trained
-            final |= evaluation.retrieval("final", job.optim.max_steps)
-            final |= evaluation.task()
-        else:                                   # realignment only: its end is "after"
-            final |= evaluation.retrieval("after", job.optim.max_steps)
-        return common.finish(job, engine, tracker, final, losses, start_step)
-    finally:
-        engine.close()
+    def at_end() -> dict[str, float]:
+        if align_steps < max_steps:     # the task was trained
+            return evaluations.retrieval("final") | evaluations.task()
+        return evaluations.retrieval("after")   # realignment only: its end is "after"
+
+    return train(r, model, data, step, Hooks(before=lambda: evaluations.retrieval("before"),
+                                              after_step=after_step, at_end=at_end))

@@ -1,7 +1,7 @@
 """The language table: FLORES-200 codes (NLLB) <-> ISO 639 codes, names, scripts, families.
 
 One row per NLLB-200 language (the 202 FLORES-200 codes the NLLB tokenizer
-knows), shipped as `trainer/data/languages.csv`. Columns:
+knows), shipped as `trainer/languages/languages.csv`. Columns:
 
 - `flores`: the exact FLORES-200 code (`ell_Grek`, `zho_Hans`, `arb_Arab`).
 - `iso639_3`: the language part of the FLORES code (an individual language
@@ -159,7 +159,7 @@ class LanguageTable:
     def load(cls, path: str | Path | None = None) -> "LanguageTable":
         """Read a table CSV (default: the one shipped in the package)."""
         if path is None:
-            text = resources.files("trainer.data").joinpath(TABLE_FILE).read_text(encoding="utf-8")
+            text = resources.files("trainer.languages").joinpath(TABLE_FILE).read_text(encoding="utf-8")
             source = f"trainer/data/{TABLE_FILE}"
         else:
             text = Path(path).read_text(encoding="utf-8")

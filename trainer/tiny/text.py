@@ -10,7 +10,9 @@ demo output is readable.
 
 from __future__ import annotations
 
+import json
 import random
+from pathlib import Path
 
 # Concept inventory: English surface forms double as concept ids.
 SUBJECTS = ["the farmer", "a child", "the teacher", "my sister", "the doctor", "our neighbour",
@@ -121,3 +123,35 @@ def english_documents(n: int, seed: int = 0, min_sentences: int = 1,
         k = rng.randint(min_sentences, max_sentences)
         docs.append(" ".join(sentences("eng_Latn", k, seed=seed * 1_000_003 + i)))
     return docs
+
+
+# --- the generated task (align/realign demos and tests) ------------------------------------------
+
+VERB_CLASSES = {
+    0: ["sees", "finds", "reads", "loves"],
+    1: ["buys", "sells", "carries", "opens"],
+    2: ["paints", "cooks", "builds", "washes"],
+}
+LABEL_OF_VERB = {verb: label for label, verbs in VERB_CLASSES.items() for verb in verbs}
+
+
+def synthetic_task(lang: str, n: int, seed: int) -> list[dict]:
+    """`n` examples {"text", "label"} in `lang`; the same seed gives translations across languages."""
+    rows = []
+    for concepts in concept_sentences(n, seed):
+        rows.append({"text": render(concepts, lang), "label": LABEL_OF_VERB[concepts[1]]})
+    return rows
+
+
+def write_task_files(out_dir: str | Path, languages: list[str], n: int, seed: int) -> dict[str, Path]:
+    """Write `{lang}.jsonl` for each language; returns lang -> path."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {}
+    for lang in languages:
+        path = out / f"{lang}.jsonl"
+        with path.open("w") as f:
+            for row in synthetic_task(lang, n, seed):
+                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+        paths[lang] = path
+    return paths

@@ -1,6 +1,6 @@
 """URIEL typological feature vectors and the angular distance of the realignment study (M3).
 
-Data: `trainer/data/uriel_features.csv`, built from the URIEL data that the
+Data: `trainer/languages/uriel_features.csv`, built from the URIEL data that the
 `lang2vec` package ships (see `data_prep/build_uriel_features.py`), so nothing
 is downloaded and no extra package is needed at run time. Per NLLB-200
 language it holds 289 features (103 syntax, 28 phonology, 158 inventory) twice:
@@ -61,7 +61,7 @@ class UrielTable:
 @functools.lru_cache(maxsize=1)
 def load_uriel() -> UrielTable:
     """The shipped feature table (read once)."""
-    text = resources.files("trainer.data").joinpath(FEATURE_FILE).read_text(encoding="utf-8")
+    text = resources.files("trainer.languages").joinpath(FEATURE_FILE).read_text(encoding="utf-8")
     rows = csv.reader(line for line in text.splitlines() if not line.startswith("#"))
     header = next(rows)
     features = tuple(header[3:])

@@ -23,7 +23,7 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
-from trainer.data import synthetic
+from trainer.tiny import text as synthetic
 
 TINY_LLMS = ("llama", "qwen2", "gpt2", "gemma2")
 TINY_ENCODERS = ("xlmr",)  # XLM-R-like bidirectional encoder (realignment with encoder models)

@@ -5,7 +5,7 @@ English is the anchor: never selected, always implicitly aligned):
 
 - `featural_max` / `featural_min`: the n-subset maximising / minimising the
   summed pairwise URIEL angular distance with English counted in the sum
-  (`trainer.data.uriel`, `trainer.data.subset_search`: exact search when
+  (`trainer.languages.uriel`, `trainer.languages.subset_search`: exact search when
   C(pool, n) is small enough, otherwise greedy + swap local search).
 - `latin_diverse` / `latin_least_diverse`: the same within Latin-script languages.
 - `script_diverse`: one language per distinct non-Latin script.
@@ -51,9 +51,10 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from tqdm.auto import tqdm
 
-from trainer.data import subset_search
-from trainer.data.languages import Language, LanguageTable, language_table
-from trainer.data.uriel import FeatureMode, distance_matrix
+from trainer.fsutil import write_atomic
+from trainer.languages import subset_search
+from trainer.languages.table import Language, LanguageTable, language_table
+from trainer.languages.uriel import FeatureMode, distance_matrix
 
 HEURISTICS: dict[str, str] = {
     "featural_max": "most diverse: n-subset maximising the summed pairwise URIEL angular distance, English counted",
@@ -97,7 +98,7 @@ class SelectionConfig(BaseModel):
                             description="languages seen in the model's pre-training")
     seen_source: str = "llama-3.1 (model card: officially supported languages)"
     english: str = Field("eng_Latn", description="anchor: counted in every objective, never selected")
-    features: FeatureMode = Field("imputed", description="URIEL feature mode (trainer.data.uriel)")
+    features: FeatureMode = Field("imputed", description="URIEL feature mode (trainer.languages.uriel)")
     min_shared: int = Field(1, ge=1, description="observed mode: fewest shared features for a defined distance")
     on_undefined: Literal["error", "drop"] = Field("error", description=(
         "observed mode: fail naming the pairs without a distance, or drop those languages"))
@@ -353,7 +354,7 @@ MISSING_HANDLING = {
 def _document(run: _Run) -> dict:
     """The subsets.yaml document of a finished run."""
     cfg = run.cfg
-    features_meta = {"source": "URIEL via lang2vec (trainer/data/uriel_features.csv; "
+    features_meta = {"source": "URIEL via lang2vec (trainer/languages/uriel_features.csv; "
                                "data_prep/build_uriel_features.py)",
                      "features": "syntax + phonology + inventory (289)",
                      "missing_features": MISSING_HANDLING[cfg.features], **run.report.as_dict()}
@@ -381,11 +382,8 @@ def _document(run: _Run) -> dict:
 
 def write_subsets(doc: dict, path: str | Path) -> Path:
     """Write a subsets document as YAML (language lists inline)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(doc, sort_keys=False, allow_unicode=True, width=120,
-                                   default_flow_style=None), encoding="utf-8")
-    return path
+    return write_atomic(path, yaml.safe_dump(doc, sort_keys=False, allow_unicode=True, width=120,
+                                             default_flow_style=None))
 
 
 def validate_subsets(doc: dict, table: LanguageTable | None = None, source: str = "subsets.yaml") -> dict[str, list[str]]:

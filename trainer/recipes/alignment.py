@@ -1,0 +1,127 @@
+"""What the alignment recipes (M2 `align`, M3 `realign`) share: model, data, evaluations, the micro-batch step.
+
+Objectives by micro-batch: `align` = the contrastive loss on a batch of translation pairs (rows
+0..B-1 English, B..2B-1 the translations, pooled at `alignment.layers`); `task` = the recipe's
+task loss on source-language examples. The RNG is re-seeded before global micro-batch
+`(step * per_step + j) * world_size + rank`, so dropout depends on the position in the run only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from trainer import distributed
+from trainer.config import AlignmentJob, ConfigError
+from trainer.data.pairs import load_multiway, pair_batches
+from trainer.data.task import eval_sets, task_batches
+from trainer.eval.retrieval_by_layer import RetrievalByLayer
+from trainer.eval.task_by_language import TaskByLanguage
+from trainer.loop import Run, Streams, Sums, global_micro_batch, seed_micro_batch
+from trainer.models.aligned import AlignedModel, TaskKind, build_aligned_model
+from trainer.models.pooling import LayerIndexError, resolve_layers
+from trainer.objectives.contrastive import pair_loss
+
+STREAM_OF = {"align": "pairs", "task": "task"}   # objective -> the stream its micro-batches come from
+Loss = Callable[[dict], torch.Tensor]             # a device batch -> scalar loss (forward included)
+
+
+def build_model(job: AlignmentJob, task: TaskKind, num_labels: int) -> AlignedModel:
+    """The backbone with LoRA (or fully trainable) and the task head; a bad `alignment.layers` names the key."""
+    m = job.model
+    try:
+        model = build_aligned_model(m.llm, m.lora, m.finetune, m.cache_dir, task, job.alignment.layers,
+                                    num_labels, m.pooling)
+    except LayerIndexError as e:
+        raise ConfigError(f"alignment.layers: {e}") from None
+    return model.train()
+
+
+def build_data(r: Run, tokenizer, collate, pairs: bool, task: bool) -> Streams:
+    """The pair stream (when `pairs`) and the task stream (when `task`), checkpointed as one."""
+    job, engine = r.job, r.engine
+    with distributed.main_first():  # hub sources: rank 0 fills the datasets cache first
+        pair_stream = pair_batches(job.parallel, job.alignment_batch_size, tokenizer, job.alignment.max_length,
+                                   engine.rank, engine.world_size) if pairs else None
+    t = job.task
+    task_stream = task_batches(t.train_files, t.text_column, t.label_column, t.num_labels, collate,
+                               job.optim.micro_batch_size, job.seed, engine.rank, engine.world_size) if task else None
+    return Streams(pairs=pair_stream, task=task_stream)
+
+
+def losses(r: Run, task_loss: Callable[[torch.Tensor, dict], torch.Tensor]) -> dict[str, Loss]:
+    """{objective: batch -> loss}: the configured pair loss on pooled embeddings, `task_loss(logits, batch)`."""
+    a, engine = r.job.alignment, r.engine
+    contrastive = pair_loss(a.objective, a.temperature, a.symmetric)
+
+    def align(batch: dict) -> torch.Tensor:
+        source, target = engine("embed", **batch).embeddings.chunk(2)   # [B, d] English, [B, d] translations
+        return contrastive(source, target)
+
+    def task(batch: dict) -> torch.Tensor:
+        return task_loss(engine("logits", **batch).logits, batch)
+
+    return {"align": align, "task": task}
+
+
+def train_micro_batches(r: Run, data: Streams, loss_of: dict[str, Loss], step: int, objectives: list[str]) -> Sums:
+    """One optimizer step: micro-batch j trains `objectives[j]`; logs `loss` and `<objective>_loss`."""
+    engine, sums = r.engine, Sums()
+    for j, objective in enumerate(objectives):
+        batch = engine.to_device(next(data[STREAM_OF[objective]]))
+        seed_micro_batch(r.job.seed, global_micro_batch(r, step, j))
+        loss = loss_of[objective](batch)
+        engine.backward(loss)
+        engine.step()
+        sums.add("loss", loss.item())
+        sums.add(f"{objective}_loss", loss.item())
+        sums.count_tokens(float(batch["attention_mask"].sum()))
+    return sums
+
+
+class Evaluations:
+    """Retrieval by layer and task accuracy per language for this job; each returns {} when not configured.
+
+    Every rank computes (the forwards are split over ranks); rank 0 writes OUTPUT_DIR/eval/ and
+    attaches it to the MLflow run.
+    """
+
+    def __init__(self, r: Run, model: AlignedModel, tokenizer, collate, predict: Callable[[dict], torch.Tensor]):
+        job, engine = r.job, r.engine
+        self.run = r
+        out_dir = r.out_dir / "eval"
+        self.retrieval_eval = self.task_eval = None
+        if job.eval.retrieval is not None:
+            n_states = model.num_hidden_layers + 1
+            try:
+                layers = range(n_states) if job.eval.layers is None else resolve_layers(job.eval.layers, n_states)
+            except LayerIndexError as e:
+                raise ConfigError(f"eval.layers: {e}") from None
+            with distributed.main_first():
+                sentences = load_multiway(job.eval.retrieval, job.eval.retrieval_sentences)
+            subset = [job.parallel.english, *job.parallel.languages] if job.parallel is not None else None
+            self.retrieval_eval = RetrievalByLayer(
+                sentences, tokenizer, model.hidden_states, layers, model.align_layers, out_dir, subset, job.eval.k,
+                job.eval.batch_size, job.alignment.max_length, engine.rank, engine.world_size)
+        t = job.task
+        if t.eval_languages and job.alignment.task:
+            rows = eval_sets(t.eval_dir, t.eval_languages, t.text_column, t.label_column, t.num_labels,
+                             t.eval_examples)
+            self.task_eval = TaskByLanguage(rows, collate, predict, t.source_language, out_dir,
+                                            job.eval.batch_size, engine.rank, engine.world_size)
+
+    def retrieval(self, tag: str) -> dict[str, float]:
+        if self.retrieval_eval is None:
+            return {}
+        metrics = self.retrieval_eval(tag)
+        self.run.log_files(self.retrieval_eval.folder(tag), f"eval/retrieval_{tag}")
+        self.run.log_files(self.retrieval_eval.curves, "eval")
+        return metrics
+
+    def task(self) -> dict[str, float]:
+        if self.task_eval is None:
+            return {}
+        metrics = self.task_eval()
+        self.run.log_files(self.task_eval.table, "eval")
+        return metrics
