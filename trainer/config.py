@@ -64,8 +64,9 @@ class ProjectionConfig(Section):
 
 
 class ModelCore(Section):
-    """What every recipe's model section shares: LoRA, pooling, where tiny models are built."""
+    """What every recipe's model section shares: the LLM, LoRA, pooling, where tiny models are built."""
 
+    llm: LLMConfig = Field(LLMConfig(), description="The LLM")
     lora: LoraConfig = Field(LoraConfig(), description="peft LoRA adapters on the LLM")
     pooling: Literal["mean", "bos", "eos"] = Field("mean", description=(
         "phi over last hidden states: mean (over real tokens, special tokens included), bos (first real token), "
@@ -168,7 +169,7 @@ class EngineConfig(Section):
     """The DeepSpeed engine: which ZeRO config, precision, process group."""
 
     deepspeed: str = Field(
-        "zero2", description="A config in trainer/ds_configs/ by name (zero2, zero3, zero3_offload) or a path to a "
+        "zero2", description="A config in ds_configs/ by name (zero2, zero3, zero3_offload) or a path to a "
                              "DeepSpeed JSON; its \"auto\" values are filled from this job")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
         "auto", description="Training precision; auto = the LLM's dtype (model.llm.dtype)")
@@ -312,8 +313,9 @@ class EvalConfig(Section):
 class JobBase(Section):
     """What every recipe's job shares: seed, run directory, optimizer, tracking, engine, checkpoints."""
 
-    recipe: str = Field(description="stage1: MT-LLM self-distillation (M1); align: task + middle-layer alignment "
-                                    "(M2); realign: realignment then task fine-tuning (M3)")
+    recipe: Literal["stage1", "align", "realign"] = Field(description=(
+        "stage1: MT-LLM self-distillation (M1); align: task + middle-layer alignment (M2); realign: realignment "
+        "then task fine-tuning (M3). It chooses the schema of the other keys"))
     seed: int = Field(0, description="Seeds torch (initialisation, dropout) and the order of the text and task "
                                      "data; parallel data has its own parallel.seed")
     output_dir: str = Field("outputs/run", description=(

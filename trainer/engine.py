@@ -11,8 +11,8 @@
     state = engine.gather_trainable()       # full fp32 trainable weights on rank 0 (for the export)
     engine.close()
 
-DeepSpeed config: `engine.deepspeed` names a file in `trainer/ds_configs/` (zero2, zero3,
-zero3_offload) or gives a path. Its `"auto"` values are filled from the job
+DeepSpeed config: `engine.deepspeed` names a file in `ds_configs/` at the top of the checkout
+(zero2, zero3, zero3_offload; installed with the package as data) or gives a path. Its `"auto"` values are filled from the job
 (micro batch, accumulation, global batch, clipping, precision, AdamW
 hyper-parameters, `torch_adam` = no CUDA); an explicit value that contradicts the
 job is an error. Without a `"scheduler"` block the schedule is warm-up then
@@ -33,6 +33,7 @@ import json
 import logging
 import os
 import warnings
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -51,24 +52,32 @@ from trainer.config import ConfigError, JobBase  # noqa: E402
 
 log = logging.getLogger(__name__)
 
-DS_CONFIG_DIR = Path(__file__).resolve().parent / "ds_configs"
+DS_CONFIGS = "ds_configs"   # the folder at the top of the checkout, installed with the package
 
 # DeepSpeed (0.19) calls a torch collective that torch now reports as deprecated, once per step.
 warnings.filterwarnings("ignore", message=r"`torch\.distributed\.\w+` is deprecated", category=FutureWarning)
 logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
 
 
-def ds_config_path(name_or_path: str) -> Path:
-    """`zero3` -> ds_configs/zero3.json; a path (with / or .json) is taken as given."""
+def shipped_ds_configs() -> dict[str, Any]:
+    """{name: file} of the DeepSpeed configs shipped in `ds_configs/` (found through importlib.resources,
+    so a checkout, an editable install and an installed wheel all work)."""
+    folder = resources.files(DS_CONFIGS)
+    return {Path(f.name).stem: f for f in folder.iterdir() if f.name.endswith(".json")}
+
+
+def ds_config_path(name_or_path: str) -> Any:
+    """`zero3` -> the shipped ds_configs/zero3.json; a path (with / or .json) is taken as given."""
     if name_or_path.endswith(".json") or os.sep in name_or_path or "/" in name_or_path:
         path = Path(name_or_path)
+        if path.is_file():
+            return path
     else:
-        path = DS_CONFIG_DIR / f"{name_or_path}.json"
-    if not path.is_file():
-        names = sorted(p.stem for p in DS_CONFIG_DIR.glob("*.json"))
-        raise ConfigError(f"engine.deepspeed: {name_or_path!r} is neither a config in {DS_CONFIG_DIR} "
-                          f"({', '.join(names)}) nor a JSON file")
-    return path
+        shipped = shipped_ds_configs()
+        if name_or_path in shipped:
+            return shipped[name_or_path]
+    raise ConfigError(f"engine.deepspeed: {name_or_path!r} is neither a shipped config "
+                      f"({', '.join(sorted(shipped_ds_configs()))}) nor a JSON file")
 
 
 def resolve_precision(job: JobBase) -> str:
