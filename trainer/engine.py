@@ -203,11 +203,6 @@ class Engine:
     def is_main(self) -> bool:
         return self.rank == 0
 
-    @property
-    def partitioned(self) -> bool:
-        """True under ZeRO-3: parameters live in per-rank partitions (p.data is empty outside a gather)."""
-        return self.zero_stage == 3
-
     def prepare(self, model: torch.nn.Module) -> "Engine":
         """Wrap `model` in DeepSpeed; the optimizer sees only parameters with requires_grad."""
         params = [p for p in model.parameters() if p.requires_grad]
@@ -235,10 +230,6 @@ class Engine:
 
     def backward(self, loss: torch.Tensor) -> None:
         self.ds.backward(loss)
-
-    def is_boundary(self) -> bool:
-        """Whether the next `step()` ends an accumulation window (updates the weights)."""
-        return self.ds.is_gradient_accumulation_boundary()
 
     def step(self) -> bool:
         """Optimizer and schedule step at an accumulation boundary; returns whether one happened."""
@@ -306,10 +297,6 @@ class Engine:
             if self.is_main:
                 out[name] = full.detach().to("cpu", dtype=torch.float32, copy=True).contiguous()
         return out
-
-    def gather(self, params: list[torch.nn.Parameter]):
-        """Context manager: the full values of `params` on every rank (read-only)."""
-        return deepspeed.zero.GatheredParameters(params, modifier_rank=None)
 
     # ---- teardown -----------------------------------------------------------------------------
     def close(self) -> None:

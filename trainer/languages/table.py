@@ -176,10 +176,6 @@ class LanguageTable:
     def __contains__(self, code: object) -> bool:
         return isinstance(code, str) and code.lower() in self._index
 
-    def all_codes(self) -> list[str]:
-        """Every accepted lookup code (lower-cased)."""
-        return sorted(self._index)
-
     def closest(self, code: str, n: int = 5) -> list[Language]:
         """Rows closest to `code`, best first.
 
@@ -244,13 +240,3 @@ class LanguageTable:
 def language_table() -> LanguageTable:
     """The package's language table (loaded once)."""
     return LanguageTable.load()
-
-
-def get_language(code: str, field: str = "language") -> Language:
-    """Row for any accepted code in the package table."""
-    return language_table().get(code, field)
-
-
-def to_flores(code: str, field: str = "language") -> str:
-    """FLORES-200 code for any accepted code in the package table (`swa` -> `swh_Latn`)."""
-    return language_table().flores(code, field)

@@ -98,12 +98,6 @@ def feature_matrix(languages: Sequence[str], mode: FeatureMode = "imputed") -> n
     return np.where(np.isnan(observed), knn, observed)
 
 
-def observed_counts(languages: Sequence[str]) -> dict[str, int]:
-    """Number of observed (not imputed) URIEL features per language."""
-    table = load_uriel()
-    return {code: int((~np.isnan(table.observed[table.row(code)])).sum()) for code in languages}
-
-
 def angular_distance(u: np.ndarray, v: np.ndarray, min_shared: int = 1) -> float:
     """`arccos(u.v / (|u| |v|)) / pi` over the features both vectors have (NaN = missing).
 
