@@ -20,8 +20,8 @@ from safetensors.torch import load_file
 
 from trainer.checkpoint import LATEST, list_checkpoints
 from trainer.config import load_job
-from trainer.tiny.text import english_documents
 from trainer.loop import METRICS_FILE
+from trainer.tiny.text import english_documents
 
 ROOT = Path(__file__).resolve().parents[1]
 MAX_STEPS = 10

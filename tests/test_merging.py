@@ -20,8 +20,8 @@ from safetensors.torch import load_file
 
 from trainer import merge as merge_cli
 from trainer.config import LLMConfig
-from trainer.tiny import text as synthetic
 from trainer.models.loading import load_llm, load_llm_tokenizer
+from trainer.tiny import text as synthetic
 from trainer.models.merging import (
     merge_adapter_dirs,
     merge_state_dicts,

@@ -5,16 +5,16 @@ import torch
 from transformers import AutoTokenizer
 
 from trainer.config import EncoderConfig, LLMConfig, LoraConfig, MTLLMConfig
-from trainer.tiny import text as synthetic
 from trainer.models.bidirectional import make_bidirectional
 from trainer.models.llm_forward import run_llm
 from trainer.models.loading import choose_attn_implementation, load_llm, load_nllb_encoder, load_nllb_tokenizer
 from trainer.models.lora import add_lora
 from trainer.models.mt_llm import build_mt_llm
-from trainer.objectives.distillation import distillation_mse
 from trainer.models.pooling import pool
 from trainer.models.weights import load_trainable, save_trainable
+from trainer.objectives.distillation import distillation_mse
 from trainer.objectives.distillation import distillation_mse, fraction_of_variance_unexplained
+from trainer.tiny import text as synthetic
 
 SENTENCES = [synthetic.sentences(lang, 1, seed=5)[0] for lang in synthetic.DEMO_LANGUAGES]
 

@@ -14,8 +14,8 @@ from pydantic import ValidationError
 
 from data_prep.make_parallel_data import parse_languages, write_parallel_data
 from trainer.data import parallel
-from trainer.data.parallel import (BalancedPairStream, ParallelCorpus, PairTable, ParallelDataConfig,
-                                   language_probabilities, load_parallel, sample_pairs)
+from trainer.data.pair_sampling import BalancedPairStream, language_probabilities, sample_pairs
+from trainer.data.parallel import ParallelCorpus, PairTable, ParallelDataConfig, load_parallel
 from trainer.tiny.text import parallel_sentences
 
 # Uniform sampling tolerance: every language's share of the draws within 0.03 of 1/L.

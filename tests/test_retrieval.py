@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from trainer.config import LLMConfig
-from trainer.tiny import text as synthetic
 from trainer.eval.plots import plot_layer_curve, plot_layer_curves, plot_pair_heatmap, save_retrieval_plots
+from trainer.tiny import text as synthetic
 from trainer.eval.retrieval import (
     embed_languages,
     hidden_states_of,

@@ -14,11 +14,12 @@ import pytest
 from transformers import AutoTokenizer
 
 from trainer.config import ConfigError, TextDataConfig, validate
-from trainer.data.shards import Manifest, ShardError, ShardInfo, save_manifest, sha256_file
-from trainer.data.stream import DualChunker, StreamConfig, StreamLoader, epoch_order
-from trainer.tiny.text import english_documents
 from trainer.data.batches import MicroBatches
+from trainer.data.chunking import DualChunker
+from trainer.data.shards import Manifest, ShardError, ShardInfo, save_manifest, sha256_file
+from trainer.data.stream import StreamConfig, StreamLoader, epoch_order
 from trainer.data.text import text_batches
+from trainer.tiny.text import english_documents
 
 MAX_LENGTH = 24
 SHARD_SIZES = [13, 40, 1, 27, 9]  # deliberately uneven

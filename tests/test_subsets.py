@@ -12,8 +12,8 @@ import yaml
 
 from data_prep import select_languages
 from trainer.languages import subset_search
-from trainer.languages.table import language_table
 from trainer.languages.subsets import SelectionConfig, load_subsets, select_subsets, validate_subsets
+from trainer.languages.table import language_table
 from trainer.languages.uriel import angular_distance, distance_matrix, feature_matrix
 
 SUBSETS_FILE = Path(__file__).resolve().parents[1] / "jobs" / "subsets_pool65.yaml"

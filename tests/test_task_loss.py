@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from trainer.config import LLMConfig
+from trainer.data.task import IGNORE_INDEX, build_prompt_answer_batch, prompt_answer_example
 from trainer.models.llm_forward import run_llm
 from trainer.models.loading import load_llm
-from trainer.data.task import IGNORE_INDEX, build_prompt_answer_batch, prompt_answer_example
 from trainer.objectives.task import causal_lm_loss, count_answer_tokens
 
 PAD = 0

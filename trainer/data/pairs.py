@@ -16,7 +16,8 @@ import itertools
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from trainer.data.parallel import BalancedPairStream, ParallelDataConfig, load_parallel, stream_from_config
+from trainer.data.pair_sampling import BalancedPairStream, stream_from_config
+from trainer.data.parallel import ParallelDataConfig, load_parallel
 
 
 class PairCollator:
