@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import importlib.util
+import importlib.metadata
 from pathlib import Path
 
 import numpy as np
@@ -34,16 +34,27 @@ import numpy as np
 from trainer.languages.table import language_table
 
 PREFIXES = ("S_", "P_", "INV_")
+DATA_IN_DIST = "lang2vec/data/feature_averages.npz"   # a file of the distribution, next to the others
 DEFAULT_OUT = Path(__file__).resolve().parents[1] / "trainer" / "languages" / "uriel_features.csv"
 
 
 def find_lang2vec_data() -> Path:
-    """The `data` folder of an installed lang2vec, found without importing it."""
-    spec = importlib.util.find_spec("lang2vec")
-    if spec is None or not spec.submodule_search_locations:
+    """The `data` folder of the installed lang2vec distribution, found through its package metadata.
+
+    Not through the import system: lang2vec also installs a script `bin/lang2vec.py`, and when
+    pytest runs as a console script the environment's `bin/` comes first on `sys.path`, so
+    `find_spec("lang2vec")` finds that script instead of the package.
+    """
+    try:
+        dist = importlib.metadata.distribution("lang2vec")
+    except importlib.metadata.PackageNotFoundError:
         raise FileNotFoundError("lang2vec is not installed: pip install --no-deps lang2vec, "
-                                "or pass --lang2vec-data DIR (the folder with feature_averages.npz)")
-    return Path(list(spec.submodule_search_locations)[0]) / "data"
+                                "or pass --lang2vec-data DIR (the folder with feature_averages.npz)") from None
+    data = Path(dist.locate_file(DATA_IN_DIST)).parent
+    if not (data / "feature_averages.npz").is_file():
+        raise FileNotFoundError(f"lang2vec {dist.version} has no {DATA_IN_DIST} at {data}; "
+                                f"pass --lang2vec-data DIR (the folder with feature_averages.npz)")
+    return data
 
 
 def _fmt(x: float) -> str:

@@ -51,6 +51,7 @@ def sweep_run(data, tmp_path_factory, tiny_cache):  # noqa: F811 - pytest fixtur
     return rows, tmp / "sweeps" / "e2e", uri
 
 
+@pytest.mark.slow
 def test_both_trials_finish_with_the_metric(sweep_run):
     rows, sweep_dir, _ = sweep_run
     assert sorted(r["subset"] for r in rows) == sorted(SUBSETS)
@@ -60,6 +61,7 @@ def test_both_trials_finish_with_the_metric(sweep_run):
     assert (sweep_dir / "summary.csv").read_text().splitlines()[0].startswith("trial,subset")
 
 
+@pytest.mark.slow
 def test_each_crashed_trial_resumed_from_its_checkpoint_not_step_zero(sweep_run):
     """Tune saw every report: steps 1..CRASH_AT, the crash, then the restart resumes at the step after
     the last checkpoint (a restart from scratch would report step 1 again)."""
@@ -80,6 +82,7 @@ def test_each_crashed_trial_resumed_from_its_checkpoint_not_step_zero(sweep_run)
         assert sorted(p.name for p in (trial / "checkpoints").glob("step-*"))[-1] == f"step-{MAX_STEPS:08d}"
 
 
+@pytest.mark.slow
 def test_mlflow_has_one_parent_and_a_tagged_child_per_trial(sweep_run):
     rows, _, uri = sweep_run
     client = mlflow.MlflowClient(tracking_uri=uri)

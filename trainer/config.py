@@ -321,6 +321,9 @@ class JobBase(Section):
     output_dir: str = Field("outputs/run", description=(
         "Run directory: the resolved config.yaml, metrics.jsonl (one row per step), final_metrics.json, export/ "
         "(the trained weights), checkpoints/ (unless checkpoint.dir); align/realign also eval/ tables"))
+    prepare: list[str] = Field(default_factory=list, description=(
+        "Commands run in order by rank 0 before anything loads, to make or find the job's data (each must be "
+        "safe to repeat), e.g. python -m data_prep.demo_data; a failing command stops the job naming it"))
     optim: OptimConfig = Field(OptimConfig(), description="AdamW, the learning-rate schedule and the batch shape")
     tracking: TrackingConfig = Field(TrackingConfig(), description="MLflow: store, experiment, run")
     engine: EngineConfig = Field(EngineConfig(), description="DeepSpeed config, precision and process group")

@@ -34,6 +34,7 @@ import yaml
 from pydantic import Field, model_validator
 
 from trainer.config import ConfigError, JobConfig, Section, apply_override, load_raw, validate
+from trainer.prepare import run_prepare
 
 log = logging.getLogger(__name__)
 
@@ -245,25 +246,6 @@ def load_sweep(path: str | Path, overrides: list[str] | None = None, prepare: bo
     _probe(sweep)
     _warn_if_retries_restart(sweep)
     return sweep
-
-
-def run_prepare(commands: list[str]) -> None:
-    """Run each `prepare` command (a shell-style line, no shell); the first failure raises ConfigError."""
-    import shlex
-    import subprocess
-    import sys
-
-    for i, command in enumerate(commands):
-        argv = shlex.split(command)
-        if argv and argv[0] == "python":
-            argv[0] = sys.executable   # the interpreter running the sweep, not whatever is on PATH
-        print(f"prepare[{i}]: {command}", flush=True)
-        try:
-            code = subprocess.run(argv).returncode
-        except OSError as e:
-            raise ConfigError(f"prepare[{i}]: {command!r} could not start: {e}") from None
-        if code != 0:
-            raise ConfigError(f"prepare[{i}]: {command!r} failed with exit status {code}")
 
 
 def _warn_if_retries_restart(sweep: Sweep) -> None:

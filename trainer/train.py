@@ -27,6 +27,7 @@ from trainer.engine import Engine
 from trainer.fsutil import write_atomic
 from trainer.loop import Run
 from trainer.models.loading import build_tiny_models_in
+from trainer.prepare import run_prepare
 from trainer.recipes import align, realign, stage1
 from trainer.tracking import Tracker
 
@@ -55,6 +56,8 @@ def run_job(job: JobBase, report: Callable[[dict[str, float], int], None] | None
         out.mkdir(parents=True, exist_ok=True)
         write_atomic(out / "config.yaml", config_yaml)
     with distributed.main_first():
+        if main:
+            run_prepare(job.prepare)   # the job's data, made or found before anything reads it
         build_tiny_models_in(job.model_dump(), job.model.cache_dir)
     checkpoints = Checkpointer(job.checkpoint, out, config_hash)
     checkpoints.resume_target()

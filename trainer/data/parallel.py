@@ -185,7 +185,7 @@ def _expand(patterns: list[str]) -> list[Path]:
             matches = [p] if p.is_file() else []
         if not matches:
             raise FileNotFoundError(f"parallel data files: {pattern!r} matches no file "
-                                    f"(for generated demo data: python -m data_prep.make_parallel_data --out DIR)")
+                                    f"(the demo data: python -m data_prep.demo_data)")
         files += matches
     return files
 

@@ -117,7 +117,8 @@ def load_manifest(path: str | os.PathLike) -> Manifest:
     """Read and validate a manifest (a file, or a folder with `manifest.json`)."""
     path = manifest_file(path)
     if not path.is_file():
-        raise ShardError(f"manifest not found: {path} (create one with python -m data_prep.fineweb_shards)")
+        raise ShardError(f"manifest not found: {path} (the demo's shards: python -m data_prep.demo_data; "
+                         f"FineWeb's: python -m data_prep.fineweb_shards)")
     try:
         raw = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
