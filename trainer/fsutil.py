@@ -14,6 +14,13 @@ import tempfile
 from pathlib import Path
 
 
+def current_umask() -> int:
+    """The process umask (read by setting it and putting it back: there is no getter)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def write_atomic(path: str | os.PathLike, data: str | bytes, fsync: bool = True) -> Path:
     """Write `data` (text as UTF-8, or bytes) to `path` through a temporary file and a rename.
 
@@ -24,6 +31,7 @@ def write_atomic(path: str | os.PathLike, data: str | bytes, fsync: bool = True)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~current_umask())   # mkstemp makes 0600: follow the umask like open() does
         with os.fdopen(fd, "wb") as f:
             f.write(data.encode("utf-8") if isinstance(data, str) else data)
             if fsync:

@@ -157,8 +157,8 @@ class SweepConfig(Section):
     ray: RayConfig = Field(RayConfig(), description="Which Ray the sweep runs on")
 
 
-def load_subsets(axis: SubsetAxis, base_dir: Path) -> dict[str, dict[str, Any]]:
-    """name -> {"languages": [...], plus heuristic/size/seed/objective when the file has them}."""
+def subset_axis_entries(axis: SubsetAxis, base_dir: Path) -> dict[str, dict[str, Any]]:
+    """The sweep's language subsets: name -> {"languages": [...], plus heuristic/size/seed/objective when known}."""
     from trainer.languages.table import language_table
 
     if axis.inline is not None:
@@ -241,7 +241,7 @@ def load_sweep(path: str | Path, overrides: list[str] | None = None, prepare: bo
         job_path = Path(config.job)  # also accept paths relative to the working directory
     base_raw = load_raw(job_path, config.overrides)
     validate(base_raw, JobConfig, source=f"base job {job_path}")
-    subsets = load_subsets(config.subsets, base_dir) if config.subsets else {}
+    subsets = subset_axis_entries(config.subsets, base_dir) if config.subsets else {}
     sweep = Sweep(config, base_raw, subsets, base_dir)
     _probe(sweep)
     _warn_if_retries_restart(sweep)
