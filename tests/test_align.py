@@ -110,3 +110,33 @@ def test_bad_config_fails_naming_the_key(override, key, data, tmp_path, tiny_cac
     job = write_job(job_dict("align", data, tmp_path / "bad", tiny_cache), tmp_path / "job.yaml")
     assert main([str(job), override]) == 2
     assert key in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("family, expected", [("qwen2", 1.5), ("llama", 0.1), ("gemma2", 0.1)])
+def test_temperature_auto_follows_the_model_family_and_is_logged(family, expected, data, tmp_path, tiny_cache):
+    """M2's study used tau = 0.1 for Llama and 1.5 for Qwen; an explicit value wins over the family."""
+    from types import SimpleNamespace
+
+    from trainer.objectives.contrastive import M2_DEFAULT_TEMPERATURE, M2_TEMPERATURES
+    from trainer.recipes.alignment import temperature
+
+    logged = []
+    tracker = SimpleNamespace(log_metrics=lambda metrics, step: logged.append((metrics, step)))
+    model = SimpleNamespace(model_type=family)
+    raw = job_dict("align", data, tmp_path / "t", tiny_cache)
+    auto = load_job(write_job(raw, tmp_path / "auto.yaml"))
+    assert auto.alignment.temperature == "auto"
+    run = SimpleNamespace(job=auto, tracker=tracker)
+    assert temperature(run, model, M2_TEMPERATURES, M2_DEFAULT_TEMPERATURE) == expected
+    assert logged == [({"alignment_temperature": expected}, 0)]
+    fixed = load_job(write_job({**raw, "alignment": {**raw["alignment"], "temperature": 0.7}}, tmp_path / "f.yaml"))
+    assert temperature(SimpleNamespace(job=fixed, tracker=tracker), model, M2_TEMPERATURES, 0.1) == 0.7
+
+
+def test_the_backbone_reports_its_family(tiny_cache):
+    from trainer.config import LLMConfig, LoraConfig
+    from trainer.models.aligned import build_aligned_model
+
+    model = build_aligned_model(LLMConfig(name_or_path="tiny:qwen2"), LoraConfig(r=2, alpha=4), "lora", tiny_cache,
+                                "causal_lm", "middle", num_labels=3)
+    assert model.model_type == "qwen2" and model.align_layers == [2]

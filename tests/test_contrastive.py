@@ -40,9 +40,19 @@ def pairs():
 def test_info_nce_one_direction_matches_loops(pairs, tau):
     source, target = pairs
     expected = _one_direction(source.tolist(), target.tolist(), tau)
-    got = info_nce(source, target, temperature=tau)
+    got = info_nce(source, target, temperature=tau, query="source")
     assert got.dtype == torch.float32
     assert got.item() == pytest.approx(expected, rel=1e-5, abs=1e-6)
+
+
+@pytest.mark.parametrize("tau", [0.1, 0.5])
+def test_info_nce_default_queries_with_the_translation_as_the_reference_does(pairs, tau):
+    """The middle-layer alignment study's reference: the non-English sentence retrieves among the English ones."""
+    source, target = pairs
+    expected = _one_direction(target.tolist(), source.tolist(), tau)
+    assert info_nce(source, target, temperature=tau).item() == pytest.approx(expected, rel=1e-5, abs=1e-6)
+    assert info_nce(source, target, tau, query="target").item() == pytest.approx(expected, rel=1e-5, abs=1e-6)
+    assert abs(expected - _one_direction(source.tolist(), target.tolist(), tau)) > 1e-3
 
 
 @pytest.mark.parametrize("tau", [0.1, 0.5])
@@ -50,10 +60,12 @@ def test_info_nce_symmetric_matches_loops(pairs, tau):
     source, target = pairs
     forward = _one_direction(source.tolist(), target.tolist(), tau)
     backward = _one_direction(target.tolist(), source.tolist(), tau)
-    got = info_nce(source, target, temperature=tau, symmetric=True)
+    got = info_nce(source, target, temperature=tau, query="both")
     assert got.item() == pytest.approx((forward + backward) / 2, rel=1e-5, abs=1e-6)
     assert abs(forward - backward) > 1e-3, "fixture should make the two directions differ"
     assert got.item() != pytest.approx(info_nce(source, target, temperature=tau).item(), rel=1e-4)
+    with pytest.raises(ValueError, match="query"):
+        info_nce(source, target, tau, query="english")
 
 
 @pytest.mark.parametrize("tau", [0.1, 0.3])
@@ -70,12 +82,12 @@ def test_two_b_candidate_loss_matches_loops(pairs, tau):
     got = two_b_candidate_loss(source, target, temperature=tau)
     assert got.item() == pytest.approx(expected, rel=1e-5, abs=1e-6)
     # without the same-language negatives it would be the symmetric M2 loss: must differ
-    assert got.item() != pytest.approx(info_nce(source, target, tau, symmetric=True).item(), rel=1e-3)
+    assert got.item() != pytest.approx(info_nce(source, target, tau, query="both").item(), rel=1e-3)
 
 
 def test_losses_are_fp32_with_gradients_from_bf16_inputs(pairs):
     source, target = (t.to(torch.bfloat16).requires_grad_() for t in pairs)
-    for loss in (info_nce(source, target), info_nce(source, target, symmetric=True),
+    for loss in (info_nce(source, target), info_nce(source, target, query="both"),
                  two_b_candidate_loss(source, target)):
         assert loss.dtype == torch.float32
         (grad,) = torch.autograd.grad(loss, source)

@@ -121,7 +121,7 @@ def test_two_zero3_ranks_complete_and_log(data, tmp_path, tiny_cache):
     ("task.eval_languages=[xx_Fake]", "task.eval_languages"),
     ("alignment.objective=triplet", "alignment.objective"),
     ("parallel.languges=[deu_Latn]", "parallel.languges"),
-    ("alignment.symmetric=true", "alignment.symmetric"),
+    ("alignment.query=both", "alignment.query"),
 ])
 def test_bad_config_fails_naming_the_key(override, key, data, tmp_path, tiny_cache, capsys):
     job = write_job(job_dict("realign", data, tmp_path / "bad", tiny_cache, objective="two_b"), tmp_path / "job.yaml")

@@ -39,9 +39,15 @@ def _brute_margins(xs, ys, k):
     return [[_cos(x, y) / ((fwd[i] + bwd[j]) / 2) for j, y in enumerate(ys)] for i, x in enumerate(xs)]
 
 
-def _brute_accuracy(xs, ys, k):
+def _brute_accuracy(xs, ys, k, candidates="all"):
+    """all: the margin argmax over every target; knn (LASER's xsim): over x's k cosine-nearest targets only."""
     margins = _brute_margins(xs, ys, k)
-    hits = sum(1 for i, row in enumerate(margins) if max(range(len(row)), key=lambda j: row[j]) == i)
+    hits = 0
+    for i, x in enumerate(xs):
+        pool = list(range(len(ys)))
+        if candidates == "knn":
+            pool = sorted(pool, key=lambda j: _cos(x, ys[j]), reverse=True)[:min(k, len(ys))]
+        hits += max(pool, key=lambda j: margins[i][j]) == i
     return hits / len(xs)
 
 
@@ -62,10 +68,11 @@ def _noisy_copies(n_lang, n_layers, n, d, noise, seed):
     return base + 0.5 * offsets + noise * torch.randn(n_lang, n_layers, n, d, generator=g)
 
 
-def test_accuracy_matches_brute_force_per_pair_and_layer():
+@pytest.mark.parametrize("candidates", ["knn", "all"])
+def test_accuracy_matches_brute_force_per_pair_and_layer(candidates):
     emb = _noisy_copies(n_lang=3, n_layers=2, n=12, d=6, noise=1.0, seed=1)
     emb[:, 1] *= torch.linspace(0.5, 2.0, 12).view(1, 12, 1)  # norms vary: cosine must not care
-    result = retrieval_accuracy(emb, languages=["a", "b", "c"], layers=[3, 7])
+    result = retrieval_accuracy(emb, languages=["a", "b", "c"], layers=[3, 7], candidates=candidates)
     seen = set()
     for li, layer in enumerate([3, 7]):
         for s in range(3):
@@ -73,13 +80,27 @@ def test_accuracy_matches_brute_force_per_pair_and_layer():
                 if s == t:
                     assert math.isnan(result.accuracy[li, s, t])
                     continue
-                expected = _brute_accuracy(emb[s, li].tolist(), emb[t, li].tolist(), 4)
+                expected = _brute_accuracy(emb[s, li].tolist(), emb[t, li].tolist(), 4, candidates)
                 assert result.accuracy[li, s, t].item() == pytest.approx(expected)
                 seen.add(round(expected, 3))
     assert len(seen) > 2 and min(seen) < 1.0, "data should give varied, imperfect accuracies"
     rows = result.rows()
     assert len(rows) == 2 * 3 * 2 and {r["layer"] for r in rows} == {3, 7}
     assert rows[0] == {"layer": 3, "src": "a", "tgt": "b", "accuracy": result.accuracy[0, 0, 1].item()}
+
+
+def test_xsim_candidates_differ_from_all_candidates_on_some_rows():
+    """The default follows LASER's xsim (best margin among the k cosine-nearest); on noisy data the
+    margin sometimes lifts a target outside them, where the two conventions disagree."""
+    differing = 0
+    for seed in range(10):
+        emb = _noisy_copies(n_lang=3, n_layers=1, n=30, d=8, noise=1.5, seed=seed)
+        knn, every = (retrieval_accuracy(emb, candidates=c).accuracy for c in ("knn", "all"))
+        assert torch.equal(retrieval_accuracy(emb).accuracy.nan_to_num(), knn.nan_to_num())   # knn is the default
+        differing += int((knn.nan_to_num() != every.nan_to_num()).any())
+    assert differing > 0
+    with pytest.raises(ValueError, match="candidates"):
+        retrieval_accuracy(emb, candidates="top1")
 
 
 def test_noisy_copies_are_all_retrieved_and_input_is_not_normalised():

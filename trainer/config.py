@@ -254,9 +254,14 @@ class AlignmentConfig(Section):
     task: bool = Field(True, description=(
         "Train the task objective; false = alignment only (align: the export is an alignment adapter; "
         "realign: the realigned model, no task evaluation)"))
-    symmetric: bool = Field(False, description="info_nce only: average with the target -> source direction")
-    temperature: float = Field(0.1, gt=0, description="Softmax temperature on cosine similarities (both studies: 0.1 "
-                                                      "for Llama; M2 used 1.5 for Qwen)")
+    query: Literal["target", "source", "both"] = Field("target", description=(
+        "info_nce only: which side queries. target (the middle-layer alignment study's reference implementation): "
+        "the non-English sentence retrieves its translation among the English ones; source: the English "
+        "sentence queries; both: the mean of the two directions"))
+    temperature: float | Literal["auto"] = Field("auto", description=(
+        "Softmax temperature on cosine similarities (> 0). auto = the study's value for the model family: align "
+        "(M2) 1.5 for Qwen2, 0.1 for Llama and the others; realign (M3) 0.1. The resolved value is logged as the "
+        "metric alignment_temperature"))
     batch_size: int | None = Field(None, ge=2, description=(
         "Translation pairs per alignment micro-batch (in-batch negatives); null = optim.micro_batch_size"))
     max_length: int = Field(64, gt=0, description="Tokens per sentence of a pair (and of the retrieval set)")
@@ -265,8 +270,10 @@ class AlignmentConfig(Section):
     def _consistent(self) -> "AlignmentConfig":
         if not (self.enabled or self.task):
             raise ValueError("alignment.enabled and alignment.task are both false: nothing to train")
-        if self.symmetric and self.objective == "two_b":
-            raise ValueError("alignment.symmetric: two_b is symmetric by construction; it applies to info_nce only")
+        if self.query != "target" and self.objective == "two_b":
+            raise ValueError("alignment.query: two_b is symmetric by construction; query applies to info_nce only")
+        if isinstance(self.temperature, float) and not self.temperature > 0:
+            raise ValueError(f"alignment.temperature: must be > 0 or auto (got {self.temperature})")
         return self
 
 
@@ -304,7 +311,10 @@ class EvalConfig(Section):
         "or hub: [flores-200] with split: dev; null = no retrieval diagnostic"))
     retrieval_sentences: int | None = Field(200, gt=0, description="Use the first N sentences of the set (null: all)")
     layers: list[int] | None = Field(None, description="hidden_states indices to evaluate; null = every layer")
-    k: int = Field(4, gt=0, description="Neighbourhood size of the ratio-margin score")
+    k: int = Field(4, gt=0, description="Neighbourhood size of the ratio-margin score (LASER's xsim: 4)")
+    candidates: Literal["knn", "all"] = Field("knn", description=(
+        "Which targets a sentence may retrieve: knn (LASER's xsim, as the studies): the best margin among its k "
+        "cosine-nearest targets; all: the best margin among every target"))
     batch_size: int = Field(32, gt=0, description="Sentences per forward pass in evaluation")
 
 
@@ -435,8 +445,9 @@ def _describe(err: dict[str, Any], model: type[BaseModel], raw: dict[str, Any]) 
         return f"{path}: unknown key.{hint} Allowed here: {', '.join(allowed)}"
     if err["type"] == "missing":
         return f"{path}: required key is missing"
-    if not path:  # a check across sections (a job's validator): its message names the key
-        return msg.removeprefix("Value error, ")
+    msg = msg.removeprefix("Value error, ")
+    if not path or msg.startswith(path):  # a check inside a section or across sections: its message names the key
+        return msg
     got = err.get("input")
     shown = "" if isinstance(got, dict) else f" (got {got!r})"
     return f"{path}: {msg}{shown}"

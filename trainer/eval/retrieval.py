@@ -11,10 +11,12 @@ the highest ratio margin (LASER xsim, k = 4):
 `NN_k(x)` are the k nearest target sentences of `x`, `NN_k(y)` the k nearest source sentences of
 `y` (neighbourhoods in both directions). A hit is the gold translation (same index).
 
+Candidates (`candidates`): `knn` (default, as LASER's xsim, which the studies adapted) scores
+only the k cosine-nearest targets of `x` by the margin and takes the best of them; `all` takes the
+margin argmax over every target sentence. The two differ only when the margin lifts a candidate
+outside the cosine top-k above all of them.
+
 Choices:
-- the argmax runs over *all* target sentences; LASER's xsim scores only the k cosine nearest
-  neighbours of `x` as candidates. The two differ only when the margin lifts a candidate outside
-  the cosine top-k above all of them.
 - cosine on L2-normalised *copies* (the caller's embeddings are never modified; faiss would
   normalise in place);
 - ties go to the lower index (`argmax`); with continuous embeddings they do not occur;
@@ -70,33 +72,49 @@ def margin_scores(x: torch.Tensor, y: torch.Tensor, k: int = DEFAULT_K) -> torch
     return ratio_margin(xn @ yn.transpose(-1, -2), k)
 
 
-def layer_accuracy(normed: torch.Tensor, k: int = DEFAULT_K) -> torch.Tensor:
+CANDIDATES = ("knn", "all")
+
+
+def _best(margin: torch.Tensor, sim: torch.Tensor, k: int, dim: int, candidates: str) -> torch.Tensor:
+    """Index along `dim` of the best-margin candidate: among the k cosine-nearest (knn) or all of them."""
+    if candidates == "all":
+        return margin.argmax(dim=dim)
+    near = sim.topk(min(k, sim.shape[dim]), dim=dim).indices
+    return near.gather(dim, margin.gather(dim, near).argmax(dim=dim, keepdim=True)).squeeze(dim)
+
+
+def layer_accuracy(normed: torch.Tensor, k: int = DEFAULT_K, candidates: str = "knn") -> torch.Tensor:
     """One layer's L2-normalised embeddings [N, n, d] -> accuracy [N, N] (row src, col tgt; NaN diagonal).
 
     For each source language `a`, one batched matmul against all languages `b > a` gives the
     cosines [N-a-1, n, n]; the margin matrix's row argmax is a -> b, its column argmax b -> a.
-    Two [N-1, n, n] fp32 work buffers are allocated once per call and reused (fresh large
+    Two [N-1, n, n] fp32 work buffers (three with `knn`) are allocated once per call and reused (fresh large
     allocations cost more than the arithmetic on CPU).
     """
+    if candidates not in CANDIDATES:
+        raise ValueError(f"candidates must be one of {', '.join(CANDIDATES)}, got {candidates!r}")
     n_lang, n = normed.shape[0], normed.shape[1]
     acc = torch.full((n_lang, n_lang), float("nan"), dtype=torch.float64)
     gold = torch.arange(n, device=normed.device)
     sim_buf = torch.empty(n_lang - 1, n, n, dtype=normed.dtype, device=normed.device)
     den_buf = torch.empty_like(sim_buf)
+    cos_buf = torch.empty_like(sim_buf) if candidates == "knn" else None
     for a in range(n_lang - 1):
         m = n_lang - a - 1
         sim, den = sim_buf[:m], den_buf[:m]
         torch.matmul(normed[a].unsqueeze(0).expand(m, -1, -1), normed[a + 1:].transpose(1, 2), out=sim)
         rows, cols = knn_means(sim, k)
         torch.add(rows.unsqueeze(-1), cols.unsqueeze(-2), out=den)
+        cosine = cos_buf[:m].copy_(sim) if candidates == "knn" else sim   # neighbourhoods are by cosine
         margin = sim.div_(den)  # ratio margin / 2, in place: the constant factor does not move the argmax
-        acc[a, a + 1:] = (margin.argmax(dim=2) == gold).double().mean(dim=1).cpu()   # a -> b
-        acc[a + 1:, a] = (margin.argmax(dim=1) == gold).double().mean(dim=1).cpu()   # b -> a
+        acc[a, a + 1:] = (_best(margin, cosine, k, 2, candidates) == gold).double().mean(dim=1).cpu()  # a -> b
+        acc[a + 1:, a] = (_best(margin, cosine, k, 1, candidates) == gold).double().mean(dim=1).cpu()  # b -> a
     return acc
 
 
 def retrieval_accuracy(embeddings: torch.Tensor, languages: Sequence[str] | None = None,
-                       layers: Sequence[int] | None = None, k: int = DEFAULT_K) -> "RetrievalResult":
+                       layers: Sequence[int] | None = None, k: int = DEFAULT_K,
+                       candidates: str = "knn") -> "RetrievalResult":
     """Embeddings [N_languages, n_layers, n_sentences, d] -> accuracy for every layer and ordered pair.
 
     Row `i` of language `a` is the translation of row `i` of every other language. `languages`
@@ -117,7 +135,7 @@ def retrieval_accuracy(embeddings: torch.Tensor, languages: Sequence[str] | None
     per_layer = []
     for li in range(n_layers):
         normed = F.normalize(embeddings[:, li].float(), dim=-1)  # a new tensor: the input stays as it is
-        per_layer.append(layer_accuracy(normed, k))
+        per_layer.append(layer_accuracy(normed, k, candidates))
     return RetrievalResult(languages=languages, layers=layers, accuracy=torch.stack(per_layer))
 
 
@@ -247,7 +265,7 @@ def embed_languages(hidden_states: HiddenStates, tokenized: Mapping[str, Mapping
 
 def evaluate_retrieval(model: torch.nn.Module, tokenized: Mapping[str, Mapping[str, torch.Tensor]],
                        batch_size: int = 32, layers: Sequence[int] | None = None, k: int = DEFAULT_K,
-                       dtype: torch.dtype = torch.float32) -> RetrievalResult:
+                       dtype: torch.dtype = torch.float32, candidates: str = "knn") -> RetrievalResult:
     """The whole diagnostic for one model, in eval mode (restored after): embed, then `retrieval_accuracy`."""
     was_training = model.training
     model.eval()
@@ -255,7 +273,7 @@ def evaluate_retrieval(model: torch.nn.Module, tokenized: Mapping[str, Mapping[s
         languages, chosen, emb = embed_languages(hidden_states_of(model), tokenized, batch_size, layers, dtype)
     finally:
         model.train(was_training)
-    return retrieval_accuracy(emb, languages, chosen, k)
+    return retrieval_accuracy(emb, languages, chosen, k, candidates)
 
 
 def _common_size(tokenized: Mapping[str, Mapping[str, torch.Tensor]]) -> int:

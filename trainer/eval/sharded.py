@@ -54,7 +54,8 @@ def task_accuracy(predict: Callable[[dict], torch.Tensor], rows_by_language: Map
 
 def retrieval_over_ranks(hidden_states: HiddenStates, tokenizer, sentences: Mapping[str, Sequence[str]],
                          layers: Sequence[int] | None = None, k: int = 4, batch_size: int = 32,
-                         max_length: int | None = None, rank: int = 0, world_size: int = 1) -> RetrievalResult:
+                         max_length: int | None = None, rank: int = 0, world_size: int = 1,
+                         candidates: str = "knn") -> RetrievalResult:
     """`trainer.eval.retrieval.evaluate_retrieval` with the sentences split over the ranks.
 
     Each rank embeds its slice of every language, rank 0 scores the gathered embeddings
@@ -68,12 +69,12 @@ def retrieval_over_ranks(hidden_states: HiddenStates, tokenizer, sentences: Mapp
     languages, chosen, emb = embed_languages(hidden_states, mine, batch_size, layers)
     emb = emb[:, :, :real]
     if world_size == 1:
-        return retrieval_accuracy(emb, languages, chosen, k)
+        return retrieval_accuracy(emb, languages, chosen, k, candidates)
     parts = distributed.all_gather_object(emb)
     result = None
     if rank == 0:
         full = torch.empty(emb.shape[0], emb.shape[1], n, emb.shape[3], dtype=emb.dtype)
         for r, part in enumerate(parts):
             full[:, :, r::world_size] = part
-        result = retrieval_accuracy(full, languages, chosen, k)
+        result = retrieval_accuracy(full, languages, chosen, k, candidates)
     return distributed.broadcast_object(result)

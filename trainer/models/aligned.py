@@ -59,6 +59,11 @@ class AlignedModel(nn.Module):
         return base_model_of(self.backbone).config.hidden_size
 
     @property
+    def model_type(self) -> str:
+        """The backbone's family as transformers names it (llama, qwen2, gemma2, gpt2, xlm-roberta)."""
+        return base_model_of(self.backbone).config.model_type
+
+    @property
     def num_hidden_layers(self) -> int:
         return base_model_of(self.backbone).config.num_hidden_layers
 

@@ -11,6 +11,12 @@ from functools import partial
 import torch
 import torch.nn.functional as F
 
+QUERIES = ("target", "source", "both")
+# Temperatures of the studies. M2 (middle-layer alignment) by model family (transformers' model_type):
+# 0.1 for Llama, 1.5 for Qwen; other families take Llama's. M3 (realignment): T = 0.1.
+M2_TEMPERATURES = {"llama": 0.1, "qwen2": 1.5}
+M2_DEFAULT_TEMPERATURE = 0.1
+M3_TEMPERATURE = 0.1
 
 
 def cosine_logits(a: torch.Tensor, b: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -23,21 +29,26 @@ def cosine_logits(a: torch.Tensor, b: torch.Tensor, temperature: float) -> torch
 
 
 def info_nce(source: torch.Tensor, target: torch.Tensor, temperature: float = 0.1,
-             symmetric: bool = False) -> torch.Tensor:
-    """M2 alignment loss on `n` parallel pairs: source, target [n, d] -> scalar fp32.
+             query: str = "target") -> torch.Tensor:
+    """M2 alignment loss on `n` parallel pairs: source (English), target (its translation) [n, d] -> scalar fp32.
 
-    `L = -mean_k log( exp(sim(s_k, t_k)/tau) / sum_v exp(sim(s_k, t_v)/tau) )` with cosine `sim`:
-    each source sentence picks its translation among the `n` target sentences (in-batch negatives,
-    target side only). This is the reference's one-directional loss (`symmetric=False`, default);
-    `symmetric=True` averages it with the target -> source direction. tau = 0.1 for Llama (paper).
+    With query sentences `q` and candidates `c` (cosine `sim`, in-batch negatives on the candidate side):
+    `L = -mean_k log( exp(sim(q_k, c_k)/tau) / sum_v exp(sim(q_k, c_v)/tau) )`.
+    `query="target"` (default, the middle-layer alignment study's reference implementation): the
+    non-English sentence is the query, the English sentences the candidates; `"source"`: the
+    English sentence queries the translations; `"both"`: the mean of the two directions.
+    tau = 0.1 for Llama, 1.5 for Qwen in the study.
     """
     _check_pairs(source, target)
-    logits = cosine_logits(source, target, temperature)
+    if query not in QUERIES:
+        raise ValueError(f"query must be one of {', '.join(QUERIES)}, got {query!r}")
+    logits = cosine_logits(target, source, temperature)   # rows: target queries, columns: English candidates
     labels = torch.arange(logits.shape[0], device=logits.device)
-    loss = F.cross_entropy(logits, labels)
-    if symmetric:
-        loss = 0.5 * (loss + F.cross_entropy(logits.T, labels))
-    return loss
+    if query == "target":
+        return F.cross_entropy(logits, labels)
+    if query == "source":
+        return F.cross_entropy(logits.T, labels)
+    return 0.5 * (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels))
 
 
 def two_b_candidate_loss(source: torch.Tensor, target: torch.Tensor, temperature: float = 0.1) -> torch.Tensor:
@@ -67,13 +78,13 @@ def _check_pairs(source: torch.Tensor, target: torch.Tensor) -> None:
         raise ValueError("contrastive loss needs at least 2 pairs per batch (no negatives otherwise)")
 
 
-def pair_loss(objective: str, temperature: float, symmetric: bool = False):
+def pair_loss(objective: str, temperature: float, query: str = "target"):
     """The contrastive loss on (source, target) [B, d] named by `alignment.objective`.
 
-    `info_nce` (M2; `symmetric` averages both directions) or `two_b` (M3, symmetric by construction).
+    `info_nce` (M2; `query` picks the direction) or `two_b` (M3, symmetric by construction).
     """
     if objective == "two_b":
         return partial(two_b_candidate_loss, temperature=temperature)
     if objective == "info_nce":
-        return partial(info_nce, temperature=temperature, symmetric=symmetric)
+        return partial(info_nce, temperature=temperature, query=query)
     raise ValueError(f"alignment.objective: unknown {objective!r}; choose info_nce or two_b")

@@ -24,6 +24,7 @@ from trainer.config import AlignJob
 from trainer.data.task import PromptAnswerCollator
 from trainer.loop import Hooks, Run, train
 from trainer.models.loading import load_llm_tokenizer
+from trainer.objectives.contrastive import M2_DEFAULT_TEMPERATURE, M2_TEMPERATURES
 from trainer.objectives.task import answer_log_likelihood, causal_lm_loss
 from trainer.recipes import alignment
 
@@ -48,7 +49,8 @@ def run(r: Run) -> dict:
     train_collate = PromptAnswerCollator(tokenizer, task.prompt_template, words, task.max_length)
     choices_collate = PromptAnswerCollator(tokenizer, task.prompt_template, words, task.max_length, choices=True)
     data = alignment.build_data(r, tokenizer, train_collate, pairs=job.alignment.enabled, task=job.alignment.task)
-    loss_of = alignment.losses(r, lambda logits, batch: causal_lm_loss(logits, batch["labels"]))
+    tau = alignment.temperature(r, model, M2_TEMPERATURES, M2_DEFAULT_TEMPERATURE)
+    loss_of = alignment.losses(r, lambda logits, batch: causal_lm_loss(logits, batch["labels"]), tau)
 
     def predict(batch: dict):   # every example once per label word -> [examples, words] answer log-likelihoods
         batch = engine.to_device(batch)

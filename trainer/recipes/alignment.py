@@ -8,6 +8,7 @@ task loss on source-language examples. The RNG is re-seeded before global micro-
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 
 import torch
@@ -22,6 +23,8 @@ from trainer.loop import Run, Streams, Sums, global_micro_batch, seed_micro_batc
 from trainer.models.aligned import AlignedModel, TaskKind, build_aligned_model
 from trainer.models.pooling import LayerIndexError, resolve_layers
 from trainer.objectives.contrastive import pair_loss
+
+log = logging.getLogger(__name__)
 
 STREAM_OF = {"align": "pairs", "task": "task"}   # objective -> the stream its micro-batches come from
 Loss = Callable[[dict], torch.Tensor]             # a device batch -> scalar loss (forward included)
@@ -50,10 +53,22 @@ def build_data(r: Run, tokenizer, collate, pairs: bool, task: bool) -> Streams:
     return Streams(pairs=pair_stream, task=task_stream)
 
 
-def losses(r: Run, task_loss: Callable[[torch.Tensor, dict], torch.Tensor]) -> dict[str, Loss]:
-    """{objective: batch -> loss}: the configured pair loss on pooled embeddings, `task_loss(logits, batch)`."""
+def temperature(r: Run, model: AlignedModel, by_family: dict[str, float], default: float) -> float:
+    """`alignment.temperature`, with auto = the study's value for the backbone's family; logged once."""
+    chosen = r.job.alignment.temperature
+    if chosen == "auto":
+        chosen = by_family.get(model.model_type, default)
+    log.info("alignment: temperature %s (alignment.temperature=%s, model type %s)",
+             chosen, r.job.alignment.temperature, model.model_type)
+    r.tracker.log_metrics({"alignment_temperature": chosen}, step=0)
+    return chosen
+
+
+def losses(r: Run, task_loss: Callable[[torch.Tensor, dict], torch.Tensor], tau: float) -> dict[str, Loss]:
+    """{objective: batch -> loss}: the configured pair loss (temperature `tau`) on pooled embeddings,
+    `task_loss(logits, batch)`."""
     a, engine = r.job.alignment, r.engine
-    contrastive = pair_loss(a.objective, a.temperature, a.symmetric)
+    contrastive = pair_loss(a.objective, tau, a.query)
 
     def align(batch: dict) -> torch.Tensor:
         source, target = engine("embed", **batch).embeddings.chunk(2)   # [B, d] English, [B, d] translations
@@ -103,7 +118,7 @@ class Evaluations:
             subset = [job.parallel.english, *job.parallel.languages] if job.parallel is not None else None
             self.retrieval_eval = RetrievalByLayer(
                 sentences, tokenizer, model.hidden_states, layers, model.align_layers, out_dir, subset, job.eval.k,
-                job.eval.batch_size, job.alignment.max_length, engine.rank, engine.world_size)
+                job.eval.batch_size, job.alignment.max_length, engine.rank, engine.world_size, job.eval.candidates)
         t = job.task
         if t.eval_languages and job.alignment.task:
             rows = eval_sets(t.eval_dir, t.eval_languages, t.text_column, t.label_column, t.num_labels,

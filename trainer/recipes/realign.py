@@ -30,6 +30,7 @@ from trainer.config import RealignJob
 from trainer.data.task import ClassificationCollator
 from trainer.loop import Hooks, Run, train
 from trainer.models.loading import load_llm_tokenizer
+from trainer.objectives.contrastive import M3_TEMPERATURE
 from trainer.objectives.task import classification_loss
 from trainer.recipes import alignment
 
@@ -43,7 +44,8 @@ def run(r: Run) -> dict:
     model = alignment.build_model(job, "classify", num_labels=job.task.num_labels)
     collate = ClassificationCollator(tokenizer, job.task.max_length)
     data = alignment.build_data(r, tokenizer, collate, pairs=align_steps > 0, task=align_steps < max_steps)
-    loss_of = alignment.losses(r, lambda logits, batch: classification_loss(logits, batch["labels"]))
+    tau = alignment.temperature(r, model, {}, M3_TEMPERATURE)
+    loss_of = alignment.losses(r, lambda logits, batch: classification_loss(logits, batch["labels"]), tau)
     evaluations = alignment.Evaluations(r, model, tokenizer, collate,
                                         lambda batch: engine("logits", **engine.to_device(batch)).logits)
 
