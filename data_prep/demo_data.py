@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Callable
 
 from data_prep.demo_text import write_demo_shards
 from data_prep.make_parallel_data import DEFAULT_LANGUAGES, write_parallel_data
 from data_prep.make_task_data import write_task_data
+from trainer.fsutil import temp_dir_beside
 
 TRAIN_PAIRS, EVAL_SENTENCES, TASK_TRAIN, TASK_EVAL = 2000, 200, 2000, 200
 
@@ -53,8 +53,7 @@ def write_demo_data(root: str | Path = "data/demo", languages: list[str] | None 
         target = root / name
         if target.exists():
             continue
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+        tmp = temp_dir_beside(target)
         try:
             build = tmp / target.name
             write(build)

@@ -21,9 +21,9 @@ import time
 from pathlib import Path
 
 from trainer.languages import subset_search
-from trainer.languages.table import language_table
 from trainer.languages.subsets import (DEFAULT_SEEDS, DEFAULT_SIZES, HEURISTICS, SEEN_PRESETS, SelectionConfig,
-                                  select_subsets, validate_subsets, write_subsets)
+                                      select_subsets, validate_subsets, write_subsets)
+from trainer.languages.table import language_table
 from trainer.languages.uriel import FEATURE_MODES
 
 

@@ -15,7 +15,7 @@ from data_prep.make_parallel_data import write_parallel_data
 from data_prep.make_task_data import write_task_data
 from trainer.config import load_job
 from trainer.loop import FINAL_METRICS_FILE, METRICS_FILE
-from trainer.train import run_job
+from trainer.run import run_job
 
 ROOT = Path(__file__).resolve().parents[1]
 SUBSET = ["deu_Latn", "ell_Grek", "zho_Hans"]   # the realigned languages

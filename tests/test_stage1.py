@@ -8,7 +8,8 @@ import yaml
 
 from data_prep.demo_text import write_demo_shards
 from trainer.config import ConfigError, load_job
-from trainer.train import main, run_job
+from trainer.run import run_job
+from trainer.train import main
 
 DEMO = Path(__file__).resolve().parents[1] / "jobs" / "demo_stage1.yaml"
 

@@ -8,7 +8,7 @@ Layout (default `OUTPUT_DIR/checkpoints/`):
                                  (model states + each rank's ZeRO optimizer partition)
       rank-00000.pt ...          one per rank: its data-stream position and RNG states
       trainer_state.json         step, world size, MLflow run id, metrics, evaluations so far, config hash
-      MANIFEST.json              every file above with its size (written last, by rank 0)
+      MANIFEST.json              every file above with its size and sha256 (written last, by rank 0)
     .tmp-step-00000050/          a write in progress (or killed): never resumed from
 
 Write protocol (all ranks): rank 0 makes `.tmp-step-N/`; DeepSpeed and every
@@ -23,8 +23,8 @@ the `rank-*.pt` files instead.
 
 Resume (`checkpoint.resume`): `auto` takes the newest complete checkpoint in the
 directory (complete = MANIFEST.json present and every file in it present with
-its size); each newer incomplete or corrupt one is skipped with a warning naming
-it. `none` starts fresh; any other value is a checkpoint directory that must be
+its size and sha256); each newer incomplete or corrupt one is skipped with a warning naming
+it and the file at fault. `none` starts fresh; any other value is a checkpoint directory that must be
 complete. All ranks use rank 0's choice.
 """
 
@@ -43,7 +43,7 @@ import torch
 
 from trainer import distributed, faults
 from trainer.config import CheckpointConfig
-from trainer.fsutil import replace_dir, write_atomic
+from trainer.fsutil import replace_dir, sha256_file, write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -85,21 +85,26 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def write_manifest(ckpt: Path) -> dict[str, int]:
-    """Fsync every file under `ckpt`, then record name -> size in MANIFEST.json (atomically, last)."""
-    files: dict[str, int] = {}
+def write_manifest(ckpt: Path) -> dict[str, dict]:
+    """Fsync every file under `ckpt`, then record name -> {size, sha256} in MANIFEST.json (atomically, last)."""
+    files: dict[str, dict] = {}
     for path in sorted(ckpt.rglob("*")):
         if path.is_file() and path.name != MANIFEST and not path.name.startswith("."):
             _fsync_file(path)
-            files[str(path.relative_to(ckpt))] = path.stat().st_size
+            files[str(path.relative_to(ckpt))] = {"size": path.stat().st_size, "sha256": sha256_file(path)}
     for d in [ckpt, *[p for p in ckpt.rglob("*") if p.is_dir()]]:
         _fsync_dir(d)
     write_atomic(ckpt / MANIFEST, json.dumps({"files": files}, indent=1))
     return files
 
 
-def check_complete(ckpt: Path) -> str | None:
-    """None if `ckpt` is a complete checkpoint, else why not."""
+def check_complete(ckpt: Path, verify: bool = False) -> str | None:
+    """None if `ckpt` is a complete checkpoint, else why not (naming the file).
+
+    Complete: the manifest is there and every file in it has its size; with `verify`, also its
+    sha256 (what a resume checks; rotation checks sizes only). Manifests written before checksums
+    were recorded hold sizes only.
+    """
     if not ckpt.is_dir():
         return "not a directory"
     try:
@@ -109,12 +114,15 @@ def check_complete(ckpt: Path) -> str | None:
         return f"no {MANIFEST} (the write did not finish)"
     except (ValueError, KeyError, TypeError) as e:
         return f"unreadable {MANIFEST}: {e}"
-    for name, size in files.items():
+    for name, entry in files.items():
+        size, digest = (entry, None) if isinstance(entry, int) else (entry["size"], entry.get("sha256"))
         path = ckpt / name
         if not path.is_file():
             return f"missing file {name}"
         if path.stat().st_size != size:
             return f"{name} has {path.stat().st_size} bytes, the manifest says {size}"
+        if verify and digest is not None and sha256_file(path) != digest:
+            return f"{name} does not match its sha256 in {MANIFEST} (corrupt)"
     try:
         state = json.loads((ckpt / TRAINER_STATE).read_text())
         world = int(state["world_size"])
@@ -148,7 +156,7 @@ def find_latest_complete(root: str | Path) -> Path | None:
     if (root / LATEST).is_file():
         pointer = (root / LATEST).read_text().strip()
     for _, path in list_checkpoints(root):
-        reason = check_complete(path)
+        reason = check_complete(path, verify=True)
         if reason is None:
             if pointer and pointer != path.name:
                 log.warning("checkpoint: %s names %s, but %s is the newest complete checkpoint; using it",
@@ -180,7 +188,7 @@ class Checkpointer:
                 found = find_latest_complete(self.root)
                 target = str(found) if found else None
             else:
-                reason = check_complete(Path(mode))
+                reason = check_complete(Path(mode), verify=True)
                 if reason is not None:
                     error = f"checkpoint.resume: {mode} is not a usable checkpoint: {reason}"
                 target = mode
@@ -209,7 +217,8 @@ class Checkpointer:
             raise RuntimeError(f"checkpoint {ckpt} was written by {state['world_size']} ranks, this run has "
                                f"{engine.world_size}: resume with the same number of ranks")
         if self.config_hash and state.get("config_sha256") not in (None, self.config_hash):
-            log.warning("checkpoint: %s was written under a different resolved config; resuming anyway", ckpt)
+            # trainer.run.check_run_dir has refused every difference that changes the training
+            log.info("checkpoint: %s was written under a config that differs in logging or length only", ckpt)
         engine.load_state(ckpt / DS_TAG)
         mine = torch.load(ckpt / rank_file(engine.rank), map_location="cpu", weights_only=False)
         data.load_state_dict(mine["data"])

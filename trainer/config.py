@@ -18,15 +18,16 @@ from typing import Annotated, Any, Literal, Union, get_args
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
 
-from trainer.data.parallel import ParallelDataConfig
-from trainer.data.stream import StreamOptions
+from trainer.data.parallel_config import ParallelDataConfig
+from trainer.data.stream_config import StreamOptions
+from trainer.errors import UserError
 from trainer.languages.table import language_table
 
 
 class Section(BaseModel):
-    """Base of every config section: unknown keys are errors, assignment is validated."""
+    """Base of every config section: unknown keys are errors, assignment is validated, inf and nan refused."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 # --- models -------------------------------------------------------------------------------------
@@ -424,7 +425,7 @@ JobConfig = Annotated[Union[Stage1Job, AlignJob, RealignJob], Field(discriminato
 _JOB_ADAPTER = TypeAdapter(JobConfig)
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A job file or override that does not validate; the message names each key path."""
 
 

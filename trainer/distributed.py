@@ -29,10 +29,12 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from trainer.errors import UserError
+
 log = logging.getLogger(__name__)
 
 
-class ConfigMismatchError(RuntimeError):
+class ConfigMismatchError(UserError, RuntimeError):
     """Ranks of one job resolved different configs (different files, overrides or code)."""
 
 

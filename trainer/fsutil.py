@@ -8,6 +8,7 @@ metrics, configs, exports, tables.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import tempfile
@@ -19,6 +20,16 @@ def current_umask() -> int:
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
+
+
+def temp_dir_beside(target: str | os.PathLike) -> Path:
+    """A new empty folder next to `target` (same file system, so it can be renamed onto it), made with the
+    permissions the umask gives (`tempfile.mkdtemp` alone makes 0700: colleagues could not read the result)."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    os.chmod(tmp, 0o777 & ~current_umask())
+    return tmp
 
 
 def write_atomic(path: str | os.PathLike, data: str | bytes, fsync: bool = True) -> Path:
@@ -59,4 +70,38 @@ def replace_dir(new: Path, target: Path) -> Path:
         shutil.rmtree(old, ignore_errors=True)
     else:
         new.rename(target)
+    return target
+
+
+def sha256_file(path: str | os.PathLike, block: int = 1 << 22) -> str:
+    """Hex SHA-256 of a file, read in 4 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(block):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def check_destination(out: str | os.PathLike, inputs: list[str | os.PathLike], overwrite: bool = False,
+                      written_by: str | None = None, key: str = "--out") -> Path:
+    """Refuse an output folder that would destroy something: an input of the command, a folder holding
+    an input or inside one, or a non-empty folder that this command did not write (unless `overwrite`).
+
+    `written_by`: a file this command leaves in its outputs (e.g. merge.json); a folder holding it
+    is a previous output and may be replaced. Raises OutputExistsError naming `key` and the way out.
+    """
+    from trainer.errors import OutputExistsError
+
+    target = Path(out).resolve()
+    for item in inputs:
+        source = Path(item).resolve()
+        if target == source or target in source.parents or source in target.parents:
+            relation = "is" if target == source else "holds" if target in source.parents else "is inside"
+            raise OutputExistsError(f"{key} {out} {relation} the input {item}: writing there would destroy it; "
+                                    f"choose another {key}")
+    if target.is_file() or (target.is_dir() and any(target.iterdir())):
+        ours = written_by is not None and (target / written_by).is_file()
+        if not (overwrite or ours):
+            raise OutputExistsError(f"{key} {out} exists and is not empty (and was not written by this command): "
+                                    f"choose another {key}, or pass --overwrite to replace it")
     return target

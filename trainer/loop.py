@@ -18,6 +18,7 @@ Determinism across launch shapes: a recipe's data hands out a global sequence of
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Callable
 from contextlib import contextmanager
@@ -30,6 +31,7 @@ from tqdm import tqdm
 
 from trainer import distributed, faults
 from trainer.checkpoint import Checkpointer, Stateful, read_trainer_state
+from trainer.errors import NonFiniteError
 from trainer.fsutil import write_atomic
 from trainer.models.weights import save_trainable
 
@@ -155,6 +157,25 @@ def eval_mode(model: torch.nn.Module):
         model.train(was_training)
 
 
+def check_finite(row: dict[str, float], step: int, last_finite: tuple[int, dict[str, float]] | None,
+                 skip_grad_norm: bool = False) -> None:
+    """Stop the run (NonFiniteError, on every rank alike: the row is reduced) at a NaN or infinite loss or norm.
+
+    Nothing is logged, checkpointed or exported from such a step. Under fp16 an infinite gradient
+    norm is DeepSpeed's loss scaler skipping the step, not a failure, so the norm is not checked.
+    """
+    keys = [k for k in row if k.endswith("loss") or k == "fvu"] + ([] if skip_grad_norm else ["grad_norm"])
+    bad = {k: row[k] for k in keys if k in row and not math.isfinite(row[k])}
+    if not bad:
+        return
+    shown = ", ".join(f"{k} = {v}" for k, v in bad.items())
+    before = (f"the last finite values were at step {last_finite[0]}: "
+              + ", ".join(f"{k} = {last_finite[1][k]:.6g}" for k in keys if k in last_finite[1])
+              if last_finite else "no step was finite")
+    raise NonFiniteError(f"step {step}: {shown}; {before}. Training stopped; nothing was checkpointed or exported "
+                         f"from this step. Lower optim.lr, check the data, or keep optim.max_grad_norm on")
+
+
 def train(run: Run, model: torch.nn.Module, data: Stateful, step_fn: Callable[[int], Sums],
           hooks: Hooks | None = None, name: str | None = None) -> dict:
     """Optimizer steps from the resumed step (or 0) to `optim.max_steps`, then the final evaluation and export.
@@ -187,16 +208,19 @@ def train(run: Run, model: torch.nn.Module, data: Stateful, step_fn: Callable[[i
                     total=max_steps, disable=not engine.is_main)
     losses: list[float] = []
     start, tokens = time.perf_counter(), 0.0
+    last_finite: tuple[int, dict[str, float]] | None = None
     for step in progress:
         row, step_tokens = step_fn(step).reduce(engine)
         done = step + 1
+        if engine.grad_norm is not None:
+            row["grad_norm"] = engine.grad_norm
+        check_finite(row, done, last_finite, skip_grad_norm=engine.precision == "fp16")
+        last_finite = (done, row)
         elapsed = time.perf_counter() - start
         row |= {"lr": engine.lr, "seconds": elapsed}
         if step_tokens:
             tokens += step_tokens
             row["tokens_per_second"] = tokens / elapsed
-        if engine.grad_norm is not None:
-            row["grad_norm"] = engine.grad_norm
         losses.append(row["loss"])
         steps.write({"step": done, **row})
         progress.set_postfix({k: f"{row[k]:.4f}" for k in ("loss", "fvu") if k in row})

@@ -20,6 +20,10 @@ a causal LM, with the task adapter's LoRA layout; each candidate merge is loaded
 base loads once). Trainer exports must hold the LoRA weights of a peft model only (names
 containing `base_model.model.`).
 
+The output directory is written beside its target and renamed into place; `--out` may not be an
+input or a folder holding one, and a non-empty `--out` that is not a previous merge output (no
+`merge.json`) is refused unless `--overwrite`.
+
 Exit status: 0 done, 1 the merge or the search failed (the message says why), 2 bad arguments.
 """
 
@@ -37,7 +41,10 @@ import torch
 from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
+from trainer.errors import UserError
+from trainer.fsutil import check_destination
 from trainer.models.merging import (
+    MERGE_INFO_FILE,
     PAPER_TASK_WEIGHT,
     PEFT_CONFIG_FILE,
     PEFT_WEIGHTS_FILE,
@@ -51,7 +58,7 @@ from trainer.models.weights import CONFIG_FILE, WEIGHTS_FILE
 PEFT_PREFIX = "base_model.model."
 
 
-class MergeError(ValueError):
+class MergeError(UserError, ValueError):
     """A problem with the inputs that the CLI reports as one line."""
 
 
@@ -266,7 +273,10 @@ def build_parser() -> argparse.ArgumentParser:
                     "(trainable.safetensors + config.yaml); the output has the same format.")
     p.add_argument("task_dir", type=Path, help="the task adapter (weight w)")
     p.add_argument("align_dir", type=Path, help="the alignment adapter (weight 1 - w)")
-    p.add_argument("--out", type=Path, required=True, help="output adapter directory (replaced if it exists)")
+    p.add_argument("--out", type=Path, required=True,
+                   help="output adapter directory: new, empty, or a previous merge output (it holds merge.json); "
+                        "never one of the inputs or a folder holding one")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out that is not a merge output")
     how = p.add_mutually_exclusive_group()
     how.add_argument("--weight", type=_weight, default=None,
                      help=f"task weight w in [0, 1] (default {PAPER_TASK_WEIGHT}, the paper's)")
@@ -318,6 +328,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for d in (args.task_dir, args.align_dir):
             if not d.is_dir():
                 raise FileNotFoundError(f"adapter directory not found: {d}")
+        check_destination(args.out, [args.task_dir, args.align_dir], args.overwrite, written_by=MERGE_INFO_FILE)
         extra = {}
         if args.search is not None:
             weight, scores = search(args.task_dir, args.align_dir, args.search, args.dev, args, log)
@@ -328,7 +339,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             weight = PAPER_TASK_WEIGHT if args.weight is None else args.weight
         out = merge_adapter_dirs(args.task_dir, args.align_dir, args.out, weight, only_in_one, progress, extra)
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, FileNotFoundError, UserError) as e:
         for bar in bars:
             bar.close()  # the error gets a line of its own
         print(f"error: {e}", file=sys.stderr)

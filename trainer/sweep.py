@@ -97,6 +97,10 @@ class SubsetAxis(Section):
             raise ValueError(f"give exactly one of file (with optional names), inline or select (got {given or 'none'})")
         if self.names is not None and self.inline is not None:
             raise ValueError("names: picks subsets from a file or a selection, not from inline subsets")
+        empty = sorted(name for name, langs in (self.inline or {}).items() if not langs)
+        if empty:
+            raise ValueError(f"inline.{empty[0]}: an empty language list (it would train on every language under "
+                             f"that name); list the subset's languages")
         return self
 
 
@@ -178,6 +182,8 @@ def subset_axis_entries(axis: SubsetAxis, base_dir: Path) -> dict[str, dict[str,
         where, table = str(path), data.get("subsets", data)
         if isinstance(table, list):
             table = {entry["name"]: entry for entry in table}
+    if not table:
+        raise ConfigError(f"subsets: {where} yields no subset (check its heuristics, sizes and pool)")
     names = axis.names or sorted(table)
     unknown = [n for n in names if n not in table]
     if unknown:

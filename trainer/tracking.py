@@ -12,12 +12,35 @@ from typing import Any, Callable
 import mlflow
 
 from trainer.config import TrackingConfig
+from trainer.errors import TrackingError
 
 DEFAULT_URI = "sqlite:///mlflow.db"
 
 
 def tracking_uri(cfg: TrackingConfig) -> str:
     return cfg.uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
+
+
+def check_reachable(uri: str, timeout: float = 5.0) -> None:
+    """A tracking server (http/https URI) must answer within `timeout` seconds; TrackingError names the URI.
+
+    MLflow's own client retries an unreachable server for minutes before failing; this probe
+    makes the refusal immediate. File and database stores are not probed.
+    """
+    if not uri.startswith(("http://", "https://")):
+        return
+    import urllib.error
+    import urllib.request
+
+    try:
+        urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout).close()
+    except urllib.error.HTTPError:
+        return   # the server answered (an older server without /health, or one behind an auth proxy)
+    except (urllib.error.URLError, OSError) as e:
+        reason = getattr(e, "reason", e)
+        raise TrackingError(f"tracking.uri: the MLflow server {uri} cannot be reached ({reason}); start it, fix "
+                            f"tracking.uri / $MLFLOW_TRACKING_URI, or use a local store such as "
+                            f"sqlite:///mlflow.db") from None
 
 
 def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from trainer.config import ConfigError, JobConfig, validate
+from trainer.errors import UserError, report
 from trainer.fsutil import write_atomic
 from trainer.sweep import Sweep, load_sweep
 
@@ -106,7 +107,7 @@ def train_worker(config: dict[str, Any]) -> None:
     """Ray Train worker: validate the trial's job and run it, reporting metrics to Tune."""
     import ray.train
 
-    from trainer.train import run_job
+    from trainer.run import run_job
 
     if os.path.isdir(config["workdir"]):   # the same machine, or a path every node mounts
         os.chdir(config["workdir"])
@@ -306,6 +307,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("overrides", nargs="*", help="dotted overrides of the sweep file, e.g. max_concurrent_trials=2")
     parser.add_argument("--resume", metavar="SWEEP_DIR", help="resume an interrupted sweep from its directory")
     parser.add_argument("--dry-run", action="store_true", help="validate and list the grid, start nothing")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error (or TRAINER_DEBUG=1)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
@@ -316,9 +318,8 @@ def main(argv: list[str] | None = None) -> int:
             sweep, sweep_dir = load_sweep(args.sweep, args.overrides, prepare=not args.dry_run), None
         else:
             parser.error("give a sweep file or --resume SWEEP_DIR")
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    except UserError as e:
+        return report(e, args.debug)
     if args.dry_run:
         from trainer.sweep import grid_points
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from trainer.errors import DataError
+
 
 class MicroBatches:
     """Endless, resumable, rank-aware micro-batches over an in-memory dataset.
@@ -32,9 +34,9 @@ class MicroBatches:
     def __init__(self, dataset, batch_size: int, collate, seed: int, shuffle: bool = True,
                  rank: int = 0, world_size: int = 1):
         if len(dataset) < batch_size:
-            raise ValueError(f"data: {len(dataset)} examples is fewer than one micro-batch of {batch_size}")
+            raise DataError(f"data: {len(dataset)} examples is fewer than one micro-batch of {batch_size}")
         if not 0 <= rank < world_size:
-            raise ValueError(f"data: rank {rank} outside world size {world_size}")
+            raise DataError(f"data: rank {rank} outside world size {world_size}")
         self.dataset = dataset
         self.batch_size = batch_size
         self.collate = collate
@@ -84,8 +86,8 @@ class MicroBatches:
                   ("seed", "batch_size", "shuffle", "rank", "world_size", "num_examples")
                   if state.get(key) != mine[key]]
         if differ:
-            raise ValueError("data: cannot resume this batch stream: " + "; ".join(differ))
+            raise DataError("data: cannot resume this batch stream: " + "; ".join(differ))
         if state["next_index"] % self.world_size != self.rank:
-            raise ValueError(f"data: next_index {state['next_index']} does not belong to rank {self.rank}")
+            raise DataError(f"data: next_index {state['next_index']} does not belong to rank {self.rank}")
         self.next_index = int(state["next_index"])
         self.last_index = None

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 import numpy as np
 from transformers import PreTrainedTokenizerBase
 
+from trainer.errors import DataError
+
 SENTENCE_ENDS = ".!?…。！？"
 WHITESPACE = np.array([c for c in range(0x3001) if chr(c).isspace()], dtype=np.uint32)
 MIN_FILL = 0.5  # a sentence-end (else word-start) cut is preferred when it keeps >= this share of the longest cut
@@ -37,7 +39,7 @@ class _View:
     def __init__(self, tokenizer: PreTrainedTokenizerBase, name: str, max_length: int):
         self.backend = getattr(tokenizer, "backend_tokenizer", None)
         if self.backend is None:
-            raise ValueError(f"{name} tokenizer {type(tokenizer).__name__} is not a fast tokenizer: the stream "
+            raise DataError(f"{name} tokenizer {type(tokenizer).__name__} is not a fast tokenizer: the stream "
                              f"needs character offsets (load it with AutoTokenizer, use_fast=True)")
         probe = "hello world"
         plain = list(tokenizer(probe, add_special_tokens=False)["input_ids"])
@@ -47,11 +49,11 @@ class _View:
                 self.prefix, self.suffix = full[:start], full[start + len(plain):]
                 break
         else:
-            raise ValueError(f"{name} tokenizer: its special tokens do not wrap the text (got {full} for {plain}); "
+            raise DataError(f"{name} tokenizer: its special tokens do not wrap the text (got {full} for {plain}); "
                              f"only prefix/suffix templates are supported")
         self.budget = max_length - len(self.prefix) - len(self.suffix)
         if self.budget < 1:
-            raise ValueError(f"max_length={max_length} leaves no room for text in the {name} view "
+            raise DataError(f"max_length={max_length} leaves no room for text in the {name} view "
                              f"({len(self.prefix) + len(self.suffix)} special tokens)")
         self.name = name
 
@@ -171,7 +173,7 @@ class DualChunker:
         while start < end and doc[start:end].strip():
             lo, hi = start + 1, end  # invariant: doc[start:lo] fits (checked below), search the largest
             if not self._fits(doc[start:lo]):
-                raise ValueError(f"max_length={self.max_length} cannot hold even the character {doc[start]!r}")
+                raise DataError(f"max_length={self.max_length} cannot hold even the character {doc[start]!r}")
             while lo < hi:
                 mid = (lo + hi + 1) // 2
                 if self._fits(doc[start:mid]):

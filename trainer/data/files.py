@@ -5,6 +5,8 @@ from __future__ import annotations
 import glob
 from pathlib import Path
 
+from trainer.errors import MissingDataError
+
 
 DEMO_DATA = "python -m data_prep.demo_data"   # writes every demo job's data under data/demo/
 
@@ -19,6 +21,27 @@ def expand_files(patterns: list[str], what: str = "data.files", hint: str = DEMO
         matches = sorted(glob.glob(pattern)) if any(c in pattern for c in "*?[") else [pattern]
         matches = [m for m in matches if Path(m).is_file()]
         if not matches:
-            raise FileNotFoundError(f"{what}: {pattern!r} matches no file (make the demo data with {hint})")
+            raise MissingDataError(f"{what}: {pattern!r} matches no file (make the demo data with {hint})")
         files += matches
     return files
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    """The records of a JSON-lines file (blank lines skipped); a bad line is a DataError naming file and line."""
+    import json
+
+    from trainer.errors import DataError
+
+    records = []
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{path}:{n}: not valid JSON ({e.msg} at column {e.colno})") from None
+            if not isinstance(record, dict):
+                raise DataError(f"{path}:{n}: a record must be a JSON object, got {type(record).__name__}")
+            records.append(record)
+    return records

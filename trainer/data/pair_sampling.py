@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from trainer.data.parallel import ParallelCorpus, ParallelDataConfig, load_parallel
+from trainer.errors import DataError
 from trainer.languages.table import LanguageTable
 
 
@@ -29,12 +30,12 @@ def language_probabilities(sizes: dict[str, int], temperature: float | None = No
     """p_l ~ n_l ** (1 / T) over languages with data; T None or inf: uniform."""
     langs = sorted(lang for lang, n in sizes.items() if n > 0)
     if not langs:
-        raise ValueError("no language has any pairs to sample from")
+        raise DataError("no language has any pairs to sample from")
     if temperature is None or math.isinf(temperature):
         weights = np.ones(len(langs))
     else:
         if temperature <= 0:
-            raise ValueError(f"temperature must be > 0 (or None/inf for uniform), got {temperature}")
+            raise DataError(f"temperature must be > 0 (or None/inf for uniform), got {temperature}")
         weights = np.array([sizes[lang] for lang in langs], dtype=np.float64) ** (1.0 / temperature)
     weights /= weights.sum()
     return dict(zip(langs, weights.tolist()))
@@ -55,7 +56,7 @@ class BalancedPairStream(torch.utils.data.IterableDataset):
     def __init__(self, corpus: ParallelCorpus, temperature: float | None = None, seed: int = 0,
                  rank: int = 0, world_size: int = 1, num_samples: int | None = None):
         if not 0 <= rank < world_size:
-            raise ValueError(f"rank {rank} is not in [0, world_size={world_size})")
+            raise DataError(f"rank {rank} is not in [0, world_size={world_size})")
         self.corpus = corpus
         self.temperature = temperature
         self.seed = seed
@@ -70,7 +71,7 @@ class BalancedPairStream(torch.utils.data.IterableDataset):
         small = {lang: n for lang, n in self.corpus.sizes().items() if n < num_shards}
         if small:
             listed = ", ".join(f"{lang} has {n} pairs" for lang, n in small.items())
-            raise ValueError(f"{listed}, fewer than the {num_shards} shards (ranks x DataLoader workers); "
+            raise DataError(f"{listed}, fewer than the {num_shards} shards (ranks x DataLoader workers); "
                              f"every shard needs at least one: add data, drop the language or use fewer shards")
 
     def shard_indices(self, lang: str, shard: int, num_shards: int) -> np.ndarray:

@@ -18,6 +18,7 @@ from transformers import PreTrainedTokenizerBase
 
 from trainer.data.pair_sampling import BalancedPairStream, stream_from_config
 from trainer.data.parallel import ParallelDataConfig, load_parallel
+from trainer.errors import DataError
 
 
 class PairCollator:
@@ -42,7 +43,7 @@ class PairBatches:
 
     def __init__(self, stream: BalancedPairStream, batch_size: int, collate: PairCollator):
         if batch_size < 2:
-            raise ValueError(f"alignment batch size must be >= 2 (in-batch negatives), got {batch_size}")
+            raise DataError(f"alignment batch size must be >= 2 (in-batch negatives), got {batch_size}")
         self.stream = stream
         self.batch_size = batch_size
         self.collate = collate
@@ -69,7 +70,7 @@ class PairBatches:
         differ = [f"{key}: saved {state.get(key)!r}, now {mine[key]!r}"
                   for key in ("batch_size", "seed", "rank", "world_size", "languages") if state.get(key) != mine[key]]
         if differ:
-            raise ValueError("parallel data: cannot resume this pair stream: " + "; ".join(differ))
+            raise DataError("parallel data: cannot resume this pair stream: " + "; ".join(differ))
         self._it = iter(self.stream)
         self.consumed = int(state["consumed"])
         for _ in itertools.islice(self._it, self.consumed):
@@ -96,15 +97,15 @@ def load_multiway(cfg: ParallelDataConfig, n: int | None = None) -> dict[str, li
             out[corpus.english] = eng
         elif eng != english:
             if len(eng) != len(english):
-                raise ValueError(f"multi-way set: {lang} has {len(eng)} sentences, {first} has {len(english)}")
+                raise DataError(f"multi-way set: {lang} has {len(eng)} sentences, {first} has {len(english)}")
             row = next(i for i, (a, b) in enumerate(zip(eng, english)) if a != b)
-            raise ValueError(f"multi-way set: the English side of {lang} differs from that of {first} at row {row} "
+            raise DataError(f"multi-way set: the English side of {lang} differs from that of {first} at row {row} "
                              f"({eng[row]!r} vs {english[row]!r}); retrieval needs the same English sentences in "
                              f"the same order for every language (max_pairs_per_language samples each language "
                              f"differently: use eval.retrieval_sentences instead)")
         out[lang] = other
     if len(out) < 2:
-        raise ValueError("multi-way set: need English and at least one other language")
+        raise DataError("multi-way set: need English and at least one other language")
     return out
 
 

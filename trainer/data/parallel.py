@@ -26,17 +26,18 @@ Sampling and sharding over ranks: `trainer.data.pair_sampling`.
 from __future__ import annotations
 
 import glob
-import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+
 
 import datasets
 import numpy as np
 import pyarrow.parquet as pq
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from trainer.data.files import read_jsonl
+from trainer.data.parallel_config import HUB_PRESETS, HubSource, ParallelDataConfig
+from trainer.errors import DataError, MissingDataError
 from trainer.languages.table import Language, LanguageTable, language_table
 
 log = logging.getLogger(__name__)
@@ -44,105 +45,12 @@ log = logging.getLogger(__name__)
 FILE_SUFFIXES = (".tsv", ".jsonl", ".json", ".parquet")
 
 
-class HubSource(BaseModel):
-    """A hub dataset of parallel text; templates are filled per language pair.
-
-    Placeholders (paired layout): `{eng_flores}`, `{oth_flores}`, `{eng_iso1}`,
-    `{oth_iso1}`, `{eng_iso3}`, `{oth_iso3}`, `{eng_macro}`, `{oth_macro}` (the
-    ISO 639-3 macrolanguage code where there is one, else the ISO 639-3 code),
-    `{iso1_pair}` / `{iso3_pair}` / `{macro_pair}` / `{flores_pair}` (the two
-    codes sorted and joined by `-`), `{eng_side}` / `{oth_side}` (`source` /
-    `target` by sorted macrolanguage-code order, Tatoeba style).
-    Multiway layout: `config` is filled per language with `{flores}`, `{iso1}`,
-    `{iso3}`, `{macro}`, and the two configs are aligned row by row (checked on `id_field`).
-    """
-
-    model_config = ConfigDict(extra="forbid")
-
-    name: str = Field(description="hub dataset id, e.g. Helsinki-NLP/opus-100")
-    config: str | None = Field(None, description="config name template (see placeholders)")
-    split: str = Field("train", description="dataset split")
-    english_field: str = Field(description="field with the English side; dots go into nested mappings")
-    other_field: str = Field(description="field with the other language's side")
-    layout: Literal["paired", "multiway"] = Field("paired", description="one config per pair, or per language")
-    id_field: str | None = Field(None, description="multiway: column that must match row by row")
-
-
-HUB_PRESETS: dict[str, HubSource] = {
-    "opus-100": HubSource(name="Helsinki-NLP/opus-100", config="{iso1_pair}",
-                          english_field="translation.{eng_iso1}", other_field="translation.{oth_iso1}"),
-    "nllb": HubSource(name="allenai/nllb", config="{flores_pair}",
-                      english_field="translation.{eng_flores}", other_field="translation.{oth_flores}"),
-    "tatoeba": HubSource(name="Helsinki-NLP/tatoeba_mt", config="{macro_pair}", split="test",
-                         english_field="{eng_side}String", other_field="{oth_side}String"),
-    "flores-200": HubSource(name="openlanguagedata/flores_plus", config="{flores}", split="dev", layout="multiway",
-                            english_field="text", other_field="text", id_field="id"),
-}
-
-
-class ParallelDataConfig(BaseModel):
-    """Where (English, other) pairs come from and how they are sampled."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    languages: list[str] = Field(default_factory=list, description=(
-        "non-English languages to load (any code the language table knows; stored as FLORES-200 codes); "
-        "empty: every language the local files provide, or `subset` of `subsets_file`"))
-    subsets_file: str | None = Field(None, description="subsets.yaml written by python -m data_prep.select_languages")
-    subset: str | None = Field(None, description="name of a subset in `subsets_file` (e.g. featural_max_5)")
-    english: str = Field("eng_Latn", description="the English side's language code")
-    files: list[str] = Field(default_factory=list, description=(
-        "local files, globs or directories of <eng>-<lang>.{tsv,jsonl,parquet} files"))
-    hub: list[str | HubSource] = Field(default_factory=list, description=(
-        "hub sources tried in order for languages the files lack: preset names "
-        f"({', '.join(HUB_PRESETS)}) or a HubSource mapping"))
-    split: str | None = Field(None, description="override the split of every hub source")
-    on_missing: Literal["error", "skip"] = Field("error", description=(
-        "a language with no data: fail listing what is available, or skip it with a warning"))
-    max_pairs_per_language: int | None = Field(None, ge=1, description=(
-        "keep at most this many pairs per language (a seeded random sample)"))
-    min_chars: int = Field(1, ge=0, description="drop pairs whose either side is shorter than this after stripping")
-    temperature: float | None = Field(None, gt=0, description=(
-        "language sampling p_l ~ n_l^(1/T); null or inf: uniform over languages; 1: proportional to size"))
-    seed: int = Field(0, description="seed of sampling, shuffling and sharding")
-
-    @field_validator("english")
-    @classmethod
-    def _english(cls, v: str) -> str:
-        return language_table().flores(v, "english")
-
-    @field_validator("languages")
-    @classmethod
-    def _languages(cls, v: list[str]) -> list[str]:
-        return language_table().resolve(v, "languages")
-
-    @field_validator("hub")
-    @classmethod
-    def _hub(cls, v: list[str | HubSource]) -> list[str | HubSource]:
-        for item in v:
-            if isinstance(item, str) and item not in HUB_PRESETS:
-                raise ValueError(f"hub: unknown preset {item!r}; valid: {', '.join(HUB_PRESETS)} or a HubSource")
-        return v
-
-    @model_validator(mode="after")
-    def _subset(self) -> "ParallelDataConfig":
-        if (self.subset is None) != (self.subsets_file is None):
-            raise ValueError("subset and subsets_file go together: name a subset of a subsets.yaml")
-        if self.subset is not None and self.languages:
-            raise ValueError("give either languages or subset/subsets_file, not both")
-        if self.english in self.languages:
-            raise ValueError(f"languages: {self.english} is the English side; list only the other languages")
-        if not self.files and not self.hub:
-            raise ValueError("no data source: set files and/or hub")
-        return self
-
-
 class PairTable:
     """The pairs of one language: parallel lists of English and other-language sentences."""
 
     def __init__(self, english: list[str], other: list[str], source: str):
         if len(english) != len(other):
-            raise ValueError(f"{source}: {len(english)} English sentences but {len(other)} translations")
+            raise DataError(f"{source}: {len(english)} English sentences but {len(other)} translations")
         self.english = english
         self.other = other
         self.source = source
@@ -184,7 +92,7 @@ def _expand(patterns: list[str]) -> list[Path]:
         else:
             matches = [p] if p.is_file() else []
         if not matches:
-            raise FileNotFoundError(f"parallel data files: {pattern!r} matches no file "
+            raise MissingDataError(f"parallel data files: {pattern!r} matches no file "
                                     f"(the demo data: python -m data_prep.demo_data)")
         files += matches
     return files
@@ -194,11 +102,11 @@ def file_language(path: Path, english: str, table: LanguageTable) -> tuple[str, 
     """(other language's FLORES code, whether English is first) from a `<code>-<code>.<ext>` file name."""
     parts = path.stem.split("-")
     if len(parts) != 2 or path.suffix not in FILE_SUFFIXES:
-        raise ValueError(f"{path}: parallel files must be named <code>-<code>.(tsv|jsonl|json|parquet), "
+        raise DataError(f"{path}: parallel files must be named <code>-<code>.(tsv|jsonl|json|parquet), "
                          f"e.g. {english}-deu_Latn.jsonl")
     codes = [table.flores(c, f"file name {path.name}") for c in parts]
     if english not in codes or codes[0] == codes[1]:
-        raise ValueError(f"{path}: one side must be {english} and the other another language (got {codes})")
+        raise DataError(f"{path}: one side must be {english} and the other another language (got {codes})")
     return (codes[1], True) if codes[0] == english else (codes[0], False)
 
 
@@ -207,7 +115,7 @@ def _pick(record: dict, lang: str, table: LanguageTable, path: Path) -> str:
     for key, value in source.items():
         if key in table and table.flores(key) == lang:
             return value
-    raise ValueError(f"{path}: record has no field for {lang} (fields: {', '.join(source)}); "
+    raise DataError(f"{path}: record has no field for {lang} (fields: {', '.join(source)}); "
                      f"key each side by a language code, e.g. {{\"{lang}\": ...}}")
 
 
@@ -221,16 +129,19 @@ def read_pair_file(path: Path, english: str, table: LanguageTable | None = None)
             for n, line in enumerate(f, 1):
                 cols = line.rstrip("\n").split("\t")
                 if len(cols) != 2:
-                    raise ValueError(f"{path}:{n}: expected 2 tab-separated columns, got {len(cols)}")
+                    raise DataError(f"{path}:{n}: expected 2 tab-separated columns, got {len(cols)}")
                 a, b = cols if english_first else cols[::-1]
                 eng.append(a)
                 oth.append(b)
+        if not eng:
+            raise DataError(f"{path}: no sentence pairs (an empty file)")
         return lang, eng, oth
     if path.suffix == ".parquet":
         records = pq.read_table(path).to_pylist()
     else:
-        with path.open(encoding="utf-8") as f:
-            records = [json.loads(line) for line in f if line.strip()]
+        records = read_jsonl(path)
+    if not records:
+        raise DataError(f"{path}: no sentence pairs (an empty file)")
     return lang, [_pick(r, english, table, path) for r in records], [_pick(r, lang, table, path) for r in records]
 
 
@@ -321,13 +232,13 @@ def _requested_languages(cfg: ParallelDataConfig, available_files: dict[str, lis
 
         subsets = load_subsets(cfg.subsets_file)
         if cfg.subset not in subsets:
-            raise ValueError(f"subset: {cfg.subset!r} is not in {cfg.subsets_file} "
+            raise DataError(f"subset: {cfg.subset!r} is not in {cfg.subsets_file} "
                              f"(subsets: {', '.join(sorted(subsets))})")
         return subsets[cfg.subset]
     if cfg.languages:
         return list(cfg.languages)
     if not available_files:
-        raise ValueError("languages: empty and no local files to take languages from; list the languages")
+        raise DataError("languages: empty and no local files to take languages from; list the languages")
     return sorted(available_files)
 
 
@@ -375,7 +286,7 @@ def load_parallel(cfg: ParallelDataConfig, table: LanguageTable | None = None) -
                        f"available in local files: {available or 'none'}"
                        + (f" (files: {', '.join(cfg.files)})" if cfg.files else ""))
             if cfg.on_missing == "error":
-                raise ValueError(message)
+                raise DataError(message)
             log.warning("%s -- skipping it (on_missing: skip)", message)
             skipped[lang.flores] = message
             continue
@@ -386,5 +297,5 @@ def load_parallel(cfg: ParallelDataConfig, table: LanguageTable | None = None) -
         tables[lang.flores] = PairTable(eng, oth, where)
         log.info("%s: %d pairs from %s", lang.flores, len(eng), where)
     if not tables:
-        raise ValueError("parallel data: no language has any data " + (f"({'; '.join(skipped.values())})" if skipped else ""))
+        raise DataError("parallel data: no language has any data " + (f"({'; '.join(skipped.values())})" if skipped else ""))
     return ParallelCorpus(english.flores, tables, skipped)

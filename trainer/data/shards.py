@@ -33,13 +33,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from trainer.fsutil import write_atomic
+from trainer.errors import DataError
+from trainer.fsutil import sha256_file, write_atomic  # noqa: F401 - sha256_file re-exported
 
 MANIFEST_FORMAT = "trainer.fineweb_shards/1"
 MANIFEST_NAME = "manifest.json"
 
 
-class ShardError(ValueError):
+class ShardError(DataError):
     """A manifest or shard that is missing, corrupt or malformed; the message names the file."""
 
 
@@ -96,15 +97,6 @@ class Manifest(BaseModel):
 
 def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-def sha256_file(path: str | os.PathLike, block: int = 1 << 22) -> str:
-    """Hex SHA-256 of a file, read in 4 MiB blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(block):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def manifest_file(path: str | os.PathLike) -> Path:

@@ -56,60 +56,16 @@ from typing import Any, Iterator
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from transformers import PreTrainedTokenizerBase
 
 from trainer.data.chunking import DualChunker
 from trainer.data.shards import Manifest, ShardError, load_manifest, missing_shards, read_shard_texts
+from trainer.data.stream_config import StreamConfig
+from trainer.errors import DataError
 
 STATE_FORMAT = "trainer.stream/2"
 TOKENIZE_GROUP = 8  # documents tokenized per encode_batch call
-
-
-class StreamOptions(BaseModel):
-    """How shards are read, shuffled and batched: the options a stage-1 job's `data` section shares
-    with the reader (`trainer.config.TextDataConfig` inherits them)."""
-
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-    shuffle: bool = Field(True, description="Seeded shuffling of shard order, documents (window) and chunks (pool)")
-    shuffle_window: int = Field(10_000, ge=1, description="Documents are permuted inside consecutive windows of this "
-                                                          "many documents of the shard-shuffled order; memory grows "
-                                                          "with it (texts of the shards a window spans)")
-    pool_batches: int = Field(8, ge=1, description="Chunks are shuffled (or length-bucketed) in pools of "
-                                                   "pool_batches x micro_batch_size; resuming re-tokenizes at most "
-                                                   "one pool")
-    length_bucketing: bool = Field(False, description="Sort each pool by length before cutting it into batches "
-                                                      "(less padding), then shuffle the batches")
-    consumers: int | None = Field(
-        None, ge=1, description="Slices the epoch's document order is cut into; global micro-batch k comes from "
-                                "slice k % consumers. A multiple of world_size x max(1, num_workers); null = that "
-                                "product. Fix it to get the same global batches under every launch shape")
-    num_workers: int = Field(0, ge=0, description="DataLoader worker processes per rank; 0 reads in the training "
-                                                  "process. 0 and 1 give the same batch sequence")
-    prefetch_factor: int = Field(4, gt=0, description="Batches each worker prepares ahead (num_workers > 0)")
-    verify_checksums: bool = Field(True, description="Check each shard's sha256 against the manifest on read "
-                                                     "(hashing the bytes that are read anyway)")
-
-
-class StreamConfig(StreamOptions):
-    """Streaming reader settings: the options plus the manifest, the span length and the reader's extras."""
-
-    manifest: str = Field(description="Shard manifest (manifest.json, or its folder) from data_prep.fineweb_shards")
-    max_length: int = Field(512, gt=0, description="Most tokens per example in EACH view, special tokens included; "
-                                                   "documents are cut into spans that fit both tokenizers")
-    drop_last: bool = Field(False, description="Drop a consumer's short last batch of each epoch (loses at most "
-                                               "batch_size - 1 chunks per consumer per epoch)")
-    epochs: int | None = Field(None, gt=0, description="Stop after this many epochs; null streams forever "
-                                                       "(epoch e+1 reshuffles with seed and epoch)")
-    return_text: bool = Field(False, description="Add text (list of spans), doc_index and chunk_index ([batch] "
-                                                 "LongTensors) to each batch, for tests and debugging")
-
-    def sequence_key(self) -> dict[str, Any]:
-        """The settings that determine the batch sequence (a resume state must match them)."""
-        return self.model_dump(include={"max_length", "shuffle", "shuffle_window", "pool_batches",
-                                        "length_bucketing", "drop_last", "epochs"})
 
 
 # ---------------------------------------------------------------- order and batches
@@ -192,7 +148,7 @@ class StreamDataset(IterableDataset):
         self.workers = max(1, cfg.num_workers)
         self.consumers = cfg.consumers or world_size * self.workers
         if self.consumers % (world_size * self.workers):
-            raise ValueError(f"consumers={self.consumers} (data.consumers in a job) is not a multiple of world_size x "
+            raise DataError(f"consumers={self.consumers} (data.consumers in a job) is not a multiple of world_size x "
                              f"max(1, num_workers) = {world_size} x {self.workers}; use a common multiple of the "
                              f"launch shapes to compare, or leave it unset")
         self.per_rank = self.consumers // world_size
@@ -200,7 +156,7 @@ class StreamDataset(IterableDataset):
         self.pad = {}
         for name, tok in (("llm", llm_tokenizer), ("nllb", nllb_tokenizer)):
             if tok.pad_token_id is None:
-                raise ValueError(f"the {name} tokenizer has no pad token: set tokenizer.pad_token "
+                raise DataError(f"the {name} tokenizer has no pad token: set tokenizer.pad_token "
                                  f"(for Llama 3, the EOS token) before building the stream")
             self.pad[name] = (tok.pad_token_id, tok.padding_side)
         self.rows = [s.rows for s in manifest.shards]
@@ -379,9 +335,9 @@ class StreamLoader:
                  nllb_tokenizer: PreTrainedTokenizerBase, batch_size: int, rank: int = 0, world_size: int = 1,
                  seed: int = 0):
         if batch_size < 1:
-            raise ValueError(f"batch_size must be positive (got {batch_size})")
+            raise DataError(f"batch_size must be positive (got {batch_size})")
         if world_size < 1 or not 0 <= rank < world_size:
-            raise ValueError(f"rank {rank} is not in [0, world_size={world_size})")
+            raise DataError(f"rank {rank} is not in [0, world_size={world_size})")
         manifest = load_manifest(cfg.manifest)
         if not manifest.complete:
             raise ShardError(f"{manifest.root}: manifest is marked incomplete; finish it by re-running "
@@ -443,11 +399,11 @@ class StreamLoader:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue from `state` (from `state_dict()` of a loader with the same settings)."""
         if state.get("format") != STATE_FORMAT:
-            raise ValueError(f"stream state: format {state.get('format')!r}, expected {STATE_FORMAT!r}")
+            raise DataError(f"stream state: format {state.get('format')!r}, expected {STATE_FORMAT!r}")
         key = self._key()
         wrong = [f"{k} (state {state.get(k)!r}, now {v!r})" for k, v in key.items() if state.get(k) != v]
         if wrong:
-            raise ValueError("stream state was saved with other settings: " + "; ".join(wrong))
+            raise DataError("stream state was saved with other settings: " + "; ".join(wrong))
         self.close()
         self._pos = _Position([dict(s) if s else None for s in state["states"]],
                               [int(j) for j in state["next_local"]], int(state["next_worker"]),

@@ -15,7 +15,6 @@ answer for evaluation by answer likelihood).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -23,27 +22,36 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from trainer.data.batches import MicroBatches
-from trainer.data.files import expand_files
+from trainer.data.files import expand_files, read_jsonl
+from trainer.errors import DataError, MissingDataError
 
 IGNORE_INDEX = -100   # label of tokens outside the answer: PyTorch's cross_entropy ignore_index
 
 
 def read_task_file(path: str | Path, text_column: str = "text", label_column: str = "label") -> list[dict]:
-    """Rows of a JSONL or parquet task file as {"text", "label"}; errors name the file and column."""
+    """Rows of a JSONL or parquet task file as {"text", "label"}; errors name the file, line and column."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"task file not found: {path}")
+        raise MissingDataError(f"task file not found: {path}")
     if path.suffix == ".parquet":
         import pyarrow.parquet as pq
 
-        table = pq.read_table(path)
-        records = table.to_pylist()
+        records = pq.read_table(path).to_pylist()
     else:
-        records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    for column in (text_column, label_column):
-        if records and column not in records[0]:
-            raise ValueError(f"{path}: no column {column!r} (columns: {', '.join(records[0])})")
-    return [{"text": r[text_column], "label": int(r[label_column])} for r in records]
+        records = read_jsonl(path)
+    if not records:
+        raise DataError(f"{path}: no examples (an empty file)")
+    rows = []
+    for n, record in enumerate(records, 1):
+        where = f"{path}:{n}" if path.suffix != ".parquet" else f"{path}: row {n}"
+        for column in (text_column, label_column):
+            if column not in record:
+                raise DataError(f"{where}: no column {column!r} (columns: {', '.join(record)})")
+        label = record[label_column]
+        if isinstance(label, bool) or not isinstance(label, int) and not (isinstance(label, str) and label.isdigit()):
+            raise DataError(f"{where}: label {label!r} in column {label_column!r} is not an integer class id")
+        rows.append({"text": record[text_column], "label": int(label)})
+    return rows
 
 
 def load_task_rows(patterns: list[str], text_column: str = "text", label_column: str = "label",
@@ -62,14 +70,14 @@ def eval_file(eval_dir: str | Path, lang: str) -> Path:
         if (folder / f"{lang}{suffix}").is_file():
             return folder / f"{lang}{suffix}"
     held = sorted(p.name for p in folder.glob("*")) if folder.is_dir() else []
-    raise FileNotFoundError(f"task.eval_dir: no {lang}.jsonl or {lang}.parquet in {folder} "
+    raise MissingDataError(f"task.eval_dir: no {lang}.jsonl or {lang}.parquet in {folder} "
                             f"(holds: {', '.join(held) or 'nothing'})")
 
 
 def check_labels(rows: list[dict], num_labels: int, what: str) -> None:
     bad = sorted({r["label"] for r in rows if not 0 <= r["label"] < num_labels})
     if bad:
-        raise ValueError(f"{what}: labels {bad[:5]} outside 0..{num_labels - 1} (task.num_labels={num_labels})")
+        raise DataError(f"{what}: labels {bad[:5]} outside 0..{num_labels - 1} (task.num_labels={num_labels})")
 
 
 def prompt_answer_example(prompt: Sequence[int], answer: Sequence[int],
@@ -80,7 +88,7 @@ def prompt_answer_example(prompt: Sequence[int], answer: Sequence[int],
     if the answer alone is longer, it is cut from the right and no prompt token is kept.
     """
     if not answer:
-        raise ValueError("empty answer: nothing to train on")
+        raise DataError("empty answer: nothing to train on")
     prompt, answer = list(prompt), list(answer)
     if max_length is not None:
         answer = answer[:max_length]
@@ -98,9 +106,9 @@ def build_prompt_answer_batch(prompts: Sequence[Sequence[int]], answers: Sequenc
     attention mask to `run_llm`, which computes position ids right for left padding too.
     """
     if len(prompts) != len(answers) or not prompts:
-        raise ValueError(f"need equally many prompts and answers (got {len(prompts)} and {len(answers)})")
+        raise DataError(f"need equally many prompts and answers (got {len(prompts)} and {len(answers)})")
     if padding_side not in ("left", "right"):
-        raise ValueError(f"padding_side must be left or right, got {padding_side!r}")
+        raise DataError(f"padding_side must be left or right, got {padding_side!r}")
     examples = [prompt_answer_example(p, a, max_length) for p, a in zip(prompts, answers)]
     seq = max(len(ids) for ids, _ in examples)
     rows_ids, rows_mask, rows_labels = [], [], []
@@ -151,7 +159,7 @@ class PromptAnswerCollator:
         eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
         self.answers = [tokenizer(" " + w, add_special_tokens=False)["input_ids"] + eos for w in label_words]
         if len({tuple(a) for a in self.answers}) != len(self.answers):
-            raise ValueError(f"task.label_words: two labels tokenize to the same answer ({label_words})")
+            raise DataError(f"task.label_words: two labels tokenize to the same answer ({label_words})")
 
     def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
         prompts = self.tokenizer([self.template.format(text=r["text"]) for r in rows])["input_ids"]

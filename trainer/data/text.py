@@ -24,6 +24,7 @@ from trainer.config import TextDataConfig
 from trainer.data.batches import MicroBatches
 from trainer.data.files import expand_files
 from trainer.data.stream import StreamConfig, StreamLoader
+from trainer.errors import DataError
 
 
 def load_text_dataset(cfg: TextDataConfig) -> datasets.Dataset:
@@ -35,11 +36,17 @@ def load_text_dataset(cfg: TextDataConfig) -> datasets.Dataset:
     elif suffixes <= {".jsonl", ".json"}:
         builder = "json"
     else:
-        raise ValueError(f"data.files: use .parquet or .jsonl files, not a mix (got {sorted(suffixes)})")
+        raise DataError(f"data.files: use .parquet or .jsonl files, not a mix (got {sorted(suffixes)})")
+    empty = [f for f in files if Path(f).stat().st_size == 0]
+    if empty:
+        raise DataError(f"data.files: {empty[0]} is empty (no documents)")
     ds = datasets.load_dataset(builder, data_files=files, split="train")
     if cfg.text_column not in ds.column_names:
-        raise ValueError(f"data.text_column: {cfg.text_column!r} is not a column of {files[0]} "
-                         f"(columns: {', '.join(ds.column_names)})")
+        raise DataError(f"data.text_column: {cfg.text_column!r} is not a column of {files[0]} "
+                        f"(columns: {', '.join(ds.column_names)})")
+    if not any(isinstance(t, str) and t.strip() for t in ds[cfg.text_column]):
+        raise DataError(f"data.files: every {cfg.text_column!r} text in {', '.join(files)} is empty: nothing to "
+                        f"train on")
     return ds
 
 

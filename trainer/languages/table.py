@@ -40,6 +40,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Iterable, Iterator
 
+from trainer.errors import UserError
+
 TABLE_FILE = "languages.csv"
 
 # The pool's "family" column is mostly a genus: map each to its top-level family.
@@ -76,7 +78,7 @@ GENUS_FAMILY: dict[str, str] = {
 RESOURCE_GROUPS: dict[str, tuple[int, ...]] = {"low": (0, 1, 2), "mid": (3, 4), "high": (5,)}
 
 
-class UnknownLanguageError(ValueError):
+class UnknownLanguageError(UserError, ValueError):
     """A code that no row of the language table knows; the message names the closest codes."""
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import importlib.util
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 from typing import Any
@@ -18,16 +17,28 @@ import torch
 from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer, M2M100Model, PreTrainedTokenizerBase
 
 from trainer.config import EncoderConfig, LLMConfig
-from trainer.tiny import models as tiny
+from trainer.errors import ModelPathError
+from trainer.fsutil import temp_dir_beside
 from trainer.models.bidirectional import make_bidirectional
+from trainer.tiny import models as tiny
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
+def looks_local(name_or_path: str) -> bool:
+    """A path rather than a hub name: absolute, starting with `.` or `~`, or with more than one `/`
+    (hub names are `name` or `org/name`)."""
+    return name_or_path.startswith(("/", ".", "~")) or name_or_path.count("/") > 1
+
+
 def resolve_model_path(name_or_path: str, cache_dir: str | os.PathLike = ".cache/tiny-models") -> str:
-    """`tiny:NAME` -> a built local directory (built once, atomically); anything else unchanged."""
+    """`tiny:NAME` -> a built local directory (built once, atomically); a local path must exist; a hub name
+    is returned unchanged (a missing local path would otherwise end, minutes later, in a hub connection error)."""
     if not name_or_path.startswith("tiny:"):
-        return name_or_path
+        if looks_local(name_or_path) and not Path(name_or_path).expanduser().exists():
+            raise ModelPathError(f"model path {name_or_path} does not exist (a local path; hub names look like "
+                                 f"org/name, e.g. meta-llama/Meta-Llama-3-8B; tiny models: tiny:llama, tiny:nllb)")
+        return str(Path(name_or_path).expanduser()) if name_or_path.startswith("~") else name_or_path
     name = name_or_path.split(":", 1)[1]
     if name not in tiny.TINY_NAMES:
         raise ValueError(f"unknown tiny model {name_or_path!r}; choose one of "
@@ -42,13 +53,23 @@ def resolve_model_path(name_or_path: str, cache_dir: str | os.PathLike = ".cache
                                f"tiny models first (trainer.models.loading.build_tiny_models_in)")
         target.parent.mkdir(parents=True, exist_ok=True)
         # Build beside the target and rename, so concurrent ranks never see half a model.
-        tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))
+        tmp = temp_dir_beside(target)
         tiny.build_tiny(name, tmp)
         try:
             tmp.rename(target)
         except OSError:  # another process won the race; its copy is identical
             shutil.rmtree(tmp, ignore_errors=True)
     return str(target)
+
+
+def check_model_paths(tree: Any) -> None:
+    """Every `name_or_path` in a (config) tree that looks local must exist (ModelPathError naming it)."""
+    if isinstance(tree, dict):
+        for key, value in tree.items():
+            if key == "name_or_path" and isinstance(value, str) and not value.startswith("tiny:"):
+                resolve_model_path(value)
+            else:
+                check_model_paths(value)
 
 
 def build_tiny_models_in(tree: Any, cache_dir: str | os.PathLike) -> list[str]:

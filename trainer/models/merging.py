@@ -33,14 +33,13 @@ from __future__ import annotations
 import json
 import math
 import shutil
-import tempfile
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
-from trainer.fsutil import replace_dir, write_atomic
+from trainer.fsutil import replace_dir, temp_dir_beside, write_atomic
 from trainer.models.weights import CONFIG_FILE, WEIGHTS_FILE, save_trainable
 
 PEFT_WEIGHTS_FILE = "adapter_model.safetensors"
@@ -51,8 +50,8 @@ PAPER_TASK_WEIGHT = 0.9
 Progress = Callable[[Iterable], Iterable]
 
 # adapter_config.json keys that must agree for A/B averaging to be meaningful
-_SCALING_KEYS = ("r", "lora_alpha", "target_modules", "rank_pattern", "alpha_pattern", "use_rslora",
-                 "use_dora", "fan_in_fan_out", "layers_to_transform", "peft_type")
+_SCALING_KEYS = ("base_model_name_or_path", "r", "lora_alpha", "target_modules", "rank_pattern", "alpha_pattern",
+                 "use_rslora", "use_dora", "fan_in_fan_out", "layers_to_transform", "peft_type")
 
 
 def merge_state_dicts(task: Mapping[str, torch.Tensor], alignment: Mapping[str, torch.Tensor],
@@ -120,11 +119,41 @@ def merge_adapter_dirs(task_dir: str | Path, alignment_dir: str | Path, out_dir:
     merged = merge_state_dicts(load_file(str(Path(task_dir) / WEIGHTS_FILE)),
                                load_file(str(Path(alignment_dir) / WEIGHTS_FILE)), task_weight, only_in_one,
                                progress)
+    check_same_base(Path(task_dir), Path(alignment_dir))
     config_path = Path(task_dir) / CONFIG_FILE
     config_yaml = config_path.read_text() if config_path.is_file() else ""
     out = save_trainable(merged, out_dir, config_yaml)
     write_atomic(out / MERGE_INFO_FILE, json.dumps(info, indent=2) + "\n")
     return out
+
+
+# Export config keys that must agree for the two adapters to sit on the same weights with the same scaling.
+_EXPORT_KEYS = ("model.llm.name_or_path", "model.lora.r", "model.lora.alpha", "model.lora.target_modules",
+                "model.finetune")
+
+
+def check_same_base(task_dir: Path, alignment_dir: Path) -> None:
+    """Two trainer exports must share the base model, LoRA rank, alpha and target modules (their config.yaml)."""
+    import yaml
+
+    def values(directory: Path) -> dict[str, object]:
+        path = directory / CONFIG_FILE
+        raw = (yaml.safe_load(path.read_text()) if path.is_file() else None) or {}
+        out = {}
+        for key in _EXPORT_KEYS:
+            node = raw
+            for part in key.split("."):
+                node = node.get(part) if isinstance(node, dict) else None
+            out[key] = node
+        return out
+
+    task, alignment = values(task_dir), values(alignment_dir)
+    differing = {k: (task[k], alignment[k]) for k in _EXPORT_KEYS
+                 if task[k] is not None and alignment[k] is not None and _normalised(task[k]) != _normalised(alignment[k])}
+    if differing:
+        shown = ", ".join(f"{k}: {t!r} (task) vs {a!r} (alignment)" for k, (t, a) in differing.items())
+        raise ValueError(f"{task_dir / CONFIG_FILE} and {alignment_dir / CONFIG_FILE} differ in {shown}: the two "
+                         f"adapters must be trained on the same base model with the same LoRA layout")
 
 
 def _merge_peft_dirs(task_dir: Path, alignment_dir: Path, out_dir: Path, task_weight: float, only_in_one: str,
@@ -147,7 +176,7 @@ def _merge_peft_dirs(task_dir: Path, alignment_dir: Path, out_dir: Path, task_we
         save_file({k: v.contiguous() for k, v in merged.items()}, str(tmp / PEFT_WEIGHTS_FILE),
                   metadata={"format": "pt"})
         shutil.copyfile(task_dir / PEFT_CONFIG_FILE, tmp / PEFT_CONFIG_FILE)
-        (tmp / MERGE_INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
+        write_atomic(tmp / MERGE_INFO_FILE, json.dumps(info, indent=2) + "\n")
 
     return _atomic_dir(out_dir, write)
 
@@ -205,8 +234,7 @@ def _normalised(value):
 
 def _atomic_dir(out_dir: Path, write: Callable[[Path], None]) -> Path:
     """Write into a temporary sibling directory, then rename to `out_dir` (complete or absent)."""
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
+    tmp = temp_dir_beside(out_dir)
     try:
         write(tmp)
     except BaseException:

@@ -6,13 +6,12 @@ it is written to a temporary directory and renamed, so it is complete or absent.
 
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
-from trainer.fsutil import replace_dir
+from trainer.fsutil import replace_dir, temp_dir_beside
 
 WEIGHTS_FILE = "trainable.safetensors"
 CONFIG_FILE = "config.yaml"
@@ -24,8 +23,7 @@ def save_trainable(state: dict[str, torch.Tensor], out_dir: str | Path, config_y
     empty = [name for name, t in state.items() if t.numel() == 0]
     if not state or empty:
         raise ValueError(f"refusing to export empty trainable weights: {empty or 'no tensors'}")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    tmp = temp_dir_beside(out)
     save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, str(tmp / WEIGHTS_FILE))
     (tmp / CONFIG_FILE).write_text(config_yaml)
     return replace_dir(tmp, out)
