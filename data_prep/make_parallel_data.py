@@ -16,11 +16,14 @@ and written as its FLORES-200 code.
 from __future__ import annotations
 
 import argparse
+import sys
 import json
 from pathlib import Path
 
 from trainer.languages.table import language_table
 from trainer.tiny.text import DEMO_LANGUAGES, parallel_sentences
+from trainer.errors import UserError, report
+from trainer.fsutil import check_destination
 
 DEFAULT_LANGUAGES = [c for c in DEMO_LANGUAGES if c != "eng_Latn"]   # 9 languages, 7 scripts
 
@@ -63,13 +66,18 @@ def write_parallel_data(out_dir: str | Path, languages: list[tuple[str, int]], s
 
 def main(argv: list[str] | None = None) -> list[Path]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", required=True, help="output directory")
+    parser.add_argument("--out", required=True, help="output directory (new or empty; see --overwrite)")
+    parser.add_argument("--overwrite", action="store_true", help="write into a non-empty --out, replacing files")
     parser.add_argument("--languages", nargs="+", default=DEFAULT_LANGUAGES,
                         help=f"codes, optionally code:n (default: {' '.join(DEFAULT_LANGUAGES)})")
     parser.add_argument("--n", type=int, default=200, help="pairs per language (default 200)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the generated sentences")
     parser.add_argument("--format", choices=["jsonl", "tsv"], default="jsonl")
     args = parser.parse_args(argv)
+    try:
+        check_destination(args.out, [], args.overwrite)
+    except UserError as e:
+        sys.exit(report(e))
     paths = write_parallel_data(args.out, parse_languages(args.languages, args.n), args.seed, args.format)
     for path in paths:
         print(path)

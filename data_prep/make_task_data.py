@@ -13,10 +13,13 @@ and `task.eval_dir` at the second.
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from trainer.languages.table import language_table
 from trainer.tiny.text import write_task_files
+from trainer.errors import UserError, report
+from trainer.fsutil import check_destination
 
 
 def write_task_data(out_dir: str | Path, languages: list[str], n_train: int, n_eval: int, seed: int = 0,
@@ -33,13 +36,18 @@ def write_task_data(out_dir: str | Path, languages: list[str], n_train: int, n_e
 
 def main(argv: list[str] | None = None) -> dict[str, Path]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", required=True, help="output directory")
+    parser.add_argument("--out", required=True, help="output directory (new or empty; see --overwrite)")
+    parser.add_argument("--overwrite", action="store_true", help="write into a non-empty --out, replacing files")
     parser.add_argument("--languages", nargs="+", required=True, help="evaluation languages (any known code)")
     parser.add_argument("--train", type=int, default=2000, help="source-language training examples (default 2000)")
     parser.add_argument("--eval", type=int, default=200, help="evaluation examples per language (default 200)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the training set; evaluation uses seed + 1")
     parser.add_argument("--source", default="eng_Latn", help="language of the training set (default eng_Latn)")
     args = parser.parse_args(argv)
+    try:
+        check_destination(args.out, [], args.overwrite)
+    except UserError as e:
+        sys.exit(report(e))
     paths = write_task_data(args.out, args.languages, args.train, args.eval, args.seed, args.source)
     for name, path in paths.items():
         print(f"{name}: {path}")

@@ -102,6 +102,7 @@ def check_destination(out: str | os.PathLike, inputs: list[str | os.PathLike], o
     if target.is_file() or (target.is_dir() and any(target.iterdir())):
         ours = written_by is not None and (target / written_by).is_file()
         if not (overwrite or ours):
-            raise OutputExistsError(f"{key} {out} exists and is not empty (and was not written by this command): "
-                                    f"choose another {key}, or pass --overwrite to replace it")
+            whose = f" and holds no {written_by} (it is not an output of this command)" if written_by else ""
+            raise OutputExistsError(f"{key} {out} exists and is not empty{whose}: choose another {key}, or pass "
+                                    f"--overwrite to replace what is there")
     return target

@@ -99,7 +99,7 @@ class SubsetAxis(Section):
             raise ValueError("names: picks subsets from a file or a selection, not from inline subsets")
         empty = sorted(name for name, langs in (self.inline or {}).items() if not langs)
         if empty:
-            raise ValueError(f"inline.{empty[0]}: an empty language list (it would train on every language under "
+            raise ValueError(f"subsets.inline.{empty[0]}: an empty language list (it would train on every language under "
                              f"that name); list the subset's languages")
         return self
 
