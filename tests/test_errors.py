@@ -140,6 +140,27 @@ def test_an_unreachable_tracking_server_fails_in_seconds_naming_it(stage1, tmp_p
     assert time.perf_counter() - start < 20 and not (tmp_path / "out").exists()
 
 
+def test_a_buffered_run_trains_without_its_server_and_uploads_later(stage1, tmp_path, capsys):
+    import mlflow
+
+    from trainer.tracking import main as tracking_cli
+
+    _, job = stage1
+    out = tmp_path / "offline"
+    assert main([str(job), f"output_dir={out}", "tracking.uri=http://127.0.0.1:9",
+                 "tracking.if_unreachable=buffer", "checkpoint.every=0"]) == 0
+    assert (out / "export" / "trainable.safetensors").is_file() and (out / "mlflow_buffer.jsonl").is_file()
+    store = f"sqlite:///{tmp_path / 'later.db'}"
+    assert tracking_cli(["upload", str(out), "--uri", store]) == 0
+    client = mlflow.MlflowClient(tracking_uri=store)
+    (run,) = client.search_runs([client.get_experiment_by_name("errors").experiment_id])
+    assert run.info.status == "FINISHED" and run.data.params["optim.lr"] == "0.001"
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "loss")] == [1, 2]
+    assert "export" in {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert tracking_cli(["upload", str(out), "--uri", store]) == 2     # uploaded once only
+    assert "uploaded already" in capsys.readouterr().err
+
+
 # --- task and parallel files -----------------------------------------------------------------------
 
 @pytest.mark.parametrize("lines, message", [

@@ -30,7 +30,7 @@ from trainer.loop import Run
 from trainer.models.loading import build_tiny_models_in, check_model_paths
 from trainer.prepare import run_prepare
 from trainer.recipes import align, realign, stage1
-from trainer.tracking import Tracker, check_reachable, tracking_uri
+from trainer.tracking import BUFFER_FILE, Tracker, check_reachable, tracking_uri
 
 RECIPES = {"stage1": stage1.run, "align": align.run, "realign": realign.run}
 
@@ -65,7 +65,7 @@ def run_job(job: JobBase, report: Callable[[dict[str, float], int], None] | None
     if checkpoints.resume_target() is not None:
         check_run_dir(job, out)   # before anything is written into the directory
     _agree(lambda: check_model_paths(job.model_dump()))   # a missing local path, not a hub error minutes later
-    _agree(lambda: check_reachable(tracking_uri(job.tracking)))   # seconds, not MLflow's minutes of retries
+    buffer = _tracking_buffer(job, out)
     if main:
         out.mkdir(parents=True, exist_ok=True)
         write_atomic(out / CONFIG_FILE, config_yaml)
@@ -73,7 +73,7 @@ def run_job(job: JobBase, report: Callable[[dict[str, float], int], None] | None
         if main:
             run_prepare(job.prepare)   # the job's data, made or found before anything reads it
         build_tiny_models_in(job.model_dump(), job.model.cache_dir)
-    tracker = Tracker(job.tracking, enabled=main, report=report)
+    tracker = Tracker(job.tracking, enabled=main, report=report, buffer=buffer)
     _start_tracker(tracker, job, checkpoints.run_id())
     if main:
         _record_run_id(out, tracker)
@@ -92,6 +92,26 @@ def run_job(job: JobBase, report: Callable[[dict[str, float], int], None] | None
     summary["run_id"] = tracker.run_id
     summary["resumed_from"] = str(checkpoints.resume_from) if checkpoints.resume_from else None
     return summary
+
+
+def _tracking_buffer(job: JobBase, out: Path) -> Path | None:
+    """None when the tracking store answers; with `tracking.if_unreachable: buffer`, the buffer file instead of
+    a failure. Seconds, not MLflow's minutes of retries."""
+    if job.tracking.if_unreachable == "fail":
+        _agree(lambda: check_reachable(tracking_uri(job.tracking)))
+        return None
+    unreachable = None
+    if distributed.is_main():
+        try:
+            check_reachable(tracking_uri(job.tracking))
+        except UserError as e:
+            unreachable = str(e)
+    unreachable = distributed.broadcast_object(unreachable)
+    if unreachable is None:
+        return None
+    log.warning("%s; buffering to %s (upload later: python -m trainer.tracking upload %s)", unreachable,
+                out / BUFFER_FILE, out)
+    return out / BUFFER_FILE
 
 
 def _agree(check: Callable[[], None]) -> None:

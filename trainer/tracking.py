@@ -5,8 +5,10 @@ Default store: $MLFLOW_TRACKING_URI, else `sqlite:///mlflow.db` in the working d
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+from pathlib import Path
 from typing import Any, Callable
 
 import mlflow
@@ -55,23 +57,50 @@ def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+BUFFER_FILE = "mlflow_buffer.jsonl"   # in the run directory: what a run tracked while its server was away
+
+
+class RunBuffer:
+    """What a run would have sent to MLflow, as JSON lines in OUTPUT_DIR/mlflow_buffer.jsonl.
+
+    One event a line: `start` (experiment, run name, tags, params), `metrics` (with step),
+    `artifact` (a local path under the run directory and the artifact folder), `end` (status).
+    `upload_buffer` replays them into a store later (`python -m trainer.tracking upload RUN_DIR`).
+    """
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def add(self, **event: Any) -> None:
+        with self.path.open("a") as f:
+            f.write(json.dumps(event) + "\n")
+
+
 class Tracker:
     """One MLflow run; a no-op when `enabled` is False (ranks other than 0).
 
     `report(metrics, step)`, when given, is called with every metric row on every rank,
-    enabled or not (Ray Train needs `ray.train.report` from all workers).
+    enabled or not (Ray Train needs `ray.train.report` from all workers). With `buffer`, nothing
+    goes to MLflow: every call is recorded in the run directory for a later upload.
     """
 
     def __init__(self, cfg: TrackingConfig, enabled: bool = True,
-                 report: Callable[[dict[str, float], int], None] | None = None):
+                 report: Callable[[dict[str, float], int], None] | None = None, buffer: Path | None = None):
         self.cfg = cfg
         self.enabled = enabled
         self.report = report
         self.run_id: str | None = None
+        self.buffer = RunBuffer(buffer) if buffer is not None and enabled else None
 
     def start(self, config: dict[str, Any], run_id: str | None = None, tags: dict[str, str] | None = None) -> str | None:
         """Start (or with `run_id` continue) a run and log the resolved config as params."""
         if not self.enabled:
+            return None
+        if self.buffer is not None:
+            tags = {**self.cfg.tags, **(tags or {})}
+            self.buffer.add(event="start", experiment=self.cfg.experiment, run_name=self.cfg.run_name,
+                            parent_run_id=self.cfg.parent_run_id, tags=tags,
+                            params={k: str(v)[:6000] for k, v in flatten(config).items()})
             return None
         mlflow.set_tracking_uri(tracking_uri(self.cfg))
         mlflow.set_experiment(self.cfg.experiment)
@@ -86,17 +115,23 @@ class Tracker:
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         metrics = {k: float(v) for k, v in metrics.items()}
-        if self.enabled:
+        if self.buffer is not None:
+            self.buffer.add(event="metrics", metrics=metrics, step=step)
+        elif self.enabled:
             mlflow.log_metrics(metrics, step=step)
         if self.report is not None:
             self.report(metrics, step)
 
     def log_artifacts(self, local_dir: str, artifact_path: str | None = None) -> None:
-        if self.enabled:
+        if self.buffer is not None:
+            self.buffer.add(event="artifact", path=str(Path(local_dir).resolve()), artifact_path=artifact_path)
+        elif self.enabled:
             mlflow.log_artifacts(local_dir, artifact_path)
 
     def log_artifact(self, local_path: str, artifact_path: str | None = None) -> None:
-        if self.enabled:
+        if self.buffer is not None:
+            self.buffer.add(event="artifact", path=str(Path(local_path).resolve()), artifact_path=artifact_path)
+        elif self.enabled:
             mlflow.log_artifact(local_path, artifact_path)
 
     def close_abandoned(self, run_id: str, superseded_by: str | None) -> None:
@@ -112,6 +147,9 @@ class Tracker:
             logging.getLogger(__name__).warning("mlflow: cannot close abandoned run %s: %s", run_id, e)
 
     def end(self, status: str = "FINISHED") -> None:
+        if self.buffer is not None:
+            self.buffer.add(event="end", status=status)
+            return
         if self.enabled and self.run_id is not None:
             mlflow.end_run(status=status)
 
@@ -173,3 +211,72 @@ def finish_parent_run(uri: str, run_id: str, rows: list[dict[str, Any]], metric:
     if finite:
         client.log_metric(run_id, f"best_{metric}", min(finite) if mode == "min" else max(finite))
     client.set_terminated(run_id, status=status)   # FINISHED, FAILED, or KILLED (reopened by --resume)
+
+
+def upload_buffer(run_dir: str | Path, uri: str | None = None) -> list[str]:
+    """Replay OUTPUT_DIR/mlflow_buffer.jsonl into a tracking store -> the ids of the runs made (one per `start`).
+
+    The file is renamed to `mlflow_buffer.uploaded.jsonl` afterwards, so a second upload finds
+    nothing. `uri`: the store (default: `tracking.uri` of the run's config.yaml, else
+    $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db).
+    """
+    import yaml
+
+    run_dir = Path(run_dir)
+    path = run_dir / BUFFER_FILE
+    if not path.is_file():
+        raise TrackingError(f"{path}: no buffered tracking (the run reached its server, or was uploaded already)")
+    config = yaml.safe_load((run_dir / "config.yaml").read_text()) if (run_dir / "config.yaml").is_file() else {}
+    uri = uri or (config or {}).get("tracking", {}).get("uri") or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
+    check_reachable(uri)
+    mlflow.set_tracking_uri(uri)
+    run_ids: list[str] = []
+    for line in path.read_text().splitlines():
+        event = json.loads(line)
+        kind = event.pop("event")
+        if kind == "start":
+            if mlflow.active_run() is not None:
+                mlflow.end_run("KILLED")   # an attempt that never ended (it was killed)
+            mlflow.set_experiment(event["experiment"])
+            tags = dict(event["tags"])
+            if event.get("parent_run_id"):
+                tags["mlflow.parentRunId"] = event["parent_run_id"]
+            run = mlflow.start_run(run_name=event.get("run_name"), tags={**tags, "uploaded_from": str(run_dir)})
+            mlflow.log_params(event["params"])
+            run_ids.append(run.info.run_id)
+        elif kind == "metrics":
+            mlflow.log_metrics(event["metrics"], step=event["step"])
+        elif kind == "artifact" and Path(event["path"]).exists():
+            target = Path(event["path"])
+            (mlflow.log_artifacts if target.is_dir() else mlflow.log_artifact)(str(target), event["artifact_path"])
+        elif kind == "end":
+            mlflow.end_run(event["status"])
+    if mlflow.active_run() is not None:
+        mlflow.end_run("KILLED")
+    path.rename(path.with_name("mlflow_buffer.uploaded.jsonl"))
+    return run_ids
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m trainer.tracking upload RUN_DIR [--uri URI]`: send a buffered run to a tracking store."""
+    import argparse
+
+    from trainer.errors import UserError, report
+
+    parser = argparse.ArgumentParser(prog="python -m trainer.tracking", description=main.__doc__)
+    parser.add_argument("command", choices=["upload"])
+    parser.add_argument("run_dir", help="the run's output_dir (it holds mlflow_buffer.jsonl)")
+    parser.add_argument("--uri", default=None, help="tracking store (default: the run's tracking.uri)")
+    args = parser.parse_args(argv)
+    try:
+        run_ids = upload_buffer(args.run_dir, args.uri)
+    except UserError as e:
+        return report(e)
+    print(f"uploaded {len(run_ids)} run(s): {', '.join(run_ids)}")
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main())

@@ -61,6 +61,6 @@ def run(r: Run) -> dict:
     def step(step: int):
         return alignment.train_micro_batches(r, data, loss_of, step, objectives_of_step(job, step))
 
-    hooks = Hooks(before=lambda: evaluations.retrieval("before"),
+    hooks = Hooks(before=lambda: {"alignment_temperature": tau} | evaluations.retrieval("before"),
                   at_end=lambda: evaluations.retrieval("after") | evaluations.task())
     return train(r, model, data, step, hooks)

@@ -54,13 +54,15 @@ def build_data(r: Run, tokenizer, collate, pairs: bool, task: bool) -> Streams:
 
 
 def temperature(r: Run, model: AlignedModel, by_family: dict[str, float], default: float) -> float:
-    """`alignment.temperature`, with auto = the study's value for the backbone's family; logged once."""
+    """`alignment.temperature`, with auto = the study's value for the backbone's family.
+
+    The recipes report it with the evaluations before training (metric `alignment_temperature`).
+    """
     chosen = r.job.alignment.temperature
     if chosen == "auto":
         chosen = by_family.get(model.model_type, default)
     log.info("alignment: temperature %s (alignment.temperature=%s, model type %s)",
              chosen, r.job.alignment.temperature, model.model_type)
-    r.tracker.log_metrics({"alignment_temperature": chosen}, step=0)
     return chosen
 
 

@@ -65,5 +65,6 @@ def run(r: Run) -> dict:
             return evaluations.retrieval("final") | evaluations.task()
         return evaluations.retrieval("after")   # realignment only: its end is "after"
 
-    return train(r, model, data, step, Hooks(before=lambda: evaluations.retrieval("before"),
+    before = lambda: {"alignment_temperature": tau} | evaluations.retrieval("before")  # noqa: E731
+    return train(r, model, data, step, Hooks(before=before,
                                               after_step=after_step, at_end=at_end))
