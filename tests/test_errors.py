@@ -147,6 +147,8 @@ def test_a_buffered_run_trains_without_its_server_and_uploads_later(stage1, tmp_
 
     _, job = stage1
     out = tmp_path / "offline"
+    out.mkdir()
+    (out / ".mlflow_run_id").write_text("0123456789abcdef\n")   # an earlier attempt's run: not contacted
     assert main([str(job), f"output_dir={out}", "tracking.uri=http://127.0.0.1:9",
                  "tracking.if_unreachable=buffer", "checkpoint.every=0"]) == 0
     assert (out / "export" / "trainable.safetensors").is_file() and (out / "mlflow_buffer.jsonl").is_file()

@@ -51,10 +51,12 @@ def run_job(job: JobBase, report: Callable[[dict[str, float], int], None] | None
     `report(metrics, step)`, when given, receives every logged metric row on every rank
     (a Ray Train worker passes `ray.train.report` through it).
 
-    Every rank: check the ranks agree on the config, agree on a checkpoint to resume
-    from, seed torch, make the engine (before the model: under ZeRO-3 the frozen weights load
-    partitioned), run the recipe. Rank 0 only: write the resolved config, and track the run in
-    MLflow, continuing the checkpoint's MLflow run when resuming.
+    Every rank: check the ranks agree on the config, agree on a checkpoint to resume from;
+    before anything is written, refuse another job's run directory, a missing local model path
+    and an unreachable tracking server (or buffer, `tracking.if_unreachable`); make the data
+    (`prepare`), seed torch, make the engine (before the model: under ZeRO-3 the frozen weights
+    load partitioned), run the recipe. Rank 0 only: write the resolved config, and track the run
+    in MLflow, continuing the checkpoint's MLflow run when resuming.
     """
     distributed.setup(job.engine.backend, job.engine.timeout_minutes)
     config_yaml = job.to_yaml()
@@ -76,7 +78,8 @@ def run_job(job: JobBase, report: Callable[[dict[str, float], int], None] | None
     tracker = Tracker(job.tracking, enabled=main, report=report, buffer=buffer)
     _start_tracker(tracker, job, checkpoints.run_id())
     if main:
-        _record_run_id(out, tracker)
+        if buffer is None:   # a buffered run has no MLflow run yet
+            _record_run_id(out, tracker)
         tracker.log_artifact(str(out / CONFIG_FILE))
     try:
         torch.manual_seed(job.seed)
