@@ -193,3 +193,40 @@ def eval_sets(eval_dir: str, languages: list[str], text_column: str, label_colum
         check_labels(rows, num_labels, f"task.eval_dir {lang}")
         sets[lang] = rows
     return sets
+
+
+class TaskExampleCollator:
+    """`TaskExample`s (`trainer.data.benchmarks`) -> a batch for a classification or multiple-choice head.
+
+    Classification (NLI, sentiment): one row per example; two texts are a tokenizer text pair
+    (premise and hypothesis embedded jointly, the tokenizer's own separator), one text a single
+    sequence -> input_ids, attention_mask [b, s], labels [b]. Multiple choice: one row per
+    (example, choice), example-major: `(passage, question + " " + choice_i)` as a text pair ->
+    input_ids, attention_mask [b * C, s], labels [b] (the right choice), choice_mask [b, C]
+    (0 where an example has fewer than C choices; its rows repeat its last choice). Texts that do
+    not fit `max_length` lose the end of the first text (the passage or premise) first.
+    """
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, max_length: int):
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+
+    def _encode(self, first: list[str], second: list[str] | None) -> dict[str, torch.Tensor]:
+        enc = self.tokenizer(first, second, padding=True, truncation="only_first" if second else True,
+                             max_length=self.max_length, return_tensors="pt")
+        return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
+
+    def __call__(self, examples: list) -> dict[str, torch.Tensor]:
+        labels = torch.tensor([e.label for e in examples], dtype=torch.long)
+        if not any(e.choices for e in examples):
+            pairs = all(len(e.texts) == 2 for e in examples)
+            batch = self._encode([e.texts[0] for e in examples], [e.texts[1] for e in examples] if pairs else None)
+            return {**batch, "labels": labels}
+        width = max(len(e.choices) for e in examples)
+        first, second, mask = [], [], []
+        for e in examples:
+            choices = list(e.choices) + [e.choices[-1]] * (width - len(e.choices))
+            first += [e.texts[0]] * width
+            second += [f"{e.texts[1]} {choice}" if len(e.texts) > 1 else choice for choice in choices]
+            mask.append([1] * len(e.choices) + [0] * (width - len(e.choices)))
+        return {**self._encode(first, second), "labels": labels, "choice_mask": torch.tensor(mask)}
