@@ -1,11 +1,12 @@
 """Every file the demo jobs and the demo sweep read, generated (no downloads):
 
-    python -m data_prep.demo_data                  # -> data/demo/{shards,parallel/train,parallel/eval,task}
+    python -m data_prep.demo_data                  # -> data/demo/{shards,parallel/train,parallel/eval,task,task_dev}
 
 - `shards/`: stage 1's English shards and manifest (`data_prep.demo_text`);
 - `parallel/train`: 2,000 (English, X) pairs per demo language (seed 0);
 - `parallel/eval`: a 200-sentence multi-way parallel set for retrieval (seed 1);
-- `task/`: the 3-class topic task, English training set and evaluation files per language.
+- `task/`: the 3-class topic task, English training set and evaluation files per language;
+- `task_dev/`: a dev set of the same task per language (model selection of `finetune`).
 
 Each part is written to a temporary folder and renamed when complete, so an interrupted run
 leaves nothing half-written, and a part that exists is kept: re-running costs nothing. The
@@ -23,6 +24,7 @@ from data_prep.demo_text import write_demo_shards
 from data_prep.make_parallel_data import DEFAULT_LANGUAGES, write_parallel_data
 from data_prep.make_task_data import write_task_data
 from trainer.fsutil import temp_dir_beside
+from trainer.tiny.text import write_task_files
 
 TRAIN_PAIRS, EVAL_SENTENCES, TASK_TRAIN, TASK_EVAL = 2000, 200, 2000, 200
 
@@ -34,6 +36,7 @@ def parts(languages: list[str]) -> dict[str, Callable[[Path], object]]:
         "parallel/train": lambda out: write_parallel_data(out, [(lang, TRAIN_PAIRS) for lang in languages], seed=0),
         "parallel/eval": lambda out: write_parallel_data(out, [(lang, EVAL_SENTENCES) for lang in languages], seed=1),
         "task": lambda out: write_task_data(out, languages, n_train=TASK_TRAIN, n_eval=TASK_EVAL, seed=0),
+        "task_dev": lambda out: write_task_files(out, ["eng_Latn", *languages], TASK_EVAL, seed=2),
     }
 
 

@@ -95,6 +95,17 @@ class BackboneConfig(ModelCore):
                             "XLM-R-like encoder); heads are always trained")
 
 
+class TaskModelConfig(ModelCore):
+    """finetune (M1): the LLM with LoRA and a task head (FT), or a stage-1 MT-LLM fine-tuned through NLLB (S1+FT)."""
+
+    llm: LLMConfig = Field(LLMConfig(), description="The LLM (FT), or the LLM of the stage-1 MT-LLM (S1+FT)")
+    stage1_export: str | None = Field(None, description=(
+        "A stage-1 export directory (OUTPUT_DIR/export of a stage1 run): S1+FT, the input goes through the NLLB "
+        "encoder with each text's language code; null: FT, the LLM reads the text itself"))
+    encoder: EncoderConfig = Field(EncoderConfig(), description="S1+FT: the stage-1 run's NLLB encoder")
+    projection: ProjectionConfig = Field(ProjectionConfig(), description="S1+FT: the stage-1 run's projection")
+
+
 # --- data ---------------------------------------------------------------------------------------
 
 class TextDataConfig(StreamOptions):
@@ -249,6 +260,43 @@ class PromptTaskConfig(TaskDataConfig):
         return self
 
 
+class BenchmarkTaskConfig(Section):
+    """A benchmark of `trainer.data.benchmarks`: English training data, dev and test sets per language."""
+
+    benchmark: str = Field("topic", description=(
+        "mnli, xnli, americasnli, kardes_nli, nusax_senti, belebele, or topic (the generated demo task); the "
+        "training data may come from another benchmark than the evaluation (MNLI -> XNLI) with train_benchmark"))
+    train_benchmark: str | None = Field(None, description="Benchmark of the training data; null = benchmark")
+    source_language: str = Field("eng_Latn", description="Language of the training data and of the S-DEV dev set")
+    target_languages: list[str] = Field(default_factory=list, description=(
+        "Languages evaluated zero-shot (dev and test sets each); FLORES codes or the benchmark's own codes"))
+    files: dict[Literal["train", "validation", "test"], str] = Field(default_factory=dict, description=(
+        "Per split, a local file template with {language} (the FLORES code), e.g. data/demo/task/eval/"
+        "{language}.jsonl; a split without one loads from the hub"))
+    max_length: int = Field(128, gt=0, description="Tokens per example (per choice for multiple choice)")
+    eval_every: float = Field(0.1, ge=0, le=1, description=(
+        "Evaluate dev and test sets every this fraction of optim.max_steps (the study: 10%); 0 = at the end only"))
+    max_eval_examples: int | None = Field(None, gt=0, description="Evaluate at most the first N examples per set")
+    eval_batch_size: int = Field(32, gt=0, description="Examples per forward pass in evaluation")
+    metric: Literal["auto", "accuracy", "macro_f1"] = Field("auto", description=(
+        "auto = the study's metric for the benchmark: macro_f1 for nusax_senti, accuracy otherwise"))
+
+    @field_validator("benchmark", "train_benchmark")
+    @classmethod
+    def _known(cls, v: str | None) -> str | None:
+        from trainer.data.benchmarks import BENCHMARKS
+
+        if v is not None and v not in BENCHMARKS:
+            close = difflib.get_close_matches(v, list(BENCHMARKS), n=1)
+            raise ValueError(f"unknown benchmark {v!r}{f' (did you mean {close[0]}?)' if close else ''}; "
+                             f"choose one of {', '.join(BENCHMARKS)}")
+        return v
+
+    @property
+    def resolved_metric(self) -> str:
+        return ("macro_f1" if self.benchmark == "nusax_senti" else "accuracy") if self.metric == "auto" else self.metric
+
+
 # --- objectives ---------------------------------------------------------------------------------
 
 class AlignmentConfig(Section):
@@ -328,9 +376,10 @@ class EvalConfig(Section):
 class JobBase(Section):
     """What every recipe's job shares: seed, run directory, optimizer, tracking, engine, checkpoints."""
 
-    recipe: Literal["stage1", "align", "realign"] = Field(description=(
+    recipe: Literal["stage1", "align", "realign", "finetune"] = Field(description=(
         "stage1: MT-LLM self-distillation (M1); align: task + middle-layer alignment (M2); realign: realignment "
-        "then task fine-tuning (M3). It chooses the schema of the other keys"))
+        "then task fine-tuning (M3); finetune: a task head on English data, zero-shot evaluation (M1 FT, S1+FT). "
+        "It chooses the schema of the other keys"))
     seed: int = Field(0, description="Seeds torch (initialisation, dropout) and the order of the text and task "
                                      "data; parallel data has its own parallel.seed")
     output_dir: str = Field("outputs/run", description=(
@@ -421,8 +470,17 @@ class RealignJob(AlignmentJob):
         return self
 
 
-RECIPE_SCHEMAS: dict[str, type[JobBase]] = {"stage1": Stage1Job, "align": AlignJob, "realign": RealignJob}
-JobConfig = Annotated[Union[Stage1Job, AlignJob, RealignJob], Field(discriminator="recipe")]
+class FinetuneJob(JobBase):
+    """M1's fine-tuned models: a task head on English data (FT, or S1+FT through NLLB), evaluated zero-shot."""
+
+    recipe: Literal["finetune"] = Field(description="finetune: task fine-tuning with dev/test evaluation (M1 FT, S1+FT)")
+    model: TaskModelConfig = Field(TaskModelConfig(), description="The LLM with LoRA, or a stage-1 MT-LLM")
+    task: BenchmarkTaskConfig = Field(default_factory=BenchmarkTaskConfig, description="Benchmark, languages, files")
+
+
+RECIPE_SCHEMAS: dict[str, type[JobBase]] = {"stage1": Stage1Job, "align": AlignJob, "realign": RealignJob,
+                                            "finetune": FinetuneJob}
+JobConfig = Annotated[Union[Stage1Job, AlignJob, RealignJob, FinetuneJob], Field(discriminator="recipe")]
 """A job file: the schema of its `recipe` (validate with `validate(raw, JobConfig)` or `load_job`)."""
 
 

@@ -15,6 +15,7 @@ Benchmarks (task; hub dataset; the benchmark's own language codes -> FLORES-200)
 | `kardes_nli` | NLI, 3 classes | none: the release's CSV files (`Data/<language>/xnli.<dev|test>.<code>.csv`) | az kk ky ug uz |
 | `nusax_senti` | sentiment, 3 classes | `indonlp/NusaX-senti`, one config per language | ace ban bbc bjn bug eng ind jav mad min nij sun |
 | `belebele` | multiple choice, 4 options | `facebook/belebele`, one config per FLORES-style code (test) | its 122 variants, e.g. eng_Latn |
+| `topic` | the generated demo task, 3 classes | none: `python -m data_prep.demo_data` writes it | any FLORES code (the demo's ten) |
 
 Label ids follow the hub datasets: NLI 0 entailment, 1 neutral, 2 contradiction (label names
 in files are mapped the same way); NusaX 0 negative, 1 neutral, 2 positive; Belebele's
@@ -102,8 +103,8 @@ NUSAX_LANGUAGES = {"ace": "ace_Latn", "ban": "ban_Latn", "bbc": "bbc_Latn", "bjn
                    "nij": "nij_Latn", "sun": "sun_Latn"}
 
 
-class _BelebeleCodes(dict):
-    """Belebele's configs are FLORES-style codes already (eng_Latn, ben_Latn, ...): each maps to itself."""
+class _FloresCodes(dict):
+    """Languages named by FLORES-style codes already (Belebele's configs, the generated task): each maps to itself."""
 
     def __missing__(self, code: str) -> str:
         if len(code.split("_")) == 2 and len(code.split("_")[1]) == 4:
@@ -129,8 +130,9 @@ BENCHMARKS: dict[str, Benchmark] = {b.name: b for b in [
               _nli("s1_translation", "s2_translation", "gold_label", "Unnamed: 0"), NLI_LABELS,
               splits={"validation": "dev", "test": "test"}),
     Benchmark("nusax_senti", "sentiment", NUSAX_LANGUAGES, _sentiment, SENTIMENT_LABELS, hub="indonlp/NusaX-senti"),
-    Benchmark("belebele", "multiple_choice", _BelebeleCodes(), _belebele, ("1", "2", "3", "4"),
+    Benchmark("belebele", "multiple_choice", _FloresCodes(), _belebele, ("1", "2", "3", "4"),
               hub="facebook/belebele", splits={"test": "test"}),
+    Benchmark("topic", "classification", _FloresCodes(), _sentiment, ("perception", "commerce", "making")),
 ]}
 
 

@@ -204,12 +204,14 @@ class TaskExampleCollator:
     (example, choice), example-major: `(passage, question + " " + choice_i)` as a text pair ->
     input_ids, attention_mask [b * C, s], labels [b] (the right choice), choice_mask [b, C]
     (0 where an example has fewer than C choices; its rows repeat its last choice). Texts that do
-    not fit `max_length` lose the end of the first text (the passage or premise) first.
+    not fit `max_length` lose the end of the first text (the passage or premise) first. With
+    `set_language` (an NLLB tokenizer, S1+FT) the tokenizer's `src_lang` is the batch's language.
     """
 
-    def __init__(self, tokenizer: PreTrainedTokenizerBase, max_length: int):
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, max_length: int, set_language: bool = False):
         self.tokenizer = tokenizer
         self.max_length = max_length
+        self.set_language = set_language   # NLLB: `src_lang` = the examples' language (one language a batch)
 
     def _encode(self, first: list[str], second: list[str] | None) -> dict[str, torch.Tensor]:
         enc = self.tokenizer(first, second, padding=True, truncation="only_first" if second else True,
@@ -217,6 +219,11 @@ class TaskExampleCollator:
         return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
 
     def __call__(self, examples: list) -> dict[str, torch.Tensor]:
+        if self.set_language:
+            languages = {e.language for e in examples}
+            if len(languages) != 1:
+                raise DataError(f"an NLLB batch holds one language (its src_lang); got {sorted(languages)}")
+            self.tokenizer.src_lang = languages.pop()
         labels = torch.tensor([e.label for e in examples], dtype=torch.long)
         if not any(e.choices for e in examples):
             pairs = all(len(e.texts) == 2 for e in examples)

@@ -81,3 +81,24 @@ def _save(fig: Figure, path: str | Path) -> Path:
     fig.tight_layout()
     fig.savefig(path, format="png", dpi=120)
     return path
+
+
+def plot_language_bars(scores: dict[str, dict[str, float]], path: str | Path, ylabel: str) -> Path:
+    """Grouped bars: one group per language, one bar per series (e.g. {"S-DEV": {lang: score}, "T-DEV": ...})."""
+    series = list(scores)
+    languages = list(dict.fromkeys(lang for values in scores.values() for lang in values))
+    fig = Figure(figsize=(max(5.0, 0.6 * len(languages) * len(series)), 3.8))
+    ax = fig.add_subplot()
+    width = 0.8 / max(1, len(series))
+    for i, name in enumerate(series):
+        xs = [j + i * width for j in range(len(languages))]
+        ax.bar(xs, [scores[name].get(lang, float("nan")) for lang in languages], width, label=name)
+    ax.set_xticks([j + 0.4 - width / 2 for j in range(len(languages))], languages, rotation=60, ha="right")
+    ax.set_ylabel(ylabel)
+    ax.set_ylim(0.0, 1.0)
+    ax.legend()
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    FigureCanvasAgg(fig).print_png(str(path))
+    return path

@@ -78,3 +78,29 @@ def retrieval_over_ranks(hidden_states: HiddenStates, tokenizer, sentences: Mapp
             full[:, :, r::world_size] = part
         result = retrieval_accuracy(full, languages, chosen, k, candidates)
     return distributed.broadcast_object(result)
+
+
+@torch.no_grad()
+def task_confusion(predict: Callable[[dict], torch.Tensor], examples_by_language: Mapping[str, Sequence],
+                   collate: Callable[[list], dict], batch_size: int, num_labels: int,
+                   rank: int = 0, world_size: int = 1) -> dict[str, torch.Tensor]:
+    """Confusion counts per language [num_labels (gold), num_labels (predicted)], summed over ranks.
+
+    `predict(batch) -> scores [b, C]` (argmax = prediction); the batch's `labels` are the gold
+    classes. Every rank evaluates its slice of every language (`rank_slice`, padded rows dropped).
+    """
+    counts = []
+    for examples in examples_by_language.values():
+        indices, real = rank_slice(len(examples), rank, world_size)
+        confusion = torch.zeros(num_labels, num_labels, dtype=torch.float64)
+        for start in range(0, len(indices), batch_size):   # the same forwards on every rank (padded slices)
+            chunk = indices[start:start + batch_size]
+            batch = collate([examples[i] for i in chunk])
+            valid = torch.arange(start, start + len(chunk)) < real
+            gold, predicted = batch["labels"][valid], predict(batch).argmax(dim=-1).cpu()[valid]
+            confusion.index_put_((gold, predicted), torch.ones(len(gold), dtype=torch.float64), accumulate=True)
+        counts += confusion.flatten().tolist()
+    summed = distributed.all_reduce_sum(counts) if world_size > 1 else counts
+    size = num_labels * num_labels
+    return {lang: torch.tensor(summed[i * size:(i + 1) * size]).view(num_labels, num_labels)
+            for i, lang in enumerate(examples_by_language)}

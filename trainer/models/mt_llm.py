@@ -70,11 +70,14 @@ class MTLLM(nn.Module):
         projected = self.projection(states.to(self.projection_dtype))
         return projected.to(self.llm_dtype)
 
+    def student_states(self, nllb_input_ids: torch.Tensor, nllb_attention_mask: torch.Tensor) -> torch.Tensor:
+        """LLM_lora(U(ENC(...))) last hidden states [batch, s, d_llm] (the NLLB attention mask applies)."""
+        embeds = self.encode(nllb_input_ids, nllb_attention_mask)
+        return run_llm(self.llm, nllb_attention_mask, inputs_embeds=embeds).last_hidden_state
+
     def student(self, nllb_input_ids: torch.Tensor, nllb_attention_mask: torch.Tensor) -> torch.Tensor:
         """z = phi(LLM_lora(U(ENC(...)))) -> [batch, d_llm] fp32."""
-        embeds = self.encode(nllb_input_ids, nllb_attention_mask)
-        out = run_llm(self.llm, nllb_attention_mask, inputs_embeds=embeds)
-        return pool(out.last_hidden_state, nllb_attention_mask, self.pooling)
+        return pool(self.student_states(nllb_input_ids, nllb_attention_mask), nllb_attention_mask, self.pooling)
 
     @torch.no_grad()
     def teacher(self, llm_input_ids: torch.Tensor, llm_attention_mask: torch.Tensor) -> torch.Tensor:

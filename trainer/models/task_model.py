@@ -1,0 +1,80 @@
+"""A text encoder with a task head (M1's fine-tuned models): the LLM with LoRA ("FT"), or a stage-1
+MT-LLM whose input goes through the NLLB encoder ("S1+FT").
+
+    model = build_task_model(job.model, task="classification", num_labels=3)
+    logits = model(input_ids, attention_mask).logits           # [b, 3]; multiple choice: [examples, C]
+
+The body returns the last hidden states [b, s, d] and the head pools them (`model.pooling`, mean
+in the study). For S1+FT `input_ids` are NLLB tokens (the text's language as `src_lang`); the
+stage-1 export (projection + LoRA) is loaded, and its LoRA, the projection and the head all train
+(the study fine-tunes the stage-1 MT-LLM as a whole; the NLLB encoder stays frozen).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers.utils import ModelOutput
+
+from trainer.models.heads import ClassificationHead, MultipleChoiceHead
+from trainer.models.llm_forward import run_llm
+from trainer.models.loading import load_llm
+from trainer.models.lora import add_lora
+from trainer.models.mt_llm import MTLLM, build_mt_llm
+from trainer.models.weights import load_trainable
+
+
+@dataclass
+class TaskOutput(ModelOutput):
+    """A dict as well as a dataclass, so DeepSpeed's ZeRO-3 hooks can find the tensors in it."""
+
+    logits: torch.Tensor | None = None   # [b, num_labels] or [examples, choices], fp32
+
+
+class TaskModel(nn.Module):
+    """`forward(input_ids, attention_mask, choice_mask=None)` -> task logits; see the module docstring."""
+
+    def __init__(self, body: nn.Module, head: nn.Module, num_choices: int = 0):
+        super().__init__()
+        self.body = body
+        self.head = head
+        self.num_choices = num_choices   # > 0: multiple choice (rows = examples x choices)
+
+    def train(self, mode: bool = True) -> "TaskModel":
+        super().train(mode)
+        if isinstance(self.body, MTLLM):
+            self.body.train(mode)   # keeps the frozen NLLB encoder in eval mode
+        return self
+
+    def hidden(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        if isinstance(self.body, MTLLM):
+            return self.body.student_states(input_ids, attention_mask)
+        return run_llm(self.body, attention_mask, input_ids=input_ids).last_hidden_state
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, choice_mask: torch.Tensor | None = None,
+                **_) -> TaskOutput:
+        hidden = self.hidden(input_ids, attention_mask)
+        if self.num_choices:
+            return TaskOutput(logits=self.head(hidden, attention_mask, choice_mask.shape[1], choice_mask))
+        return TaskOutput(logits=self.head(hidden, attention_mask))
+
+
+def build_task_model(cfg, task: str, num_labels: int) -> TaskModel:
+    """FT (`cfg.stage1_export` unset): the LLM with LoRA; S1+FT: the stage-1 MT-LLM with its export loaded.
+
+    `task`: multiple_choice (a `MultipleChoiceHead`, `num_labels` choices) or any classification
+    task (a `ClassificationHead` with `num_labels` classes).
+    """
+    if cfg.stage1_export:
+        body = build_mt_llm(cfg)
+        load_trainable(body, cfg.stage1_export)
+        hidden_size = body.llm.config.hidden_size
+    else:
+        body = add_lora(load_llm(cfg.llm, cfg.cache_dir), cfg.lora.r, cfg.lora.alpha, cfg.lora.dropout,
+                        cfg.lora.target_modules)
+        hidden_size = body.config.hidden_size
+    if task == "multiple_choice":
+        return TaskModel(body, MultipleChoiceHead(hidden_size, cfg.pooling), num_choices=num_labels)
+    return TaskModel(body, ClassificationHead(hidden_size, num_labels, cfg.pooling))
