@@ -106,6 +106,18 @@ class TaskModelConfig(ModelCore):
     projection: ProjectionConfig = Field(ProjectionConfig(), description="S1+FT: the stage-1 run's projection")
 
 
+class Stage2ModelConfig(MTLLMConfig):
+    """stage2 (M1): the stage-1 MT-LLM, distilled towards the fine-tuned LLM; the fine-tuned head predicts."""
+
+    stage1_export: str = Field(description="The stage-1 export (projection + LoRA) the MT-LLM starts from (required)")
+    task_export: str = Field(description=(
+        "The finetune (FT) run's export: its LLM with LoRA is the teacher, its head predicts from the MT-LLM "
+        "(required; its config.yaml gives the teacher's LoRA and pooling)"))
+    train_projection: bool = Field(True, description=(
+        "Train the projection U with the stage-1 LoRA (M1 leaves the choice open: both adapt to the task "
+        "representation); false trains the LoRA only"))
+
+
 # --- data ---------------------------------------------------------------------------------------
 
 class TextDataConfig(StreamOptions):
@@ -376,10 +388,10 @@ class EvalConfig(Section):
 class JobBase(Section):
     """What every recipe's job shares: seed, run directory, optimizer, tracking, engine, checkpoints."""
 
-    recipe: Literal["stage1", "align", "realign", "finetune"] = Field(description=(
+    recipe: Literal["stage1", "align", "realign", "finetune", "stage2"] = Field(description=(
         "stage1: MT-LLM self-distillation (M1); align: task + middle-layer alignment (M2); realign: realignment "
-        "then task fine-tuning (M3); finetune: a task head on English data, zero-shot evaluation (M1 FT, S1+FT). "
-        "It chooses the schema of the other keys"))
+        "then task fine-tuning (M3); finetune: a task head on English data, zero-shot evaluation (M1 FT, S1+FT); "
+        "stage2: task distillation into the MT-LLM (M1). It chooses the schema of the other keys"))
     seed: int = Field(0, description="Seeds torch (initialisation, dropout) and the order of the text and task "
                                      "data; parallel data has its own parallel.seed")
     output_dir: str = Field("outputs/run", description=(
@@ -478,9 +490,21 @@ class FinetuneJob(JobBase):
     task: BenchmarkTaskConfig = Field(default_factory=BenchmarkTaskConfig, description="Benchmark, languages, files")
 
 
+class Stage2Job(JobBase):
+    """M1 stage 2: distil the fine-tuned LLM's pooled vector of each training example into the MT-LLM."""
+
+    recipe: Literal["stage2"] = Field(description="stage2: task distillation into the stage-1 MT-LLM (M1)")
+    model: Stage2ModelConfig = Field(description="The stage-1 MT-LLM, the fine-tuned teacher and head (required)")
+    task: BenchmarkTaskConfig = Field(default_factory=BenchmarkTaskConfig, description="Benchmark, languages, files")
+    teacher_cache: str | None = Field(None, description=(
+        "Folder of the teacher vectors (one per training example, by id): reused when it matches the teacher "
+        "and the data, else built (python -m data_prep.teacher_cache JOB.yaml builds it ahead; needed under "
+        "ZeRO-3). null = OUTPUT_DIR/teacher_cache"))
+
+
 RECIPE_SCHEMAS: dict[str, type[JobBase]] = {"stage1": Stage1Job, "align": AlignJob, "realign": RealignJob,
-                                            "finetune": FinetuneJob}
-JobConfig = Annotated[Union[Stage1Job, AlignJob, RealignJob, FinetuneJob], Field(discriminator="recipe")]
+                                            "finetune": FinetuneJob, "stage2": Stage2Job}
+JobConfig = Annotated[Union[Stage1Job, AlignJob, RealignJob, FinetuneJob, Stage2Job], Field(discriminator="recipe")]
 """A job file: the schema of its `recipe` (validate with `validate(raw, JobConfig)` or `load_job`)."""
 
 

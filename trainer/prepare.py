@@ -8,6 +8,7 @@ commands on every start, a sweep once before Ray starts.
 
 from __future__ import annotations
 
+import os
 import shlex
 import subprocess
 import sys
@@ -26,8 +27,18 @@ def run_prepare(commands: list[str], key: str = "prepare") -> None:
             argv[0] = sys.executable   # the interpreter running the sweep, not whatever is on PATH
         print(f"{key}[{i}]: {command}", flush=True)
         try:
-            code = subprocess.run(argv).returncode
+            code = subprocess.run(argv, env=_without_process_group()).returncode
         except OSError as e:
             raise ConfigError(f"{key}[{i}]: {command!r} could not start: {e}") from None
         if code != 0:
             raise ConfigError(f"{key}[{i}]: {command!r} failed with exit status {code}")
+
+
+# The variables a launcher (or this job's own single-process group) sets: a command that trains
+# (e.g. a demo's prerequisite run) must start a process group of its own, not join this one.
+PROCESS_GROUP_VARIABLES = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT",
+                           "GROUP_RANK", "ROLE_RANK", "TORCHELASTIC_RUN_ID")
+
+
+def _without_process_group() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k not in PROCESS_GROUP_VARIABLES}

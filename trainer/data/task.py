@@ -203,7 +203,8 @@ class TaskExampleCollator:
     sequence -> input_ids, attention_mask [b, s], labels [b]. Multiple choice: one row per
     (example, choice), example-major: `(passage, question + " " + choice_i)` as a text pair ->
     input_ids, attention_mask [b * C, s], labels [b] (the right choice), choice_mask [b, C]
-    (0 where an example has fewer than C choices; its rows repeat its last choice). Texts that do
+    (0 where an example has fewer than C choices; its rows repeat its last choice); `ids` lists the
+    example ids (strings). Texts that do
     not fit `max_length` lose the end of the first text (the passage or premise) first. With
     `set_language` (an NLLB tokenizer, S1+FT) the tokenizer's `src_lang` is the batch's language.
     """
@@ -225,10 +226,11 @@ class TaskExampleCollator:
                 raise DataError(f"an NLLB batch holds one language (its src_lang); got {sorted(languages)}")
             self.tokenizer.src_lang = languages.pop()
         labels = torch.tensor([e.label for e in examples], dtype=torch.long)
+        ids = [e.id for e in examples]   # stage 2 looks its teacher vectors up by id
         if not any(e.choices for e in examples):
             pairs = all(len(e.texts) == 2 for e in examples)
             batch = self._encode([e.texts[0] for e in examples], [e.texts[1] for e in examples] if pairs else None)
-            return {**batch, "labels": labels}
+            return {**batch, "labels": labels, "ids": ids}
         width = max(len(e.choices) for e in examples)
         first, second, mask = [], [], []
         for e in examples:
@@ -236,4 +238,4 @@ class TaskExampleCollator:
             first += [e.texts[0]] * width
             second += [f"{e.texts[1]} {choice}" if len(e.texts) > 1 else choice for choice in choices]
             mask.append([1] * len(e.choices) + [0] * (width - len(e.choices)))
-        return {**self._encode(first, second), "labels": labels, "choice_mask": torch.tensor(mask)}
+        return {**self._encode(first, second), "labels": labels, "choice_mask": torch.tensor(mask), "ids": ids}

@@ -13,6 +13,7 @@ stage-1 export (projection + LoRA) is loaded, and its LoRA, the projection and t
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -23,6 +24,7 @@ from trainer.models.llm_forward import run_llm
 from trainer.models.loading import load_llm
 from trainer.models.lora import add_lora
 from trainer.models.mt_llm import MTLLM, build_mt_llm
+from trainer.models.pooling import pool
 from trainer.models.weights import load_trainable
 
 
@@ -31,10 +33,12 @@ class TaskOutput(ModelOutput):
     """A dict as well as a dataclass, so DeepSpeed's ZeRO-3 hooks can find the tensors in it."""
 
     logits: torch.Tensor | None = None   # [b, num_labels] or [examples, choices], fp32
+    pooled: torch.Tensor | None = None   # [b, d] fp32 (mode="pooled": what the head pools, for stage 2)
 
 
 class TaskModel(nn.Module):
-    """`forward(input_ids, attention_mask, choice_mask=None)` -> task logits; see the module docstring."""
+    """`forward(input_ids, attention_mask, choice_mask=None, mode="logits" | "pooled")` -> task logits, or the
+    pooled representation the head reads (stage 2's student and teacher vectors)."""
 
     def __init__(self, body: nn.Module, head: nn.Module, num_choices: int = 0):
         super().__init__()
@@ -54,8 +58,10 @@ class TaskModel(nn.Module):
         return run_llm(self.body, attention_mask, input_ids=input_ids).last_hidden_state
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, choice_mask: torch.Tensor | None = None,
-                **_) -> TaskOutput:
+                mode: str = "logits", **_) -> TaskOutput:
         hidden = self.hidden(input_ids, attention_mask)
+        if mode == "pooled":
+            return TaskOutput(pooled=pool(hidden, attention_mask, self.head.pooling))
         if self.num_choices:
             return TaskOutput(logits=self.head(hidden, attention_mask, choice_mask.shape[1], choice_mask))
         return TaskOutput(logits=self.head(hidden, attention_mask))
@@ -78,3 +84,26 @@ def build_task_model(cfg, task: str, num_labels: int) -> TaskModel:
     if task == "multiple_choice":
         return TaskModel(body, MultipleChoiceHead(hidden_size, cfg.pooling), num_choices=num_labels)
     return TaskModel(body, ClassificationHead(hidden_size, num_labels, cfg.pooling))
+
+
+def build_stage2_model(cfg, task: str, num_labels: int) -> TaskModel:
+    """Stage 2's student: the stage-1 MT-LLM (its export loaded) under the fine-tuned model's head (frozen).
+
+    Trainable: the stage-1 LoRA, and the projection when `cfg.train_projection`.
+    """
+    from safetensors.torch import load_file
+
+    body = build_mt_llm(cfg)
+    load_trainable(body, cfg.stage1_export)
+    body.projection.requires_grad_(cfg.train_projection)
+    hidden_size = body.llm.config.hidden_size
+    head = (MultipleChoiceHead(hidden_size, cfg.pooling) if task == "multiple_choice"
+            else ClassificationHead(hidden_size, num_labels, cfg.pooling))
+    exported = load_file(str(Path(cfg.task_export) / "trainable.safetensors"))
+    head_state = {k.removeprefix("head."): v for k, v in exported.items() if k.startswith("head.")}
+    if set(head_state) != {"weight", "bias"}:
+        raise ValueError(f"{cfg.task_export}: no task head in the export (want head.weight and head.bias, "
+                         f"from a finetune run)")
+    head.load_state_dict(head_state)
+    head.requires_grad_(False)
+    return TaskModel(body, head, num_choices=num_labels if task == "multiple_choice" else 0)

@@ -1,0 +1,57 @@
+"""Stage 2 of MT-LLM (M1): task-specific distillation of the fine-tuned LLM into the stage-1 MT-LLM.
+
+    teacher  x = phi(LLM_ft(llm_tokens(S)))            the finetune (FT) run's LLM + LoRA, pooled; computed
+                                                       once per training example into a cache keyed by id
+    student  z = phi(LLM_s1(U(ENC(nllb_tokens(S)))))   the stage-1 MT-LLM; its LoRA (and U, by
+                                                       `model.train_projection`) keep training
+    loss     MSE(x, z) in fp32 on the English task examples; logged with the FVU
+    predict  head_ft(LLM_s1(U(ENC(...))))              the fine-tuned head, frozen, on the MT-LLM
+
+Evaluation as `finetune` (dev and test per language every 10% of the steps, S-DEV / T-DEV) through
+the fine-tuned head, the inputs in every language going through NLLB with their language code.
+The cache is row-aligned by id (`trainer.models.teacher_cache`): shuffling, ranks and resuming
+change which examples a batch holds, never which vector belongs to an example.
+"""
+
+from __future__ import annotations
+
+from trainer.config import Stage2Job
+from trainer.data.batches import MicroBatches
+from trainer.data.benchmarks import BENCHMARKS
+from trainer.data.task import TaskExampleCollator
+from trainer.loop import Run, Sums, seed_micro_batch, train
+from trainer.models.loading import load_nllb_tokenizer
+from trainer.models.task_model import build_stage2_model
+from trainer.objectives.distillation import distillation_mse, fraction_of_variance_unexplained
+from trainer.recipes import tasks
+
+
+def run(r: Run) -> dict:
+    job: Stage2Job = r.job
+    engine, t = r.engine, job.task
+    benchmark = BENCHMARKS[t.benchmark]
+    train_examples = tasks.examples(job, t.train_benchmark or t.benchmark, t.source_language, "train")
+    cache = tasks.teacher_cache(r, train_examples)
+    model = build_stage2_model(job.model, benchmark.task, benchmark.num_labels).train()
+    collate = TaskExampleCollator(load_nllb_tokenizer(job.model.encoder, job.model.cache_dir), t.max_length,
+                                  set_language=True)
+    batches = MicroBatches(train_examples, job.optim.micro_batch_size, collate, seed=job.seed, rank=engine.rank,
+                           world_size=engine.world_size)
+
+    def step(step: int) -> Sums:
+        sums = Sums()
+        for _ in range(job.optim.grad_accum):
+            batch = engine.to_device(next(batches))
+            seed_micro_batch(job.seed, batches.last_index)
+            student = engine(**batch, mode="pooled").pooled                 # [b, d] through NLLB
+            teacher = cache.lookup(batch["ids"]).to(student.device)         # [b, d], the same examples by id
+            loss = distillation_mse(teacher, student)
+            engine.backward(loss)
+            engine.step()
+            sums.add("loss", loss.item())
+            sums.add("fvu", fraction_of_variance_unexplained(teacher, student).item())
+            sums.count_tokens(float(batch["attention_mask"].sum()))
+        return sums
+
+    predict = lambda batch: engine(**engine.to_device(batch)).logits  # noqa: E731
+    return train(r, model, batches, step, tasks.dev_test_hooks(r, collate, predict))

@@ -1,0 +1,173 @@
+"""What the task recipes (M1 `finetune`, `stage2`) share: benchmark examples, the dev/test evaluation every
+N% of steps with S-DEV / T-DEV selection, and stage 2's teacher cache.
+
+Choice: the test sets are scored at every evaluation step, so a selection reads its step's test
+scores instead of reloading a checkpoint (the same numbers, no extra checkpoints kept). Scores are
+accuracy, or macro-F1 for NusaX (`task.metric`). The dev/test history is OUTPUT_DIR/eval/history.jsonl,
+rewritten as a resumed run re-evaluates (the last row of a step counts).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from trainer import distributed
+from trainer.data.benchmarks import BENCHMARKS, load_benchmark
+from trainer.data.task import TaskExampleCollator
+from trainer.eval.metrics import METRICS
+from trainer.eval.plots import plot_language_bars
+from trainer.eval.selection import select_checkpoints
+from trainer.eval.sharded import task_confusion
+from trainer.fsutil import sha256_file, write_atomic
+from trainer.loop import Hooks, Run
+from trainer.models.loading import load_llm_tokenizer
+from trainer.models.task_model import build_task_model
+from trainer.models.teacher_cache import META_FILE, TeacherCache, check_fingerprint, compute_teacher_cache
+from trainer.models.weights import load_trainable
+
+
+def examples(job, benchmark: str, language: str, split: str) -> list:
+    """`TaskExample`s of a benchmark's language and split, from `task.files` or the hub (eval sets capped)."""
+    t = job.task
+    template = t.files.get(split)
+    rows = load_benchmark(benchmark, language, split, files=[template.format(language=language)] if template else None)
+    return rows if split == "train" or not t.max_eval_examples else rows[:t.max_eval_examples]
+
+
+def languages(job) -> list[str]:
+    return list(dict.fromkeys([job.task.source_language, *job.task.target_languages]))
+
+
+def dev_test_hooks(r: Run, collate: Callable[[list], dict], predict: Callable[[dict], torch.Tensor],
+                   before: Callable[[], dict[str, float]] | None = None) -> Hooks:
+    """Hooks that score every language's dev and test set every `task.eval_every` of the steps and select at the end.
+
+    `predict(batch) -> scores [b, C]`. `before` adds metrics to the fresh run's first row.
+    """
+    job, engine, t = r.job, r.engine, r.job.task
+    benchmark, langs = BENCHMARKS[t.benchmark], languages(job)
+    sets = {split: {lang: examples(job, t.benchmark, lang, split) for lang in langs} for split in ("validation", "test")}
+    metric, history = METRICS[t.resolved_metric], r.out_dir / "eval" / "history.jsonl"
+    every = max(1, round(t.eval_every * job.optim.max_steps)) if t.eval_every else job.optim.max_steps
+
+    def evaluate(done: int) -> dict[str, float]:
+        scores = {}
+        for split, by_language in sets.items():
+            confusion = task_confusion(predict, by_language, collate, t.eval_batch_size, benchmark.num_labels,
+                                       engine.rank, engine.world_size)
+            name = "dev" if split == "validation" else "test"
+            scores |= {f"{name}_{lang}": metric(c) for lang, c in confusion.items()}
+        if engine.is_main:
+            history.parent.mkdir(parents=True, exist_ok=True)
+            with history.open("a") as f:
+                f.write(json.dumps({"step": done, **scores}) + "\n")
+        return scores
+
+    def fresh() -> dict[str, float]:
+        if engine.is_main:
+            history.unlink(missing_ok=True)
+        return before() if before else {}
+
+    def at_end() -> dict[str, float]:
+        if job.optim.max_steps % every:
+            evaluate(job.optim.max_steps)
+        return select_and_report(r, history, t.source_language, langs, t.resolved_metric)
+
+    return Hooks(before=fresh, after_step=lambda done: evaluate(done) if done % every == 0 else {}, at_end=at_end)
+
+
+def select_and_report(r: Run, history_path, source: str, languages: list[str], metric: str) -> dict[str, float]:
+    """S-DEV and T-DEV over the dev history -> per-language test scores, averages over the targets; the table
+    (eval/task_test.csv) and a bar chart go to the run directory and MLflow."""
+    rows = {}
+    for line in history_path.read_text().splitlines():   # a step evaluated again after a resume: the last counts
+        row = json.loads(line)
+        rows[row["step"]] = row
+    dev = {step: {lang: row[f"dev_{lang}"] for lang in languages} for step, row in rows.items()}
+    chosen = select_checkpoints(dev, source)
+    s_dev = {lang: rows[chosen["s_dev"]][f"test_{lang}"] for lang in languages}
+    t_dev = {lang: rows[chosen["t_dev"][lang]][f"test_{lang}"] for lang in languages}
+    targets = [lang for lang in languages if lang != source]
+    final = {f"test_sdev_{lang}": s_dev[lang] for lang in languages} | {f"test_tdev_{lang}": t_dev[lang]
+                                                                        for lang in languages}
+    final |= {"s_dev_step": chosen["s_dev"], "source_test": s_dev[source]}
+    if targets:
+        final |= {"target_mean_sdev": sum(s_dev[lang] for lang in targets) / len(targets),
+                  "target_mean_tdev": sum(t_dev[lang] for lang in targets) / len(targets)}
+    if r.engine.is_main:
+        out = history_path.parent
+        table = "language,s_dev_step,s_dev_test,t_dev_step,t_dev_test\n" + "".join(
+            f"{lang},{chosen['s_dev']},{s_dev[lang]:.6f},{chosen['t_dev'][lang]},{t_dev[lang]:.6f}\n"
+            for lang in languages)
+        if targets:
+            table += f"target_mean,,{final['target_mean_sdev']:.6f},,{final['target_mean_tdev']:.6f}\n"
+        write_atomic(out / "task_test.csv", table)
+        plot_language_bars({"S-DEV": s_dev, "T-DEV": t_dev}, out / "task_test.png", f"test {metric}")
+    r.log_files(history_path.parent / "task_test.csv", "eval")
+    r.log_files(history_path.parent / "task_test.png", "eval")
+    return final
+
+
+# --- stage 2's teacher cache ---------------------------------------------------------------------------
+
+def teacher_config(job):
+    """The fine-tuned teacher's model section (from its export's config.yaml), as a finetune job model."""
+    import yaml
+
+    from trainer.config import ConfigError, TaskModelConfig
+
+    path = Path(job.model.task_export) / "config.yaml"
+    if not path.is_file():
+        raise ConfigError(f"model.task_export: {path} not found (the export of a finetune run)")
+    raw = yaml.safe_load(path.read_text()) or {}
+    if raw.get("recipe") != "finetune" or (raw.get("model") or {}).get("stage1_export"):
+        raise ConfigError(f"model.task_export: {path} is not the export of an FT finetune run (stage1_export unset)")
+    cfg = TaskModelConfig(**raw["model"])
+    if cfg.pooling != job.model.pooling:
+        raise ConfigError(f"model.pooling: {job.model.pooling!r}, but the teacher pooled with {cfg.pooling!r}")
+    return cfg
+
+
+def cache_fingerprint(job, train: list) -> dict:
+    """What a teacher cache must have been made from: the teacher's weights, the training examples, the pooling."""
+    ids = "\n".join(sorted(e.id for e in train))
+    return {"task_export": sha256_file(Path(job.model.task_export) / "trainable.safetensors"),
+            "examples": hashlib.sha256(ids.encode()).hexdigest(), "pooling": job.model.pooling}
+
+
+def build_teacher_cache(job, train: list, device: str | None = None) -> TeacherCache:
+    """The fine-tuned LLM's pooled vector of every training example (its LLM tokens), in sorted-id order."""
+    cfg = teacher_config(job)
+    teacher = build_task_model(cfg, BENCHMARKS[job.task.benchmark].task, BENCHMARKS[job.task.benchmark].num_labels)
+    load_trainable(teacher, job.model.task_export)
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    teacher.to(device).eval()
+    collate = TaskExampleCollator(load_llm_tokenizer(cfg.llm, cfg.cache_dir), job.task.max_length)
+
+    def embed(batch: dict) -> torch.Tensor:
+        batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+        return teacher(**batch, mode="pooled").pooled
+
+    return compute_teacher_cache(embed, train, collate, job.task.eval_batch_size, cache_fingerprint(job, train))
+
+
+def teacher_cache(r: Run, train: list) -> TeacherCache:
+    """Load the job's cache (built by rank 0 when missing), checked against this teacher and data."""
+    job = r.job
+    folder = Path(job.teacher_cache) if job.teacher_cache else r.out_dir / "teacher_cache"
+    if not (folder / META_FILE).is_file() and r.engine.zero_stage == 3:
+        from trainer.config import ConfigError
+
+        raise ConfigError(f"teacher_cache: {folder} is missing; under ZeRO-3 build it first with "
+                          f"python -m data_prep.teacher_cache JOB.yaml")
+    with distributed.main_first():
+        if r.engine.is_main and not (folder / META_FILE).is_file():
+            build_teacher_cache(job, train).save(folder)
+    cache = TeacherCache.load(folder)
+    check_fingerprint(cache, cache_fingerprint(job, train), folder)
+    return cache
