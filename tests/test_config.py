@@ -1,5 +1,7 @@
 """Job schema: YAML + overrides validate, and every error names the key path."""
 
+from pathlib import Path
+
 import pytest
 import yaml
 
@@ -65,3 +67,10 @@ def test_resolved_config_round_trips_through_yaml(tmp_path):
     job = load_job(write(tmp_path, BASE), ["model.lora.alpha=7"])
     again = validate(yaml.safe_load(job.to_yaml()), JobConfig)
     assert again == job
+
+
+@pytest.mark.parametrize("path", sorted(p for p in (Path(__file__).resolve().parents[1] / "jobs").glob("*.yaml")
+                                        if "recipe:" in p.read_text()), ids=lambda p: p.name)
+def test_every_job_file_in_jobs_validates(path):
+    job = load_job(path)
+    assert job.recipe in path.read_text()

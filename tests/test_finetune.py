@@ -35,7 +35,8 @@ def job_dict(root: Path, out: Path, cache: str, **model) -> dict:
             "task": {"benchmark": "topic", "target_languages": TARGETS,
                      "files": {"train": str(root / "task/train/{language}.jsonl"),
                                "validation": str(root / "dev/{language}.jsonl"),
-                               "test": str(root / "task/eval/{language}.jsonl")},
+                               "test": str(root / "task/eval/{language}.jsonl"),
+                               "translate_test": str(root / "task/eval/eng_Latn.jsonl")},
                      "max_length": 48, "eval_every": 0.25},
             "optim": {"lr": 3e-3, "warmup_steps": 2, "max_steps": 40, "micro_batch_size": 16},
             "checkpoint": {"every": 0},
@@ -67,6 +68,11 @@ def test_ft_learns_english_and_reports_the_test_table_under_both_selections(task
         own = max(history, key=lambda row: (row[f"dev_{lang}"], -row["step"]))
         assert final[f"test_tdev_{lang}"] == pytest.approx(own[f"test_{lang}"])
     assert final["target_mean_sdev"] == pytest.approx(sum(best[f"test_{lang}"] for lang in TARGETS) / 2)
+    # translate-test: the targets' test sets "translated" (here: the English test set) score like English
+    for lang in TARGETS:
+        assert final[f"translate_test_sdev_{lang}"] == pytest.approx(best[f"tt_{lang}"])
+        assert best[f"tt_{lang}"] == pytest.approx(best["test_eng_Latn"])
+    assert table["deu_Latn"]["s_dev_translate_test"] != "" and table["eng_Latn"]["s_dev_translate_test"] == ""
     client = mlflow.MlflowClient(tracking_uri=raw["tracking"]["uri"])
     run_info = client.get_run(summary["run_id"])
     assert run_info.data.metrics["target_mean_tdev"] == pytest.approx(final["target_mean_tdev"])

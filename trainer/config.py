@@ -282,9 +282,11 @@ class BenchmarkTaskConfig(Section):
     source_language: str = Field("eng_Latn", description="Language of the training data and of the S-DEV dev set")
     target_languages: list[str] = Field(default_factory=list, description=(
         "Languages evaluated zero-shot (dev and test sets each); FLORES codes or the benchmark's own codes"))
-    files: dict[Literal["train", "validation", "test"], str] = Field(default_factory=dict, description=(
-        "Per split, a local file template with {language} (the FLORES code), e.g. data/demo/task/eval/"
-        "{language}.jsonl; a split without one loads from the hub"))
+    files: dict[Literal["train", "validation", "test", "translate_test"], str] = Field(
+        default_factory=dict, description=(
+            "Per split, a local file template with {language} (the FLORES code), e.g. data/demo/task/eval/"
+            "{language}.jsonl; a split without one loads from the hub. translate_test: each target language's test "
+            "set machine-translated to English (data_prep.translate writes them), scored with the English model"))
     max_length: int = Field(128, gt=0, description="Tokens per example (per choice for multiple choice)")
     eval_every: float = Field(0.1, ge=0, le=1, description=(
         "Evaluate dev and test sets every this fraction of optim.max_steps (the study: 10%); 0 = at the end only"))

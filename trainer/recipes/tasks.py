@@ -1,5 +1,6 @@
 """What the task recipes (M1 `finetune`, `stage2`) share: benchmark examples, the dev/test evaluation every
-N% of steps with S-DEV / T-DEV selection, and stage 2's teacher cache.
+N% of steps with S-DEV / T-DEV selection (and translate-test, when `task.files.translate_test` names the
+target test sets translated to English), and stage 2's teacher cache.
 
 Choice: the test sets are scored at every evaluation step, so a selection reads its step's test
 scores instead of reloading a checkpoint (the same numbers, no extra checkpoints kept). Scores are
@@ -12,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -52,6 +54,10 @@ def dev_test_hooks(r: Run, collate: Callable[[list], dict], predict: Callable[[d
     job, engine, t = r.job, r.engine, r.job.task
     benchmark, langs = BENCHMARKS[t.benchmark], languages(job)
     sets = {split: {lang: examples(job, t.benchmark, lang, split) for lang in langs} for split in ("validation", "test")}
+    if "translate_test" in t.files:   # target test sets translated to English: read as English (NLLB: eng code)
+        sets["translate_test"] = {lang: [replace(e, language=t.source_language)
+                                         for e in examples(job, t.benchmark, lang, "translate_test")]
+                                  for lang in langs if lang != t.source_language}
     metric, history = METRICS[t.resolved_metric], r.out_dir / "eval" / "history.jsonl"
     every = max(1, round(t.eval_every * job.optim.max_steps)) if t.eval_every else job.optim.max_steps
 
@@ -60,7 +66,7 @@ def dev_test_hooks(r: Run, collate: Callable[[list], dict], predict: Callable[[d
         for split, by_language in sets.items():
             confusion = task_confusion(predict, by_language, collate, t.eval_batch_size, benchmark.num_labels,
                                        engine.rank, engine.world_size)
-            name = "dev" if split == "validation" else "test"
+            name = {"validation": "dev", "test": "test", "translate_test": "tt"}[split]
             scores |= {f"{name}_{lang}": metric(c) for lang, c in confusion.items()}
         if engine.is_main:
             history.parent.mkdir(parents=True, exist_ok=True)
@@ -95,17 +101,21 @@ def select_and_report(r: Run, history_path, source: str, languages: list[str], m
     targets = [lang for lang in languages if lang != source]
     final = {f"test_sdev_{lang}": s_dev[lang] for lang in languages} | {f"test_tdev_{lang}": t_dev[lang]
                                                                         for lang in languages}
+    translate_test = {lang: rows[chosen["s_dev"]][f"tt_{lang}"] for lang in targets
+                      if f"tt_{lang}" in rows[chosen["s_dev"]]}   # translate-test, under S-DEV
+    final |= {f"translate_test_sdev_{lang}": score for lang, score in translate_test.items()}
     final |= {"s_dev_step": chosen["s_dev"], "source_test": s_dev[source]}
     if targets:
         final |= {"target_mean_sdev": sum(s_dev[lang] for lang in targets) / len(targets),
                   "target_mean_tdev": sum(t_dev[lang] for lang in targets) / len(targets)}
     if r.engine.is_main:
         out = history_path.parent
-        table = "language,s_dev_step,s_dev_test,t_dev_step,t_dev_test\n" + "".join(
-            f"{lang},{chosen['s_dev']},{s_dev[lang]:.6f},{chosen['t_dev'][lang]},{t_dev[lang]:.6f}\n"
+        tt = lambda lang: f"{translate_test[lang]:.6f}" if lang in translate_test else ""  # noqa: E731
+        table = "language,s_dev_step,s_dev_test,t_dev_step,t_dev_test,s_dev_translate_test\n" + "".join(
+            f"{lang},{chosen['s_dev']},{s_dev[lang]:.6f},{chosen['t_dev'][lang]},{t_dev[lang]:.6f},{tt(lang)}\n"
             for lang in languages)
         if targets:
-            table += f"target_mean,,{final['target_mean_sdev']:.6f},,{final['target_mean_tdev']:.6f}\n"
+            table += f"target_mean,,{final['target_mean_sdev']:.6f},,{final['target_mean_tdev']:.6f},\n"
         write_atomic(out / "task_test.csv", table)
         plot_language_bars({"S-DEV": s_dev, "T-DEV": t_dev}, out / "task_test.png", f"test {metric}")
     r.log_files(history_path.parent / "task_test.csv", "eval")
