@@ -59,7 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     seen.add_argument("--seen-file", type=Path, default=None, help="languages seen in pre-training, from a file")
     p.add_argument("--english", default="eng_Latn", help="anchor language (counted in objectives, never selected)")
     p.add_argument("--features", default="imputed", choices=list(FEATURE_MODES),
-                   help="URIEL features: imputed (observed, gaps filled by kNN; default), observed, knn")
+                   help="URIEL features: imputed (observed, gaps filled by kNN; default), observed, knn; or urielplus "
+                        "(URIEL+ as the subset study used it: sources by union, no imputation)")
     p.add_argument("--min-shared", type=int, default=1,
                    help="observed mode: fewest shared features for a defined distance (default 1)")
     p.add_argument("--on-undefined", default="error", choices=["error", "drop"],
@@ -82,7 +83,8 @@ def print_summary(doc: dict) -> None:
     partners = feats["partners_without_observed_distance"]
     print(f"URIEL features: mode={feats['mode']}; {len(affected)} languages (English included) have at least "
           f"one partner without a distance on observed features alone:")
-    print("  " + ", ".join(f"{c} ({partners[c]} partners, {feats['observed_features'][c]}/289 observed)"
+    total = feats["features"].split("(")[-1].rstrip(")")
+    print("  " + ", ".join(f"{c} ({partners[c]} partners, {feats['observed_features'][c]}/{total} observed)"
                            for c in affected))
     print(f"  handling: {feats['missing_features']}")
     for name, s in doc["subsets"].items():

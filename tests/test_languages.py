@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 import pytest
+import yaml
 
 from trainer.languages.table import LanguageTable, UnknownLanguageError, language_table
 from trainer.languages.uriel import (angular_distance, distance_matrix, feature_matrix, load_uriel,
@@ -166,4 +167,55 @@ def test_shipped_features_rebuild_from_lang2vec(tmp_path):
 
     out = tmp_path / "uriel_features.csv"
     build(find_lang2vec_data(), out)
+    assert out.read_bytes() == DEFAULT_OUT.read_bytes()
+
+
+# --- URIEL+ as the subset study used it --------------------------------------------------------------
+
+def test_urielplus_distance_is_the_angular_distance_over_shared_features():
+    import csv as csv_module
+    from importlib import resources
+
+    from trainer.languages.uriel import URIELPLUS_FILE
+
+    text = resources.files("trainer.languages").joinpath(URIELPLUS_FILE).read_text(encoding="utf-8")
+    rows = {row[0]: row for row in csv_module.reader(line for line in text.splitlines() if not line.startswith("#"))}
+    assert rows["gaz_Latn"][1] == "gaz" and rows["swh_Latn"][1] == "swh"          # the study's codes
+    assert len(rows["eng_Latn"]) - 3 == 452
+    langs = ["eng_Latn", "gaz_Latn", "deu_Latn", "swh_Latn"]
+    dist, report = distance_matrix(langs, "urielplus")
+    assert report.observed_features["gaz_Latn"] < 30 < report.observed_features["deu_Latn"]   # sparse Oromo
+    for i, a in enumerate(langs):
+        for j, b in enumerate(langs):
+            if i == j:
+                continue
+            u = [float(x) if x else None for x in rows[a][3:]]
+            v = [float(x) if x else None for x in rows[b][3:]]
+            shared = [(x, y) for x, y in zip(u, v) if x is not None and y is not None]
+            dot = sum(x * y for x, y in shared)
+            norm = math.sqrt(sum(x * x for x, _ in shared)) * math.sqrt(sum(y * y for _, y in shared))
+            expected = math.acos(max(-1.0, min(1.0, dot / norm))) / math.pi
+            assert dist[i, j] == pytest.approx(expected, abs=1e-9), (a, b)
+    assert not np.allclose(dist, distance_matrix(langs, "imputed")[0])             # another source, other numbers
+
+
+def test_select_languages_runs_with_urielplus_features(tmp_path):
+    from data_prep import select_languages
+
+    out = tmp_path / "subsets.yaml"
+    select_languages.main(["--features", "urielplus", "--heuristics", "featural_max", "featural_min",
+                           "--sizes", "5", "--out", str(out)])
+    doc = yaml.safe_load(out.read_text())
+    assert doc["metadata"]["features"]["mode"] == "urielplus" and "URIEL+" in doc["metadata"]["features"]["source"]
+    assert set(doc["subsets"]["featural_max_5"]["languages"]) == {"arb_Arab", "gaz_Latn", "tsn_Latn", "vie_Latn",
+                                                                  "zsm_Latn"}
+
+
+@pytest.mark.slow
+def test_shipped_urielplus_features_rebuild_from_the_package(tmp_path):
+    pytest.importorskip("urielplus")
+    from data_prep.build_urielplus_features import DEFAULT_OUT, build
+
+    out = tmp_path / "urielplus_features.csv"
+    build(out)
     assert out.read_bytes() == DEFAULT_OUT.read_bytes()

@@ -348,15 +348,22 @@ MISSING_HANDLING = {
     "observed": "observed features only; a pair without shared features has no distance (never 0): "
                 "the run fails (on_undefined: error) or drops those languages (on_undefined: drop)",
     "knn": "lang2vec's kNN predictions for every feature (observed values not used)",
+    "urielplus": "URIEL+ values (sources by union), no imputation: a distance over the features both languages "
+                 "have; a pair without shared features has no distance (never 0)",
 }
+FEATURE_SOURCES = {
+    "urielplus": ("URIEL+ (trainer/languages/urielplus_features.csv; data_prep/build_urielplus_features.py)",
+                  "syntax + phonology + inventory + morphology (452)"),
+}
+URIEL_SOURCE = ("URIEL via lang2vec (trainer/languages/uriel_features.csv; data_prep/build_uriel_features.py)",
+                "syntax + phonology + inventory (289)")
 
 
 def _document(run: _Run) -> dict:
     """The subsets.yaml document of a finished run."""
     cfg = run.cfg
-    features_meta = {"source": "URIEL via lang2vec (trainer/languages/uriel_features.csv; "
-                               "data_prep/build_uriel_features.py)",
-                     "features": "syntax + phonology + inventory (289)",
+    source, described = FEATURE_SOURCES.get(cfg.features, URIEL_SOURCE)
+    features_meta = {"source": source, "features": described,
                      "missing_features": MISSING_HANDLING[cfg.features], **run.report.as_dict()}
     if run.dropped:
         features_meta["dropped_without_distances"] = run.dropped

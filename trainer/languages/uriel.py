@@ -22,6 +22,10 @@ Feature modes (`feature_matrix(..., mode=)`):
   both languages have, and is undefined (NaN) when they share fewer than
   `min_shared` features. Callers must not treat NaN as 0.
 - `knn`: the kNN predictions only.
+- `urielplus`: URIEL+ (Khan et al. 2025) as the subset study used it: 452 typological features with
+  URIEL+'s added databases integrated, sources aggregated by union, no imputation; a distance over
+  the features both languages have (`trainer/languages/urielplus_features.csv`, built by
+  `data_prep/build_urielplus_features.py`; codes as the study's lists: `gaz` Oromo, `swh` Swahili).
 """
 
 from __future__ import annotations
@@ -35,8 +39,9 @@ from typing import Literal, Sequence
 import numpy as np
 
 FEATURE_FILE = "uriel_features.csv"
-FeatureMode = Literal["imputed", "observed", "knn"]
-FEATURE_MODES: tuple[str, ...] = ("imputed", "observed", "knn")
+URIELPLUS_FILE = "urielplus_features.csv"
+FeatureMode = Literal["imputed", "observed", "knn", "urielplus"]
+FEATURE_MODES: tuple[str, ...] = ("imputed", "observed", "knn", "urielplus")
 
 
 @dataclass(frozen=True)
@@ -84,10 +89,29 @@ def load_uriel() -> UrielTable:
     return UrielTable(tuple(langs), tuple(codes), features, np.array(obs), np.array(knn))
 
 
+@functools.lru_cache(maxsize=1)
+def load_urielplus() -> tuple[tuple[str, ...], tuple[str, ...], np.ndarray]:
+    """(FLORES codes, feature names, values [n_languages, 452] with NaN = missing) of the shipped URIEL+ table."""
+    text = resources.files("trainer.languages").joinpath(URIELPLUS_FILE).read_text(encoding="utf-8")
+    rows = csv.reader(line for line in text.splitlines() if not line.startswith("#"))
+    header = next(rows)
+    langs, values = [], []
+    for row in rows:
+        langs.append(row[0])
+        values.append([float(x) if x else np.nan for x in row[3:]])
+    return tuple(langs), tuple(header[3:]), np.array(values)
+
+
 def feature_matrix(languages: Sequence[str], mode: FeatureMode = "imputed") -> np.ndarray:
-    """Feature vectors [len(languages), 289] for FLORES codes (NaN = missing; see module doc for modes)."""
+    """Feature vectors [len(languages), n_features] for FLORES codes (NaN = missing; see module doc for modes)."""
     if mode not in FEATURE_MODES:
         raise ValueError(f"features mode {mode!r} is not one of {', '.join(FEATURE_MODES)}")
+    if mode == "urielplus":
+        codes, _, values = load_urielplus()
+        missing = [c for c in languages if c not in codes]
+        if missing:
+            raise KeyError(f"no URIEL+ features for {missing[0]!r} in trainer/languages/{URIELPLUS_FILE}")
+        return values[[codes.index(c) for c in languages]].copy()
     table = load_uriel()
     idx = [table.row(code) for code in languages]
     observed, knn = table.observed[idx], table.knn[idx]
@@ -178,12 +202,13 @@ def distance_matrix(languages: Sequence[str], mode: FeatureMode = "imputed",
     distance on observed features alone), whatever `mode` is used for the matrix.
     """
     languages = list(languages)
-    observed = feature_matrix(languages, "observed")
+    observed = feature_matrix(languages, "urielplus" if mode == "urielplus" else "observed")
     obs_dist, _ = pairwise_angular_distances(observed, min_shared)
     bad = [(languages[i], languages[j]) for i in range(len(languages)) for j in range(i + 1, len(languages))
            if np.isnan(obs_dist[i, j])]
     affected = sorted({c for pair in bad for c in pair})
-    dist = obs_dist if mode == "observed" else pairwise_angular_distances(feature_matrix(languages, mode), min_shared)[0]
+    dist = obs_dist if mode in ("observed", "urielplus") else \
+        pairwise_angular_distances(feature_matrix(languages, mode), min_shared)[0]
     n_obs = {c: int((~np.isnan(observed[i])).sum()) for i, c in enumerate(languages)}
     n_feat = observed.shape[1]
     report = DistanceReport(
