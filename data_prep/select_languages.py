@@ -20,6 +20,8 @@ import sys
 import time
 from pathlib import Path
 
+from trainer.config import validate
+from trainer.errors import UserError, report
 from trainer.languages import subset_search
 from trainer.languages.subsets import (DEFAULT_SEEDS, DEFAULT_SIZES, HEURISTICS, SEEN_PRESETS, SelectionConfig,
                                       select_subsets, validate_subsets, write_subsets)
@@ -58,6 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     seen.add_argument("--seen", nargs="+", default=None, help="languages seen in pre-training, as codes")
     seen.add_argument("--seen-file", type=Path, default=None, help="languages seen in pre-training, from a file")
     p.add_argument("--english", default="eng_Latn", help="anchor language (counted in objectives, never selected)")
+    p.add_argument("--imputation", default="none", choices=["none", "knn"],
+                   help="with --features urielplus: none (the study) or knn (KNNImputer over the URIEL+ table)")
     p.add_argument("--features", default="imputed", choices=list(FEATURE_MODES),
                    help="URIEL features: imputed (observed, gaps filled by kNN; default), observed, knn; or urielplus "
                         "(URIEL+ as the subset study used it: sources by union, no imputation)")
@@ -115,12 +119,15 @@ def main(argv: list[str] | None = None) -> dict:
         seen, seen_source = read_codes(args.seen_file), str(args.seen_file)
     else:
         seen, seen_source = SEEN_PRESETS[args.seen_preset], args.seen_preset
-    cfg = SelectionConfig(
-        pool=pool, pool_name=pool_name, sizes=args.sizes, heuristics=args.heuristics, seeds=args.seeds,
-        seen=seen, seen_source=seen_source, english=args.english, features=args.features,
-        min_shared=args.min_shared, on_undefined=args.on_undefined,
-        exact_max_combinations=args.exact_max_combinations, restarts=args.restarts,
-        search_seed=args.search_seed, full_pools=not args.no_full_pools)
+    try:
+        cfg = validate(dict(
+            pool=pool, pool_name=pool_name, sizes=args.sizes, heuristics=args.heuristics, seeds=args.seeds,
+            seen=seen, seen_source=seen_source, english=args.english, features=args.features,
+            imputation=args.imputation, min_shared=args.min_shared, on_undefined=args.on_undefined,
+            exact_max_combinations=args.exact_max_combinations, restarts=args.restarts,
+            search_seed=args.search_seed, full_pools=not args.no_full_pools), SelectionConfig, source="selection")
+    except UserError as e:
+        sys.exit(report(e))
     doc = select_subsets(cfg, table, progress=args.progress)
     doc["metadata"]["command"] = "python -m data_prep.select_languages " + " ".join(argv if argv is not None else sys.argv[1:])
     validate_subsets(doc, table)

@@ -219,3 +219,21 @@ def test_shipped_urielplus_features_rebuild_from_the_package(tmp_path):
     out = tmp_path / "urielplus_features.csv"
     build(out)
     assert out.read_bytes() == DEFAULT_OUT.read_bytes()
+
+
+def test_urielplus_knn_imputation_fills_every_observed_feature_and_is_explicit():
+    from sklearn.impute import KNNImputer
+
+    from trainer.languages.uriel import load_urielplus
+
+    langs = ["gaz_Latn", "eng_Latn", "swh_Latn"]
+    none = feature_matrix(langs, "urielplus")
+    knn = feature_matrix(langs, "urielplus", imputation="knn")
+    codes, _, values = load_urielplus()
+    kept = ~np.isnan(values).all(axis=0)
+    expected = KNNImputer(n_neighbors=9).fit_transform(values[:, kept])[[codes.index(c) for c in langs]]
+    np.testing.assert_allclose(knn[:, kept], expected)
+    observed = ~np.isnan(none)
+    np.testing.assert_array_equal(knn[observed], none[observed])          # observed values are kept
+    with pytest.raises(ValueError, match="applies to features urielplus"):
+        feature_matrix(langs, "observed", imputation="knn")

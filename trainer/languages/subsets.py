@@ -48,7 +48,7 @@ from typing import Callable, Literal
 
 import numpy as np
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from tqdm.auto import tqdm
 
 from trainer.fsutil import write_atomic
@@ -98,7 +98,12 @@ class SelectionConfig(BaseModel):
                             description="languages seen in the model's pre-training")
     seen_source: str = "llama-3.1 (model card: officially supported languages)"
     english: str = Field("eng_Latn", description="anchor: counted in every objective, never selected")
-    features: FeatureMode = Field("imputed", description="URIEL feature mode (trainer.languages.uriel)")
+    features: FeatureMode = Field("imputed", description=(
+        "Feature source and mode (trainer.languages.uriel): imputed, observed, knn (URIEL via lang2vec) or urielplus "
+        "(URIEL+ as the subset study used it: sources by union, no imputation)"))
+    imputation: Literal["none", "knn"] = Field("none", description=(
+        "urielplus only: none (the study: distances over shared features) or knn (KNNImputer, k = 9, over the "
+        "shipped URIEL+ table)"))
     min_shared: int = Field(1, ge=1, description="observed mode: fewest shared features for a defined distance")
     on_undefined: Literal["error", "drop"] = Field("error", description=(
         "observed mode: fail naming the pairs without a distance, or drop those languages"))
@@ -123,6 +128,13 @@ class SelectionConfig(BaseModel):
         if bad:
             raise ValueError(f"must be positive, got {bad}")
         return v
+
+    @model_validator(mode="after")
+    def _imputation(self) -> "SelectionConfig":
+        if self.imputation != "none" and self.features != "urielplus":
+            raise ValueError(f"imputation: {self.imputation} applies to features urielplus (URIEL's own imputation "
+                             f"is features: imputed)")
+        return self
 
 
 def round_robin(candidates: list[Language], group: Callable[[Language], str], k: int, seed: int) -> list[str]:
@@ -243,7 +255,7 @@ class _Run:
         self.pool = sorted((table.get(c) for c in pool_codes), key=lambda x: x.flores)
         self.seen = set(table.resolve(cfg.seen, "seen languages"))
         codes = [x.flores for x in self.pool] + [self.english]
-        self.dist, self.report = distance_matrix(codes, cfg.features, cfg.min_shared)
+        self.dist, self.report = distance_matrix(codes, cfg.features, cfg.min_shared, cfg.imputation)
         self.scorer = _Scorer(codes, self.english, self.dist)
         self.subsets: dict[str, dict] = {}
         self.skipped: list[dict] = []

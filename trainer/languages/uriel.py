@@ -26,6 +26,10 @@ Feature modes (`feature_matrix(..., mode=)`):
   URIEL+'s added databases integrated, sources aggregated by union, no imputation; a distance over
   the features both languages have (`trainer/languages/urielplus_features.csv`, built by
   `data_prep/build_urielplus_features.py`; codes as the study's lists: `gaz` Oromo, `swh` Swahili).
+  Imputation is explicit (`imputation`): `none` (the default, as the study), or `knn`: scikit-learn's
+  KNNImputer (URIEL+'s kNN strategy) over the 202-language table, k = 9 (the middle of the
+  3..15 range URIEL+ searches; its own cross-validated imputation runs over all of URIEL+'s 26,880
+  languages and is not rerun here).
 """
 
 from __future__ import annotations
@@ -42,6 +46,8 @@ FEATURE_FILE = "uriel_features.csv"
 URIELPLUS_FILE = "urielplus_features.csv"
 FeatureMode = Literal["imputed", "observed", "knn", "urielplus"]
 FEATURE_MODES: tuple[str, ...] = ("imputed", "observed", "knn", "urielplus")
+Imputation = Literal["none", "knn"]
+URIELPLUS_KNN_NEIGHBOURS = 9
 
 
 @dataclass(frozen=True)
@@ -102,12 +108,28 @@ def load_urielplus() -> tuple[tuple[str, ...], tuple[str, ...], np.ndarray]:
     return tuple(langs), tuple(header[3:]), np.array(values)
 
 
-def feature_matrix(languages: Sequence[str], mode: FeatureMode = "imputed") -> np.ndarray:
+@functools.lru_cache(maxsize=1)
+def urielplus_knn_imputed() -> np.ndarray:
+    """The URIEL+ table [n_languages, 452] with every missing value filled by KNNImputer (k = 9)."""
+    from sklearn.impute import KNNImputer
+
+    _, _, values = load_urielplus()
+    observed_anywhere = ~np.isnan(values).all(axis=0)    # a feature no language has stays missing
+    filled = values.copy()
+    filled[:, observed_anywhere] = KNNImputer(n_neighbors=URIELPLUS_KNN_NEIGHBOURS).fit_transform(
+        values[:, observed_anywhere])
+    return filled
+
+
+def feature_matrix(languages: Sequence[str], mode: FeatureMode = "imputed", imputation: Imputation = "none") -> np.ndarray:
     """Feature vectors [len(languages), n_features] for FLORES codes (NaN = missing; see module doc for modes)."""
     if mode not in FEATURE_MODES:
         raise ValueError(f"features mode {mode!r} is not one of {', '.join(FEATURE_MODES)}")
+    if imputation != "none" and mode != "urielplus":
+        raise ValueError(f"imputation {imputation!r} applies to features urielplus; {mode!r} has its own modes")
     if mode == "urielplus":
         codes, _, values = load_urielplus()
+        values = urielplus_knn_imputed() if imputation == "knn" else values
         missing = [c for c in languages if c not in codes]
         if missing:
             raise KeyError(f"no URIEL+ features for {missing[0]!r} in trainer/languages/{URIELPLUS_FILE}")
@@ -195,7 +217,7 @@ class DistanceReport:
 
 
 def distance_matrix(languages: Sequence[str], mode: FeatureMode = "imputed",
-                    min_shared: int = 1) -> tuple[np.ndarray, DistanceReport]:
+                    min_shared: int = 1, imputation: Imputation = "none") -> tuple[np.ndarray, DistanceReport]:
     """Pairwise URIEL angular distances [n, n] for FLORES codes, plus the missing-data report.
 
     The report always describes the observed data (which pairs would have no
@@ -207,12 +229,13 @@ def distance_matrix(languages: Sequence[str], mode: FeatureMode = "imputed",
     bad = [(languages[i], languages[j]) for i in range(len(languages)) for j in range(i + 1, len(languages))
            if np.isnan(obs_dist[i, j])]
     affected = sorted({c for pair in bad for c in pair})
-    dist = obs_dist if mode in ("observed", "urielplus") else \
-        pairwise_angular_distances(feature_matrix(languages, mode), min_shared)[0]
+    dist = obs_dist if mode == "observed" or (mode == "urielplus" and imputation == "none") else \
+        pairwise_angular_distances(feature_matrix(languages, mode, imputation), min_shared)[0]
     n_obs = {c: int((~np.isnan(observed[i])).sum()) for i, c in enumerate(languages)}
     n_feat = observed.shape[1]
     report = DistanceReport(
         mode=mode, min_shared=min_shared, observed_features=n_obs,
-        imputed_features={c: (n_feat - n if mode == "imputed" else 0) for c, n in n_obs.items()},
+        imputed_features={c: (n_feat - n if mode == "imputed" or imputation == "knn" else 0)
+                          for c, n in n_obs.items()},
         undefined_observed_pairs=bad, languages_with_undefined_pairs=affected)
     return dist, report
