@@ -29,7 +29,8 @@ Feature modes (`feature_matrix(..., mode=)`):
   Imputation is explicit (`imputation`): `none` (the default, as the study), or `knn`: scikit-learn's
   KNNImputer (URIEL+'s kNN strategy) over the 202-language table, k = 9 (the middle of the
   3..15 range URIEL+ searches; its own cross-validated imputation runs over all of URIEL+'s 26,880
-  languages and is not rerun here).
+  languages and is not rerun here). URIEL+'s softImpute strategy is not offered: it runs through
+  fancyimpute, whose 0.7 release fails with scikit-learn >= 1.6 (`check_array(force_all_finite=...)`).
 """
 
 from __future__ import annotations
