@@ -1,7 +1,8 @@
 """The one optimizer-step loop: every recipe builds its model and data, then hands `train` a step function.
 
-    run = Run(job, engine, tracker, checkpoints)          # made by trainer.train for every recipe
+    run = Run(job, engine, tracker, checkpoints)          # made by trainer.run for every recipe
     summary = train(run, model, data, step_fn, hooks)
+    step_fn = lambda step: accumulate(run, batches, forward)   # the common step: grad_accum micro-batches
 
 `step_fn(step)` trains one optimizer step's micro-batches on this rank and returns its `Sums`;
 the loop does the rest the same way for every recipe: the sums over ranks, `metrics.jsonl`, the
@@ -68,6 +69,25 @@ def seed_micro_batch(seed: int, index: int) -> None:
 def global_micro_batch(run: Run, step: int, j: int) -> int:
     """Global index of this rank's micro-batch `j` of optimizer `step` (global k goes to rank k % world)."""
     return (step * run.job.optim.grad_accum + j) * run.engine.world_size + run.engine.rank
+
+
+def accumulate(run: "Run", batches, forward: Callable[[dict, "Sums"], torch.Tensor]) -> "Sums":
+    """One optimizer step over `optim.grad_accum` micro-batches of `batches` -> this rank's `Sums`.
+
+    Each micro-batch is moved to the device and the RNG re-seeded from its global index
+    (`batches.last_index`); `forward(batch, sums)` returns its loss (and may add metrics to `sums`);
+    the loss is back-propagated, the engine steps (an optimizer step at the accumulation boundary)
+    and the loss is summed under `loss`.
+    """
+    sums = Sums()
+    for _ in range(run.job.optim.grad_accum):
+        batch = run.engine.to_device(next(batches))
+        seed_micro_batch(run.job.seed, batches.last_index)
+        loss = forward(batch, sums)
+        run.engine.backward(loss)
+        run.engine.step()
+        sums.add("loss", loss.item())
+    return sums
 
 
 class Sums:

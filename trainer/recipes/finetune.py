@@ -15,7 +15,7 @@ from trainer.config import FinetuneJob
 from trainer.data.batches import MicroBatches
 from trainer.data.benchmarks import BENCHMARKS
 from trainer.data.task import TaskExampleCollator
-from trainer.loop import Run, Sums, seed_micro_batch, train
+from trainer.loop import Run, Sums, accumulate, train
 from trainer.models.loading import load_llm_tokenizer, load_nllb_tokenizer
 from trainer.models.task_model import build_task_model
 from trainer.objectives.task import classification_loss
@@ -35,17 +35,10 @@ def run(r: Run) -> dict:
                            job.optim.micro_batch_size, collate, seed=job.seed, rank=engine.rank,
                            world_size=engine.world_size)
 
-    def step(step: int) -> Sums:
-        sums = Sums()
-        for _ in range(job.optim.grad_accum):
-            batch = engine.to_device(next(batches))
-            seed_micro_batch(job.seed, batches.last_index)
-            loss = classification_loss(engine(**batch).logits, batch["labels"])
-            engine.backward(loss)
-            engine.step()
-            sums.add("loss", loss.item())
-            sums.count_tokens(float(batch["attention_mask"].sum()))
-        return sums
+    def fit(batch: dict, sums: Sums):
+        sums.count_tokens(float(batch["attention_mask"].sum()))
+        return classification_loss(engine(**batch).logits, batch["labels"])
 
     predict = lambda batch: engine(**engine.to_device(batch)).logits  # noqa: E731
-    return train(r, model, batches, step, tasks.dev_test_hooks(r, collate, predict))
+    return train(r, model, batches, lambda step: accumulate(r, batches, fit),
+                 tasks.dev_test_hooks(r, collate, predict))

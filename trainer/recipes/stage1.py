@@ -14,7 +14,7 @@ from __future__ import annotations
 from trainer import distributed
 from trainer.config import Stage1Job
 from trainer.data.text import text_batches
-from trainer.loop import Run, Sums, seed_micro_batch, train
+from trainer.loop import Run, Sums, accumulate, train
 from trainer.models.loading import load_llm_tokenizer, load_nllb_tokenizer
 from trainer.models.mt_llm import build_mt_llm
 from trainer.objectives.distillation import distillation_mse, fraction_of_variance_unexplained
@@ -31,18 +31,10 @@ def run(r: Run) -> dict:
                                load_nllb_tokenizer(job.model.encoder, job.model.cache_dir),
                                seed=job.seed, rank=engine.rank, world_size=engine.world_size)
 
-    def step(_: int) -> Sums:
-        sums = Sums()
-        for _ in range(job.optim.grad_accum):
-            batch = next(batches)
-            seed_micro_batch(job.seed, batches.last_index)
-            out = engine(**engine.to_device(batch))      # pooled teacher and student vectors [b, d_llm]
-            loss = distillation_mse(out.teacher, out.student)
-            engine.backward(loss)
-            engine.step()
-            sums.add("loss", loss.item())
-            sums.add("fvu", fraction_of_variance_unexplained(out.teacher, out.student).item())
-            sums.count_tokens(float(batch["llm_attention_mask"].sum() + batch["nllb_attention_mask"].sum()))
-        return sums
+    def distil(batch: dict, sums: Sums):
+        out = engine(**batch)                            # pooled teacher and student vectors [b, d_llm]
+        sums.add("fvu", fraction_of_variance_unexplained(out.teacher, out.student).item())
+        sums.count_tokens(float(batch["llm_attention_mask"].sum() + batch["nllb_attention_mask"].sum()))
+        return distillation_mse(out.teacher, out.student)
 
-    return train(r, model, batches, step)
+    return train(r, model, batches, lambda step: accumulate(r, batches, distil))

@@ -19,7 +19,7 @@ from trainer.config import Stage2Job
 from trainer.data.batches import MicroBatches
 from trainer.data.benchmarks import BENCHMARKS
 from trainer.data.task import TaskExampleCollator
-from trainer.loop import Run, Sums, seed_micro_batch, train
+from trainer.loop import Run, Sums, accumulate, train
 from trainer.models.loading import load_nllb_tokenizer
 from trainer.models.task_model import build_stage2_model
 from trainer.objectives.distillation import distillation_mse, fraction_of_variance_unexplained
@@ -38,20 +38,13 @@ def run(r: Run) -> dict:
     batches = MicroBatches(train_examples, job.optim.micro_batch_size, collate, seed=job.seed, rank=engine.rank,
                            world_size=engine.world_size)
 
-    def step(step: int) -> Sums:
-        sums = Sums()
-        for _ in range(job.optim.grad_accum):
-            batch = engine.to_device(next(batches))
-            seed_micro_batch(job.seed, batches.last_index)
-            student = engine(**batch, mode="pooled").pooled                 # [b, d] through NLLB
-            teacher = cache.lookup(batch["ids"]).to(student.device)         # [b, d], the same examples by id
-            loss = distillation_mse(teacher, student)
-            engine.backward(loss)
-            engine.step()
-            sums.add("loss", loss.item())
-            sums.add("fvu", fraction_of_variance_unexplained(teacher, student).item())
-            sums.count_tokens(float(batch["attention_mask"].sum()))
-        return sums
+    def distil(batch: dict, sums: Sums):
+        student = engine(**batch, mode="pooled").pooled                     # [b, d] through NLLB
+        teacher = cache.lookup(batch["ids"]).to(student.device)             # [b, d], the same examples by id
+        sums.add("fvu", fraction_of_variance_unexplained(teacher, student).item())
+        sums.count_tokens(float(batch["attention_mask"].sum()))
+        return distillation_mse(teacher, student)
 
     predict = lambda batch: engine(**engine.to_device(batch)).logits  # noqa: E731
-    return train(r, model, batches, step, tasks.dev_test_hooks(r, collate, predict))
+    return train(r, model, batches, lambda step: accumulate(r, batches, distil),
+                 tasks.dev_test_hooks(r, collate, predict))

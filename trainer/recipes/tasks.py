@@ -53,7 +53,8 @@ def dev_test_hooks(r: Run, collate: Callable[[list], dict], predict: Callable[[d
     """
     job, engine, t = r.job, r.engine, r.job.task
     benchmark, langs = BENCHMARKS[t.benchmark], languages(job)
-    sets = {split: {lang: examples(job, t.benchmark, lang, split) for lang in langs} for split in ("validation", "test")}
+    sets = {split: {lang: examples(job, t.benchmark, lang, split) for lang in langs}
+            for split in ("validation", "test")}
     if "translate_test" in t.files:   # target test sets translated to English: read as English (NLLB: eng code)
         sets["translate_test"] = {lang: [replace(e, language=t.source_language)
                                          for e in examples(job, t.benchmark, lang, "translate_test")]
