@@ -4,6 +4,7 @@ from pathlib import Path
 
 import mlflow
 import pytest
+import torch
 import yaml
 
 from data_prep.demo_text import write_demo_shards
@@ -82,3 +83,36 @@ def test_a_run_abandoned_before_its_first_checkpoint_is_closed_by_the_next_attem
     (out / ".mlflow_run_id").write_text(finished + "\n")
     run_job(again)
     assert client.get_run(finished).info.status == "FINISHED"
+
+
+def test_activation_checkpointing_leaves_the_losses_unchanged(tmp_path, tiny_cache):
+    """Checkpointing on vs off, dropout on: the recomputed blocks replay the same masks, so every step's
+    loss and the exported weights agree."""
+    import json
+
+    from safetensors.torch import load_file
+
+    from trainer.tiny.text import english_documents
+
+    docs = tmp_path / "docs.jsonl"
+    docs.write_text("".join(json.dumps({"text": d}) + "\n" for d in english_documents(48, seed=4)))
+    runs = {}
+    for flag in (False, True):
+        raw = {"recipe": "stage1", "seed": 1, "output_dir": str(tmp_path / f"ckpt_{flag}"),
+               "model": {"llm": {"name_or_path": "tiny:llama", "gradient_checkpointing": flag},
+                         "encoder": {"name_or_path": "tiny:nllb"}, "lora": {"r": 4, "alpha": 8, "dropout": 0.1},
+                         "cache_dir": tiny_cache},
+               "data": {"files": [str(docs)], "max_length": 32},
+               "optim": {"lr": 3e-3, "max_steps": 4, "micro_batch_size": 4, "grad_accum": 2},
+               "checkpoint": {"every": 0}, "tracking": {"uri": f"sqlite:///{tmp_path / 'mlflow.db'}"}}
+        path = tmp_path / f"job_{flag}.yaml"
+        path.write_text(yaml.safe_dump(raw))
+        runs[flag] = run_job(load_job(path))
+    assert runs[True]["losses"] == pytest.approx(runs[False]["losses"], rel=1e-6)
+    from trainer.config import LLMConfig
+    from trainer.models.loading import load_llm
+
+    assert load_llm(LLMConfig(name_or_path="tiny:llama", gradient_checkpointing=True), tiny_cache).is_gradient_checkpointing
+    assert not load_llm(LLMConfig(name_or_path="tiny:llama"), tiny_cache).is_gradient_checkpointing
+    on, off = (load_file(str(Path(runs[f]["export_dir"]) / "trainable.safetensors")) for f in (True, False))
+    assert on.keys() == off.keys() and all(torch.allclose(on[k], off[k], rtol=1e-5, atol=1e-7) for k in on)

@@ -132,6 +132,10 @@ def load_llm(cfg: LLMConfig, cache_dir: str = ".cache/tiny-models", causal_lm: b
     model.requires_grad_(False)
     if cfg.bidirectional:
         make_bidirectional(model)
+    if cfg.gradient_checkpointing:
+        # non-reentrant: gradients reach LoRA weights inside the checkpointed blocks even though the
+        # frozen embeddings' outputs need no gradient (the reentrant variant would drop them)
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     return model
 
 
