@@ -48,6 +48,8 @@ def test_mlflow_holds_one_run_with_config_metrics_and_export(demo_run):
         assert len(history) >= job.optim.max_steps // job.tracking.log_every, metric
     loss_by_step = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "loss")}
     assert loss_by_step[job.optim.max_steps] == pytest.approx(summary["losses"][-1])
+    assert run.data.tags["world_size"] == "1" and run.data.tags["precision"] == "fp32"
+    assert run.data.tags["attn_implementation"] in ("sdpa", "eager") and run.data.tags["devices"] == "1 x cpu"
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "export")}
     assert {"export/trainable.safetensors", "export/config.yaml"} <= artifacts
     saved = yaml.safe_load((Path(job.output_dir) / "config.yaml").read_text())
@@ -104,11 +106,15 @@ def test_activation_checkpointing_leaves_the_losses_unchanged(tmp_path, tiny_cac
                          "cache_dir": tiny_cache},
                "data": {"files": [str(docs)], "max_length": 32},
                "optim": {"lr": 3e-3, "max_steps": 4, "micro_batch_size": 4, "grad_accum": 2},
-               "checkpoint": {"every": 0}, "tracking": {"uri": f"sqlite:///{tmp_path / 'mlflow.db'}"}}
+               "checkpoint": {"every": 0},
+               "tracking": {"uri": f"sqlite:///{tmp_path / 'mlflow.db'}", "log_export": False}}
         path = tmp_path / f"job_{flag}.yaml"
         path.write_text(yaml.safe_dump(raw))
         runs[flag] = run_job(load_job(path))
     assert runs[True]["losses"] == pytest.approx(runs[False]["losses"], rel=1e-6)
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")   # tracking.log_export: false
+    assert not client.list_artifacts(runs[True]["run_id"], "export")
+    assert (Path(runs[True]["export_dir"]) / "trainable.safetensors").is_file()
     from trainer.config import LLMConfig
     from trainer.models.loading import load_llm
 

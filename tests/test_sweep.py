@@ -63,6 +63,7 @@ def test_trial_job_applies_settings_subset_and_child_run_tags(tmp_path):
     assert job.optim.lr == 0.01 and job.data.files == ["a.jsonl", "b.jsonl"]
     assert job.output_dir == str(tmp_path / "trial0")
     assert job.tracking.parent_run_id == "PARENT"
+    assert job.tracking.run_name == "s1 optim.lr=0.01 (trial0)"     # what the trial is, not only its Tune id
     tags = trial_tags(sweep, {"optim.lr": 0.01}, "s1")
     assert tags == {"sweep": "t", "subset": "s1", "languages": "a.jsonl,b.jsonl", "subset_heuristic": "random",
                     "subset_size": "2", "subset_seed": "17", "setting.optim.lr": "0.01"}

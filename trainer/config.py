@@ -191,6 +191,9 @@ class TrackingConfig(Section):
     log_every: int = Field(1, gt=0, description="Log metrics every N optimizer steps")
     parent_run_id: str | None = Field(None, description="Open the run as a child of this MLflow run (set by sweeps)")
     tags: dict[str, str] = Field(default_factory=dict, description="Extra MLflow tags of the run")
+    log_export: bool = Field(True, description=(
+        "Upload OUTPUT_DIR/export (the trained weights) to the run's artifacts; false keeps it on disk only "
+        "(large sweeps: XLM-R large exports about 2 GB per trial)"))
     if_unreachable: Literal["fail", "buffer"] = Field("fail", description=(
         "A tracking server (http URI) that does not answer within seconds: fail (the job stops at once, naming "
         "the URI), or buffer (train anyway; rank 0 records params, metrics and artifacts in "

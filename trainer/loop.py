@@ -216,6 +216,7 @@ def train(run: Run, model: torch.nn.Module, data: Stateful, step_fn: Callable[[i
         return metrics
 
     engine.prepare(model)
+    tracker.set_tags(run_environment(engine, model))
     start_step = checkpoints.restore(engine, data)
     if start_step == 0:
         kept = evaluate(hooks.before, step=0)
@@ -255,6 +256,16 @@ def train(run: Run, model: torch.nn.Module, data: Stateful, step_fn: Callable[[i
     return finish(run, final, losses, start_step)
 
 
+def run_environment(engine, model: torch.nn.Module) -> dict[str, str]:
+    """What a run ran on, as MLflow tags: world size, devices, precision, ZeRO stage, attention implementation."""
+    attention = sorted({m.config._attn_implementation for m in model.modules()       # every model inside
+                        if getattr(getattr(m, "config", None), "_attn_implementation", None)})
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+    return {"world_size": str(engine.world_size), "devices": f"{engine.world_size} x {device}",
+            "precision": engine.precision, "zero_stage": str(engine.zero_stage),
+            "attn_implementation": ",".join(attention) or "unknown"}
+
+
 def finish(run: Run, final: dict[str, float], losses: list[float], start_step: int) -> dict:
     """Log the final metrics as one row (a sweep's last report holds them all), export the trained weights."""
     job, engine = run.job, run.engine
@@ -265,7 +276,8 @@ def finish(run: Run, final: dict[str, float], losses: list[float], start_step: i
     if engine.is_main:
         write_atomic(run.out_dir / FINAL_METRICS_FILE, json.dumps(final, indent=1, sort_keys=True))
         export = save_trainable(state, run.out_dir / "export", job.to_yaml())
-        run.tracker.log_artifacts(str(export), "export")
+        if job.tracking.log_export:
+            run.tracker.log_artifacts(str(export), "export")
     return {"losses": losses, "start_step": start_step, "metrics": final,
             "export_dir": str(export) if export else None}
 

@@ -113,6 +113,14 @@ class Tracker:
             mlflow.log_params({k: str(v)[:6000] for k, v in flatten(config).items()})
         return self.run_id
 
+    def set_tags(self, tags: dict[str, str]) -> None:
+        """Tags of the run (rank 0), e.g. what it ran on; buffered like everything else when offline."""
+        tags = {k: str(v) for k, v in tags.items()}
+        if self.buffer is not None:
+            self.buffer.add(event="tags", tags=tags)
+        elif self.enabled:
+            mlflow.set_tags(tags)
+
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         metrics = {k: float(v) for k, v in metrics.items()}
         if self.buffer is not None:
@@ -246,6 +254,8 @@ def upload_buffer(run_dir: str | Path, uri: str | None = None) -> list[str]:
             run_ids.append(run.info.run_id)
         elif kind == "metrics":
             mlflow.log_metrics(event["metrics"], step=event["step"])
+        elif kind == "tags":
+            mlflow.set_tags(event["tags"])
         elif kind == "artifact" and Path(event["path"]).exists():
             target = Path(event["path"])
             (mlflow.log_artifacts if target.is_dir() else mlflow.log_artifact)(str(target), event["artifact_path"])

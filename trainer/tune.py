@@ -80,6 +80,12 @@ def trial_tags(sweep: Sweep, settings: dict[str, Any], subset: str | None) -> di
     return tags
 
 
+def trial_run_name(subset: str | None, settings: dict[str, Any], trial_name: str) -> str:
+    """An MLflow child run's name that says what the trial is: `featural_max_5 optim.lr=0.001 (00003)`."""
+    parts = ([subset] if subset else []) + [f"{key}={value}" for key, value in sorted(settings.items())]
+    return " ".join(parts + [f"({trial_name.rsplit('_', 1)[-1]})"]) if parts else trial_name
+
+
 def trial_job(sweep: Sweep, trial_config: dict[str, Any], trial_dir: Path, parent_run_id: str | None,
               trial_name: str) -> dict[str, Any]:
     """The raw job dict of one trial: settings, subset, output dir, tracking as a child run, resume."""
@@ -87,7 +93,8 @@ def trial_job(sweep: Sweep, trial_config: dict[str, Any], trial_dir: Path, paren
     raw = sweep.trial_raw(settings, subset)
     raw["output_dir"] = str(trial_dir)
     tracking = raw.setdefault("tracking", {})
-    tracking.update(uri=sweep_tracking_uri(sweep), experiment=sweep.config.experiment, run_name=trial_name,
+    tracking.update(uri=sweep_tracking_uri(sweep), experiment=sweep.config.experiment,
+                    run_name=trial_run_name(subset, settings, trial_name),
                     parent_run_id=parent_run_id, tags=trial_tags(sweep, settings, subset))
     raw.setdefault("checkpoint", {})["resume"] = "auto"
     return raw
