@@ -314,3 +314,38 @@ def test_written_files_and_folders_follow_the_umask(tmp_path):
         os.umask(old)
     assert stat.S_IMODE(path.stat().st_mode) == 0o644
     assert stat.S_IMODE(folder.stat().st_mode) == 0o755
+
+
+def test_two_processes_cannot_write_one_run_directory(stage1, tmp_path, capsys):
+    """A second writer (two runs started without a launcher, or a run still going) is refused at once."""
+    import fcntl
+
+    _, job = stage1
+    out = tmp_path / "busy"
+    out.mkdir()
+    with open(out / ".lock", "a+") as holder:                 # another process's run holds the directory
+        fcntl.flock(holder, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        holder.write("pid 12345 on elsewhere\n")
+        holder.flush()
+        assert main([str(job), f"output_dir={out}"]) == 2
+    err = one_error(capsys)
+    assert "being written by pid 12345 on elsewhere" in err and "torchrun, deepspeed, srun" in err
+    assert sorted(p.name for p in out.iterdir()) == [".lock"]   # nothing else written
+    assert main([str(job), f"output_dir={out}", "optim.max_steps=1"]) == 0   # free again: it runs
+
+
+def test_srun_variables_make_a_process_group(monkeypatch):
+    from trainer.distributed import first_host, from_slurm
+
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("SLURM_PROCID", "3")
+    monkeypatch.setenv("SLURM_NTASKS", "8")
+    monkeypatch.setenv("SLURM_LOCALID", "1")
+    monkeypatch.setenv("SLURM_JOB_NODELIST", "gpu[07-08]")
+    monkeypatch.setenv("SLURM_JOB_ID", "4242")
+    assert from_slurm()
+    assert (os.environ["RANK"], os.environ["WORLD_SIZE"], os.environ["LOCAL_RANK"]) == ("3", "8", "1")
+    assert os.environ["MASTER_ADDR"] == "gpu07" and os.environ["MASTER_PORT"] == str(15000 + 4242)
+    assert not from_slurm()                                   # launcher variables set: left alone
+    assert first_host("a1,a2") == "a1" and first_host("n[10-12,15],m3") == "n10"

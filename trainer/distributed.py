@@ -6,6 +6,8 @@ One entry works under every launcher:
   so a world of 1 is created (MASTER_ADDR=127.0.0.1, MASTER_PORT a free port);
 - `torchrun` / `deepspeed` launchers: they set RANK, WORLD_SIZE, LOCAL_RANK,
   MASTER_ADDR and MASTER_PORT, and every process joins the group;
+- `srun` (SLURM): RANK/WORLD_SIZE/LOCAL_RANK come from SLURM_PROCID/SLURM_NTASKS/SLURM_LOCALID and
+  the master from the job's first node (`from_slurm`);
 - a Ray Train worker (or any caller that already made a group): `setup` sees
   `torch.distributed.is_initialized()` and uses that group as is.
 
@@ -61,6 +63,7 @@ def setup(backend: str = "auto", timeout_minutes: float = 60.0) -> bool:
     """
     if dist.is_initialized():
         return False
+    from_slurm()
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world == 1:
         for key, value in {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1"}.items():
@@ -70,7 +73,7 @@ def setup(backend: str = "auto", timeout_minutes: float = 60.0) -> bool:
     missing = [k for k in ("RANK", "MASTER_ADDR", "MASTER_PORT") if k not in os.environ]
     if missing:
         raise RuntimeError(f"WORLD_SIZE={world} but {', '.join(missing)} not set: launch with torchrun, "
-                           f"the deepspeed launcher, or from a Ray Train worker")
+                           f"the deepspeed launcher, srun, or from a Ray Train worker")
     backend = resolve_backend(backend)
     if backend == "nccl":
         torch.cuda.set_device(local_rank())
@@ -79,6 +82,32 @@ def setup(backend: str = "auto", timeout_minutes: float = 60.0) -> bool:
     atexit.register(_destroy_at_exit)
     log.info("process group: %s, rank %d of %d", backend, dist.get_rank(), dist.get_world_size())
     return True
+
+
+def from_slurm() -> bool:
+    """Under `srun` (SLURM_PROCID and SLURM_NTASKS set, no launcher variables): RANK, WORLD_SIZE and
+    LOCAL_RANK from SLURM's, MASTER_ADDR the job's first node (or as exported), MASTER_PORT derived
+    from the job id (or as exported), so every task of one `srun` joins one group. Returns whether it did.
+    """
+    if "RANK" in os.environ or "SLURM_PROCID" not in os.environ or int(os.environ.get("SLURM_NTASKS", "1")) < 2:
+        return False
+    os.environ["RANK"] = os.environ["SLURM_PROCID"]
+    os.environ["WORLD_SIZE"] = os.environ["SLURM_NTASKS"]
+    os.environ["LOCAL_RANK"] = os.environ.get("SLURM_LOCALID", "0")
+    if "MASTER_ADDR" not in os.environ:
+        os.environ["MASTER_ADDR"] = first_host(os.environ.get("SLURM_JOB_NODELIST", os.environ.get("SLURM_NODELIST",
+                                                                                                   "127.0.0.1")))
+    os.environ.setdefault("MASTER_PORT", str(15000 + int(os.environ.get("SLURM_JOB_ID", "0")) % 20000))
+    return True
+
+
+def first_host(nodelist: str) -> str:
+    """The first host of a SLURM node list: `gpu[03-05,07],cpu1` -> `gpu03` (`scontrol show hostnames` order)."""
+    head = nodelist.split(",")[0] if "[" not in nodelist.split(",")[0] else nodelist[:nodelist.index("]") + 1]
+    if "[" not in head:
+        return head
+    prefix, ranges = head.split("[", 1)
+    return prefix + ranges.rstrip("]").split(",")[0].split("-")[0]
 
 
 def _destroy_at_exit() -> None:

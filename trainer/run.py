@@ -12,6 +12,8 @@ resolved config, and track the run in MLflow, continuing the checkpoint's MLflow
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import time
 from pathlib import Path
 from typing import Callable
@@ -62,13 +64,22 @@ def run_job(job: JobBase, report: Callable[[dict[str, float], int], None] | None
     distributed.setup(job.engine.backend, job.engine.timeout_minutes)
     config_yaml = job.to_yaml()
     config_hash = distributed.check_same_config(config_yaml)
-    main = distributed.is_main()
     out = Path(job.output_dir)
     checkpoints = Checkpointer(job.checkpoint, out, config_hash)
     if checkpoints.resume_target() is not None:
         check_run_dir(job, out)   # before anything is written into the directory
     _agree(lambda: check_model_paths(job.model_dump()))   # a missing local path, not a hub error minutes later
     buffer = _tracking_buffer(job, out)
+    _agree(lambda: claim_run_dir(out))   # one writer per run directory, from here to the end of the run
+    try:
+        return _run(job, out, config_yaml, checkpoints, buffer, report)
+    finally:
+        release_run_dir(out)
+
+
+def _run(job: JobBase, out: Path, config_yaml: str, checkpoints: Checkpointer, buffer: Path | None,
+         report: Callable[[dict[str, float], int], None] | None) -> dict:
+    main = distributed.is_main()
     if main:
         out.mkdir(parents=True, exist_ok=True)
         write_atomic(out / CONFIG_FILE, config_yaml)
@@ -96,6 +107,43 @@ def run_job(job: JobBase, report: Callable[[dict[str, float], int], None] | None
     summary["run_id"] = tracker.run_id
     summary["resumed_from"] = str(checkpoints.resume_from) if checkpoints.resume_from else None
     return summary
+
+
+LOCK_FILE = ".lock"
+_claimed: dict[Path, object] = {}   # run directory -> its open, locked file
+
+
+def claim_run_dir(out: Path) -> None:
+    """Rank 0 takes an exclusive lock on OUTPUT_DIR/.lock for the run; a second process writing to the same
+    directory is refused (two runs started without a launcher, or a run still going). The OS drops the
+    lock if the process dies."""
+    import fcntl
+
+    key = out.resolve()
+    if key in _claimed:
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    handle = open(out / LOCK_FILE, "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.seek(0)
+        holder = handle.read().strip() or "another process"
+        handle.close()
+        raise RunDirError(f"{out} is being written by {holder}: one run per output_dir. Several processes of one "
+                          f"run are started by a launcher (torchrun, deepspeed, srun, Ray); otherwise give each "
+                          f"run its own output_dir") from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+    handle.flush()
+    _claimed[key] = handle
+
+
+def release_run_dir(out: Path) -> None:
+    handle = _claimed.pop(out.resolve(), None)
+    if handle is not None:
+        handle.close()
 
 
 def _tracking_buffer(job: JobBase, out: Path) -> Path | None:
