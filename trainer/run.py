@@ -149,32 +149,30 @@ def release_run_dir(out: Path) -> None:
 def _tracking_buffer(job: JobBase, out: Path) -> Path | None:
     """None when the tracking store answers; with `tracking.if_unreachable: buffer`, the buffer file instead of
     a failure. Seconds, not MLflow's minutes of retries."""
-    if job.tracking.if_unreachable == "fail":
-        _agree(lambda: check_reachable(tracking_uri(job.tracking)))
-        return None
-    unreachable = None
-    if distributed.is_main():
-        try:
-            check_reachable(tracking_uri(job.tracking))
-        except UserError as e:
-            unreachable = str(e)
-    unreachable = distributed.broadcast_object(unreachable)
+    unreachable = _on_main(lambda: check_reachable(tracking_uri(job.tracking)))
     if unreachable is None:
         return None
+    if job.tracking.if_unreachable == "fail":
+        raise unreachable
     log.warning("%s; buffering to %s (upload later: python -m trainer.tracking upload %s)", unreachable,
                 out / BUFFER_FILE, out)
     return out / BUFFER_FILE
 
 
-def _agree(check: Callable[[], None]) -> None:
-    """Run `check` on rank 0; a UserError it raises is raised on every rank (no rank waits at a barrier)."""
+def _on_main(check: Callable[[], None]) -> UserError | None:
+    """Run `check` on rank 0 -> the UserError it raised (or None), on every rank alike."""
     problem = None
     if distributed.is_main():
         try:
             check()
         except UserError as e:
             problem = e
-    problem = distributed.broadcast_object(problem)
+    return distributed.broadcast_object(problem)
+
+
+def _agree(check: Callable[[], None]) -> None:
+    """Run `check` on rank 0; a UserError it raises is raised on every rank (no rank waits at a barrier)."""
+    problem = _on_main(check)
     if problem is not None:
         raise problem
 

@@ -1,9 +1,9 @@
-"""Evaluation split over the ranks of a job: task accuracy per language, translation retrieval.
+"""Evaluation split over the ranks of a job: task confusion counts per language, translation retrieval.
 
 Under ZeRO-3 every forward pass gathers parameters collectively, so every rank must run the same
 number of forward passes: each rank takes every `world_size`-th example (`rank_slice`), padded by
 repeating its last one to the same count on every rank; padded rows are dropped from the
-results. Counts are summed over ranks (task accuracy) or embeddings gathered (retrieval, scored on
+results. Counts are summed over ranks (task confusion) or embeddings gathered (retrieval, scored on
 rank 0 and broadcast), so every rank returns the same numbers.
 """
 
@@ -25,31 +25,6 @@ def rank_slice(n: int, rank: int, world_size: int) -> tuple[list[int], int]:
     mine = list(range(rank, n, world_size))
     size = -(-n // world_size)
     return mine + [mine[-1]] * (size - len(mine)), len(mine)
-
-
-@torch.no_grad()
-def task_accuracy(predict: Callable[[dict], torch.Tensor], rows_by_language: Mapping[str, Sequence[dict]],
-                  collate: Callable[[list[dict]], dict], batch_size: int,
-                  rank: int = 0, world_size: int = 1) -> dict[str, float]:
-    """Accuracy per language: `predict(batch) -> logits [b, C]`, argmax against the batch's gold labels.
-
-    The collated batch's `gold` entry (removed before `predict`) or else its `labels` are the
-    classes. Every rank evaluates its slice of every language; counts are summed over ranks.
-    """
-    counts: list[float] = []
-    for lang, rows in rows_by_language.items():
-        indices, real = rank_slice(len(rows), rank, world_size)
-        correct = 0
-        for start in range(0, len(indices), batch_size):
-            chunk = indices[start:start + batch_size]
-            batch = collate([rows[i] for i in chunk])
-            gold = batch.pop("gold") if "gold" in batch else batch["labels"]
-            hits = (predict(batch).argmax(dim=-1).cpu() == gold)
-            valid = torch.arange(start, start + len(chunk)) < real
-            correct += int((hits & valid).sum())
-        counts += [float(correct), float(real)]
-    summed = distributed.all_reduce_sum(counts) if world_size > 1 else counts
-    return {lang: summed[2 * i] / summed[2 * i + 1] for i, lang in enumerate(rows_by_language)}
 
 
 def retrieval_over_ranks(hidden_states: HiddenStates, tokenizer, sentences: Mapping[str, Sequence[str]],
@@ -86,8 +61,9 @@ def task_confusion(predict: Callable[[dict], torch.Tensor], examples_by_language
                    rank: int = 0, world_size: int = 1) -> dict[str, torch.Tensor]:
     """Confusion counts per language [num_labels (gold), num_labels (predicted)], summed over ranks.
 
-    `predict(batch) -> scores [b, C]` (argmax = prediction); the batch's `labels` are the gold
-    classes. Every rank evaluates its slice of every language (`rank_slice`, padded rows dropped).
+    `predict(batch) -> scores [b, C]` (argmax = prediction). The collated batch's `gold` entry
+    (removed before `predict`) or else its `labels` are the gold classes. Every rank evaluates its
+    slice of every language (`rank_slice`, padded rows dropped), so every rank runs the same forwards.
     """
     counts = []
     for examples in examples_by_language.values():
@@ -96,8 +72,9 @@ def task_confusion(predict: Callable[[dict], torch.Tensor], examples_by_language
         for start in range(0, len(indices), batch_size):   # the same forwards on every rank (padded slices)
             chunk = indices[start:start + batch_size]
             batch = collate([examples[i] for i in chunk])
+            gold = batch.pop("gold") if "gold" in batch else batch["labels"]
             valid = torch.arange(start, start + len(chunk)) < real
-            gold, predicted = batch["labels"][valid], predict(batch).argmax(dim=-1).cpu()[valid]
+            gold, predicted = gold[valid], predict(batch).argmax(dim=-1).cpu()[valid]
             confusion.index_put_((gold, predicted), torch.ones(len(gold), dtype=torch.float64), accumulate=True)
         counts += confusion.flatten().tolist()
     summed = distributed.all_reduce_sum(counts) if world_size > 1 else counts

@@ -81,9 +81,15 @@ def build_task_model(cfg, task: str, num_labels: int) -> TaskModel:
         body = add_lora(load_llm(cfg.llm, cfg.cache_dir), cfg.lora.r, cfg.lora.alpha, cfg.lora.dropout,
                         cfg.lora.target_modules)
         hidden_size = body.config.hidden_size
+    return TaskModel(body, task_head(task, hidden_size, num_labels, cfg.pooling),
+                     num_choices=num_labels if task == "multiple_choice" else 0)
+
+
+def task_head(task: str, hidden_size: int, num_labels: int, pooling: str) -> nn.Module:
+    """A `MultipleChoiceHead` for multiple choice, else a `ClassificationHead` with `num_labels` classes."""
     if task == "multiple_choice":
-        return TaskModel(body, MultipleChoiceHead(hidden_size, cfg.pooling), num_choices=num_labels)
-    return TaskModel(body, ClassificationHead(hidden_size, num_labels, cfg.pooling))
+        return MultipleChoiceHead(hidden_size, pooling)
+    return ClassificationHead(hidden_size, num_labels, pooling)
 
 
 def build_stage2_model(cfg, task: str, num_labels: int) -> TaskModel:
@@ -97,8 +103,7 @@ def build_stage2_model(cfg, task: str, num_labels: int) -> TaskModel:
     load_trainable(body, cfg.stage1_export)
     body.projection.requires_grad_(cfg.train_projection)
     hidden_size = body.llm.config.hidden_size
-    head = (MultipleChoiceHead(hidden_size, cfg.pooling) if task == "multiple_choice"
-            else ClassificationHead(hidden_size, num_labels, cfg.pooling))
+    head = task_head(task, hidden_size, num_labels, cfg.pooling)
     exported = load_file(str(Path(cfg.task_export) / "trainable.safetensors"))
     head_state = {k.removeprefix("head."): v for k, v in exported.items() if k.startswith("head.")}
     if set(head_state) != {"weight", "bias"}:

@@ -125,7 +125,7 @@ class Evaluations:
         if t.eval_languages and job.alignment.task:
             rows = eval_sets(t.eval_dir, t.eval_languages, t.text_column, t.label_column, t.num_labels,
                              t.eval_examples)
-            self.task_eval = TaskByLanguage(rows, collate, predict, t.source_language, out_dir,
+            self.task_eval = TaskByLanguage(rows, collate, predict, t.source_language, out_dir, t.num_labels,
                                             job.eval.batch_size, engine.rank, engine.world_size)
 
     def retrieval(self, tag: str) -> dict[str, float]:
