@@ -1,12 +1,14 @@
 """Every file the demo jobs and the demo sweep read, generated (no downloads):
 
-    python -m data_prep.demo_data                  # -> data/demo/{shards,parallel/train,parallel/eval,task,task_dev}
+    python -m data_prep.demo_data                  # -> data/demo/{shards,parallel/train,parallel/eval,task,task_dev,task_translated}
 
 - `shards/`: stage 1's English shards and manifest (`data_prep.demo_text`);
 - `parallel/train`: 2,000 (English, X) pairs per demo language (seed 0);
 - `parallel/eval`: a 200-sentence multi-way parallel set for retrieval (seed 1);
 - `task/`: the 3-class topic task, English training set and evaluation files per language;
-- `task_dev/`: a dev set of the same task per language (model selection of `finetune`).
+- `task_dev/`: a dev set of the same task per language (model selection of `finetune`);
+- `task_translated/`: the English training set rendered in every other language, row for row (the
+  same ids): FLARE's stand-in for machine-translated training data (translate-train).
 
 Each part is written to a temporary folder and renamed when complete, so an interrupted run
 leaves nothing half-written, and a part that exists is kept: re-running costs nothing. The
@@ -37,6 +39,7 @@ def parts(languages: list[str]) -> dict[str, Callable[[Path], object]]:
         "parallel/eval": lambda out: write_parallel_data(out, [(lang, EVAL_SENTENCES) for lang in languages], seed=1),
         "task": lambda out: write_task_data(out, languages, n_train=TASK_TRAIN, n_eval=TASK_EVAL, seed=0),
         "task_dev": lambda out: write_task_files(out, ["eng_Latn", *languages], TASK_EVAL, seed=2),
+        "task_translated": lambda out: write_task_files(out, languages, TASK_TRAIN, seed=0),
     }
 
 

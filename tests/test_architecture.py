@@ -36,6 +36,9 @@ FORBIDDEN = {
     # the loop and the recipes reach DeepSpeed, MLflow and Ray only through engine, tracking and tune
     "trainer.loop": ["trainer.recipes", "trainer.train", "trainer.tune"],
     "trainer.recipes": ["trainer.train", "trainer.tune", "trainer.tracking", "trainer.checkpoint"],
+    # the report reads runs back through tracking; it trains nothing
+    "trainer.report": ["trainer.engine", "trainer.loop", "trainer.recipes", "trainer.models", "trainer.data",
+                       "trainer.train", "trainer.run", "trainer.tune"],
 }
 
 OWNERS = {"deepspeed": ["trainer.engine"], "mlflow": ["trainer.tracking"], "ray": ["trainer.tune"]}
@@ -94,6 +97,8 @@ def test_module_boundaries_hold():
     ("trainer.objectives.contrastive", "trainer.models.pooling"),
     ("trainer.recipes.stage1", "deepspeed"),
     ("trainer.eval.retrieval_by_layer", "trainer.engine"),
+    ("trainer.report", "mlflow"),
+    ("trainer.report", "trainer.tune"),
 ])
 def test_the_rules_catch_a_forbidden_import(module, imported):
     assert violations({module: {imported}}), f"{module} -> {imported} should be forbidden"

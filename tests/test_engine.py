@@ -150,6 +150,13 @@ def test_export_after_zero3_is_complete_and_equals_the_trained_weights(workdir, 
     for name, tensor in export.items():
         key = next(k for k in consolidated if k.endswith(name))
         torch.testing.assert_close(tensor, consolidated[key].float(), rtol=0, atol=0, msg=name)
+    # the PEFT adapter folder holds the same gathered LoRA weights (PEFT's names drop the adapter's name)
+    adapter = load_file(workdir / "two_ranks" / "export" / "adapter" / "adapter_model.safetensors")
+    lora = {name for name in export if ".lora_" in name}
+    assert len(adapter) == len(lora) > 0
+    for name, tensor in adapter.items():
+        twin = "llm." + name.replace(".weight", ".default.weight")
+        torch.testing.assert_close(tensor, export[twin], rtol=0, atol=0, msg=name)
 
 
 @pytest.mark.slow

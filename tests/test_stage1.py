@@ -51,9 +51,85 @@ def test_mlflow_holds_one_run_with_config_metrics_and_export(demo_run):
     assert run.data.tags["world_size"] == "1" and run.data.tags["precision"] == "fp32"
     assert run.data.tags["attn_implementation"] in ("sdpa", "eager") and run.data.tags["devices"] == "1 x cpu"
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "export")}
-    assert {"export/trainable.safetensors", "export/config.yaml"} <= artifacts
+    assert {"export/trainable.safetensors", "export/config.yaml", "export/adapter"} <= artifacts
+    assert {"version.torch", "version.transformers", "version.peft", "version.deepspeed", "version.mlflow",
+            "version.ray"} <= set(run.data.tags)
+    if (Path(__file__).resolve().parents[1] / ".git").exists():      # runs from a checkout
+        assert len(run.data.tags["git_commit"]) == 40 and run.data.tags["git_dirty"] in ("true", "false")
     saved = yaml.safe_load((Path(job.output_dir) / "config.yaml").read_text())
     assert saved == job.model_dump(mode="json")
+
+
+def artifact_bytes(client, run_id: str, path: str) -> dict[str, int]:
+    """Every uploaded file under `path` -> its size."""
+    sizes = {}
+    for entry in client.list_artifacts(run_id, path):
+        sizes |= artifact_bytes(client, run_id, entry.path) if entry.is_dir else {entry.path: entry.file_size}
+    return sizes
+
+
+def test_export_adapter_uploads_the_trained_weights_and_no_frozen_one(demo_run):
+    """tracking.export: adapter (the default): the upload is the trainable weights (twice: trainable.safetensors
+    and the PEFT folder) plus small text files, far below the frozen LLM and encoder."""
+    from safetensors.torch import load_file
+
+    from trainer.models.mt_llm import build_mt_llm
+
+    job, summary, uri = demo_run
+    assert job.tracking.export == "adapter"
+    uploaded = artifact_bytes(mlflow.MlflowClient(tracking_uri=uri), summary["run_id"], "export")
+    trainable = sum(t.numel() * t.element_size()
+                    for t in load_file(str(Path(summary["export_dir"]) / "trainable.safetensors")).values())
+    frozen = sum(p.numel() * p.element_size() for p in build_mt_llm(job.model).parameters() if not p.requires_grad)
+    assert "export/model.safetensors" not in uploaded
+    assert sum(uploaded.values()) < 2 * trainable + 64 * 1024 < frozen, (uploaded, trainable, frozen)
+
+
+def test_the_lora_export_is_a_peft_adapter_with_the_trained_models_outputs(demo_run):
+    """export/adapter loads with PeftModel.from_pretrained on the base LLM and gives the trained LLM's outputs;
+    the projection stays beside it in trainable.safetensors."""
+    from peft import PeftModel
+    from safetensors.torch import load_file
+
+    from trainer.models.loading import load_llm
+    from trainer.models.mt_llm import build_mt_llm
+    from trainer.models.weights import load_trainable
+
+    job, summary, _ = demo_run
+    export = Path(summary["export_dir"])
+    assert {"adapter_config.json", "adapter_model.safetensors"} <= {p.name for p in (export / "adapter").iterdir()}
+    assert any(name.startswith("projection.") for name in load_file(str(export / "trainable.safetensors")))
+    trained = build_mt_llm(job.model)
+    load_trainable(trained, export)
+    loaded = PeftModel.from_pretrained(load_llm(job.model.llm, job.model.cache_dir), str(export / "adapter"))
+    torch.manual_seed(0)
+    ids = torch.randint(5, trained.llm.config.vocab_size, (2, 12))
+    mask = torch.ones_like(ids)
+    with torch.no_grad():
+        want = trained.llm.eval()(input_ids=ids, attention_mask=mask).last_hidden_state
+        got = loaded.eval()(input_ids=ids, attention_mask=mask).last_hidden_state
+        with loaded.disable_adapter():
+            base = loaded(input_ids=ids, attention_mask=mask).last_hidden_state
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(base, want, atol=1e-4)                 # the adapter trained: it changes the outputs
+
+
+def test_system_metrics_are_logged_when_asked(tmp_path, monkeypatch):
+    """tracking.system_metrics: true -> MLflow's system/* metrics (CPU, memory) in the run; auto is off without CUDA."""
+    from trainer.config import TrackingConfig
+    from trainer.tracking import Tracker, system_metrics_on
+
+    assert system_metrics_on(TrackingConfig(system_metrics="auto")) == torch.cuda.is_available()
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.5")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracker = Tracker(TrackingConfig(uri=uri, experiment="system", system_metrics=True))
+    tracker.start({"recipe": "stage1"})
+    import time
+
+    time.sleep(2.0)
+    tracker.end()
+    metrics = mlflow.MlflowClient(tracking_uri=uri).get_run(tracker.run_id).data.metrics
+    assert {"system/cpu_utilization_percentage", "system/system_memory_usage_megabytes"} <= set(metrics), metrics
 
 
 def test_bad_job_fails_before_loading_with_the_key(tmp_path, capsys):
@@ -107,7 +183,8 @@ def test_activation_checkpointing_leaves_the_losses_unchanged(tmp_path, tiny_cac
                "data": {"files": [str(docs)], "max_length": 32},
                "optim": {"lr": 3e-3, "max_steps": 4, "micro_batch_size": 4, "grad_accum": 2},
                "checkpoint": {"every": 0},
-               "tracking": {"uri": f"sqlite:///{tmp_path / 'mlflow.db'}", "log_export": False}}
+               "tracking": {"uri": f"sqlite:///{tmp_path / 'mlflow.db'}",   # no upload, in the older spelling
+                            **({"log_export": False} if flag else {"export": "all"})}}
         path = tmp_path / f"job_{flag}.yaml"
         path.write_text(yaml.safe_dump(raw))
         runs[flag] = run_job(load_job(path))
@@ -115,6 +192,14 @@ def test_activation_checkpointing_leaves_the_losses_unchanged(tmp_path, tiny_cac
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")   # tracking.log_export: false
     assert not client.list_artifacts(runs[True]["run_id"], "export")
     assert (Path(runs[True]["export_dir"]) / "trainable.safetensors").is_file()
+    # export: all uploads every weight, frozen ones included, as model.safetensors
+    full = load_file(str(Path(runs[False]["export_dir"]) / "model.safetensors"))
+    uploaded = artifact_bytes(client, runs[False]["run_id"], "export")
+    from trainer.models.mt_llm import build_mt_llm
+
+    model = build_mt_llm(load_job(tmp_path / "job_False.yaml").model)
+    assert full.keys() == {name for name, _ in model.named_parameters()}
+    assert uploaded["export/model.safetensors"] >= sum(p.numel() * p.element_size() for p in model.parameters())
     from trainer.config import LLMConfig
     from trainer.models.loading import load_llm
 

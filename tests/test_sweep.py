@@ -99,3 +99,67 @@ def test_a_sweep_whose_trials_cannot_resume_warns(tmp_path, caplog):
     with caplog.at_level("WARNING", logger="trainer.sweep"):
         load_sweep(write_sweep(tmp_path, overrides=["checkpoint.every=5"]))
     assert "retried from step 0" not in caplog.text
+
+
+def test_subset_names_give_heuristic_and_size_when_the_metadata_does_not(tmp_path):
+    from trainer.sweep import subset_metadata
+
+    def meta(name: str, n: int) -> dict:
+        return {k: v for k, v in subset_metadata(name, {"languages": ["x"] * n}).items() if k != "languages"}
+
+    assert meta("featural_max_3", 3) == {"heuristic": "featural_max", "size": 3}
+    assert meta("random_5_s17", 5) == {"heuristic": "random", "size": 5, "seed": 17}
+    assert meta("mine", 2) == {"heuristic": "inline", "size": 2}
+    assert meta("featural_max_3", 2) == {"heuristic": "inline", "size": 2}   # the number is not its size
+    assert subset_metadata("a_2", {"languages": ["x", "y"], "heuristic": "featural_min", "seed": None}) == {
+        "languages": ["x", "y"], "heuristic": "featural_min", "size": 2}      # the metadata wins; no null seed
+    sweep = load_sweep(write_sweep(tmp_path, subsets={"key": "data.files", "inline": {
+        "syntactic_min_2": ["deu_Latn", "ell_Grek"], "mine": ["deu_Latn"]}}))
+    tags = trial_tags(sweep, {}, "syntactic_min_2")
+    assert tags["subset_heuristic"] == "syntactic_min" and tags["subset_size"] == "2"
+    assert trial_tags(sweep, {}, "mine")["subset_heuristic"] == "inline"
+    raw = trial_job(sweep, {"settings": {}, "subset": "mine"}, tmp_path / "t", "PARENT", "run_trial_ab12c_00001",
+                    "ab12c_00001")
+    assert validate(raw, JobConfig).tracking.tags["trial_id"] == "ab12c_00001"   # how the driver finds its run
+
+
+def test_trial_ids_come_from_reports_or_the_trial_directory():
+    from types import SimpleNamespace
+
+    from trainer.tune import result_trial_id
+
+    assert result_trial_id(SimpleNamespace(metrics={"trial_id": "0b13b_00003"}, path=None)) == "0b13b_00003"
+    never_reported = SimpleNamespace(metrics={}, path="/s/tune/run_trial_0b13b_00002_2_subset=x,2026-11-27_10-00-00")
+    assert result_trial_id(never_reported) == "0b13b_00002"
+
+
+def test_child_runs_left_running_are_closed_by_their_trials_outcome(tmp_path):
+    """ASHA-stopped and interrupted trials -> KILLED, failed for good -> FAILED; finished and superseded runs kept."""
+    import mlflow
+
+    from trainer import tracking
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    parent = tracking.start_parent_run(uri, "hygiene", "s", {"name": "s"})
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    experiment = client.get_experiment_by_name("hygiene").experiment_id
+
+    def child(trial: str, status: str = "RUNNING", **tags) -> str:
+        run = client.create_run(experiment, tags={"mlflow.parentRunId": parent, "trial_id": trial, **tags}).info.run_id
+        if status != "RUNNING":
+            client.set_terminated(run, status)
+        return run
+
+    runs = {"stopped": child("t_00000"), "failed": child("t_00001"), "done": child("t_00002", "FINISHED"),
+            "unknown": child("t_00009"), "superseded": child("t_00003", "KILLED", superseded_by="x"),
+            "retried": child("t_00003", "FINISHED")}
+    other = client.create_run(experiment).info.run_id   # not a child of this sweep
+    closed = tracking.close_child_runs(uri, parent, {"t_00000": "STOPPED", "t_00001": "ERROR", "t_00002": "OK",
+                                                     "t_00003": "OK"})
+    assert closed == {runs["stopped"]: "KILLED", runs["failed"]: "FAILED", runs["unknown"]: "KILLED"}
+    status = {name: client.get_run(run) for name, run in runs.items()}
+    assert {name: r.info.status for name, r in status.items()} == {
+        "stopped": "KILLED", "failed": "FAILED", "done": "FINISHED", "unknown": "KILLED", "superseded": "KILLED",
+        "retried": "FINISHED"}
+    assert status["stopped"].data.tags["trial_status"] == "STOPPED" and "trial_status" not in status["superseded"].data.tags
+    assert client.get_run(other).info.status == "RUNNING"

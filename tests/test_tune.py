@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 import mlflow
 import pytest
+import torch
 import yaml
 
 from alignment_helpers import SUBSET, data, job_dict  # noqa: F401 - `data` is a fixture
@@ -100,12 +102,110 @@ def test_mlflow_has_one_parent_and_a_tagged_child_per_trial(sweep_run):
         assert yaml.safe_load(params["parallel.languages"]) == SUBSETS[subset]   # the resolved config
         assert params["engine.deepspeed"] == "zero3" and params["recipe"] == "realign"
         assert {"loss", "zero_shot_accuracy"} <= set(metrics)
+        assert tags["trial_status"] == "OK" and tags["trial_id"] in {r["trial"] for r in rows}
+        assert tags["subset_size"] == "2"
         losses = client.get_metric_history(child.info.run_id, "loss")
         assert sorted({m.step for m in losses}) == list(range(1, MAX_STEPS + 1))
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
     assert {"summary.csv", "summary.png"} <= artifacts
     best = max(r["zero_shot_accuracy"] for r in rows)
     assert parent.data.metrics["best_zero_shot_accuracy"] == pytest.approx(best)
+
+
+@pytest.mark.slow
+def test_the_report_reads_the_sweeps_store(sweep_run, tmp_path):
+    """python -m trainer.report on the sweep's directory: every figure its metrics allow, the page, and the
+    report attached to the parent run."""
+    from trainer.report import build_report, find_source
+
+    rows, sweep_dir, uri = sweep_run
+    report = build_report(find_source(sweep_dir), tmp_path / "report")
+    assert set(report.figures) == {"language_scores", "score_by_size", "retrieval_by_layer"}, report.skipped
+    assert "fusion" in report.skipped and not report.partial
+    scores = report.tables["language_scores"].read_text()
+    assert all(f",{lang}," in scores for lang in ["eng_Latn", *SUBSET]) and "inline" in scores
+    layers = {line.split(",")[1] for line in report.tables["retrieval_by_layer"].read_text().splitlines()[1:]}
+    assert layers == {"before", "after", "final"}
+    page = report.html.read_text()
+    assert page.count("data:image/png;base64,") == 3 and all(subset in page for subset in SUBSETS)
+    assert page.count("<tr>") == 1 + len(rows)                       # header + a row per trial
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    assert "report/report.html" in {a.path for a in client.list_artifacts(report.logged_to, "report")}
+
+
+@pytest.fixture(scope="module")
+def asha_run(data, tmp_path_factory, tiny_cache):  # noqa: F811 - pytest fixture injection
+    """An ASHA sweep of realign through LoRA (export: adapter) on ZeRO-3, 1 worker per trial: a good learning
+    rate, then a useless one that ASHA stops at its first rung."""
+    ray = pytest.importorskip("ray")
+    tmp = tmp_path_factory.mktemp("asha")
+    job = job_dict("realign", data, tmp / "unused", tiny_cache, model="tiny:xlmr", finetune="lora",
+                   max_steps=MAX_STEPS, steps=ALIGN_STEPS, objective="two_b", layers=-1)
+    job["task"]["num_labels"] = 3
+    job["eval"]["retrieval_sentences"] = 30
+    job["optim"]["warmup_steps"] = 0
+    job.update(engine={"deepspeed": "zero3"}, checkpoint={"every": 0})
+    job["tracking"].update(log_every=1, export="adapter")
+    (tmp / "job.yaml").write_text(yaml.safe_dump(job))
+    uri = f"sqlite:///{tmp / 'mlflow.db'}"
+    (tmp / "sweep.yaml").write_text(yaml.safe_dump({
+        "name": "asha", "job": "job.yaml", "search": {"optim.lr": {"grid": [1e-2, 1e-9]}},
+        "metric": "loss", "mode": "min", "max_failures": 0,
+        "scheduler": {"kind": "asha", "grace_period": 3, "reduction_factor": 2, "max_t": MAX_STEPS},
+        "resources": {"workers": 1, "cpus_per_worker": 1}, "max_concurrent_trials": 1,
+        "output_dir": str(tmp / "sweeps"), "tracking_uri": uri, "experiment": "asha",
+    }))
+    try:
+        rows = run_sweep(load_sweep(tmp / "sweep.yaml"))
+    finally:
+        ray.shutdown()
+    return rows, uri
+
+
+@pytest.mark.slow
+def test_asha_stops_a_trial_and_no_child_run_is_left_running(asha_run):
+    rows, uri = asha_run
+    assert sorted(r["status"] for r in rows) == ["OK", "STOPPED"], rows
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    runs = client.search_runs([client.get_experiment_by_name("asha").experiment_id])
+    children = {r.data.tags["trial_status"]: r for r in runs if "mlflow.parentRunId" in r.data.tags}
+    assert {status: r.info.status for status, r in children.items()} == {"OK": "FINISHED", "STOPPED": "KILLED"}
+    assert not [r for r in runs if r.info.status == "RUNNING"]
+
+
+@pytest.mark.slow
+def test_export_adapter_uploads_no_frozen_weight(asha_run, tiny_cache):
+    """The finished LoRA trial uploaded its trainable weights (LoRA + head, and the PEFT folder), not the backbone."""
+    from safetensors.torch import load_file
+
+    from trainer.config import LLMConfig, LoraConfig
+    from trainer.models.aligned import build_aligned_model
+
+    rows, uri = asha_run
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    [finished] = [r for r in client.search_runs([client.get_experiment_by_name("asha").experiment_id])
+                  if r.data.tags.get("trial_status") == "OK"]
+
+    def sizes(path: str) -> dict[str, int]:
+        out = {}
+        for a in client.list_artifacts(finished.info.run_id, path):
+            out |= sizes(a.path) if a.is_dir else {a.path: a.file_size}
+        return out
+
+    uploaded = sizes("export")
+    assert {"export/trainable.safetensors", "export/adapter/adapter_model.safetensors"} <= set(uploaded)
+    model = build_aligned_model(LLMConfig(name_or_path="tiny:xlmr"), LoraConfig(r=8, alpha=16, dropout=0.0), "lora",
+                                tiny_cache, "classify", -1, 3)
+    trainable = sum(p.numel() * 4 for p in model.parameters() if p.requires_grad)
+    frozen = sum(p.numel() * p.element_size() for p in model.parameters() if not p.requires_grad)
+    assert sum(uploaded.values()) <= 2 * trainable + 64 * 1024 < frozen, (uploaded, trainable, frozen)
+    local = Path(finished.data.params["output_dir"]) / "export"
+    adapter = load_file(str(local / "adapter" / "adapter_model.safetensors"))   # gathered from ZeRO-3 partitions
+    exported = load_file(str(local / "trainable.safetensors"))
+    assert adapter and all(t.numel() > 0 for t in adapter.values())
+    for name, tensor in adapter.items():   # PEFT drops the adapter's name: lora_A.weight is lora_A.default.weight
+        twin = "backbone." + re.sub(r"\.(lora_[AB])\.weight$", r".\1.default.weight", name)
+        torch.testing.assert_close(tensor, exported[twin], rtol=0, atol=0)
 
 
 def test_a_bad_sweep_fails_before_ray_starts_naming_the_key(tmp_path, capsys):

@@ -122,6 +122,24 @@ class Stage2ModelConfig(MTLLMConfig):
         "representation); false trains the LoRA only"))
 
 
+class FlareModelConfig(ModelCore):
+    """flare (M4): the English fine-tuned model (its task LoRA merged into the LLM), with a new LoRA on top."""
+
+    llm: LLMConfig = Field(LLMConfig(), description=(
+        "The LLM the task export was trained on (the same name_or_path; dtype, attention and gradient "
+        "checkpointing may differ)"))
+    task_export: str = Field(description=(
+        "The finetune (FT) run's export the model starts from: its LoRA is merged into the LLM's weights, its "
+        "head classifies (required; its config.yaml gives the LoRA shape and pooling)"))
+    lora: LoraConfig = Field(LoraConfig(r=64, alpha=128.0, dropout=0.05, target_modules=["q_proj", "v_proj"]),
+                             description="The new (fusion) LoRA; FLARE's paper setup: r=64, alpha=128 on the "
+                                         "query and value projections")
+    encoder: EncoderConfig = Field(EncoderConfig(), description=(
+        "FLARE-MT (flare.method: fusion_mt): the NLLB encoder that reads the target text; its output, projected "
+        "to the LLM's width, is the source representation of every block"))
+    train_head: bool = Field(True, description="Train the task head with the LoRA (false: keep the English head)")
+
+
 # --- data ---------------------------------------------------------------------------------------
 
 class TextDataConfig(StreamOptions):
@@ -191,13 +209,35 @@ class TrackingConfig(Section):
     log_every: int = Field(1, gt=0, description="Log metrics every N optimizer steps")
     parent_run_id: str | None = Field(None, description="Open the run as a child of this MLflow run (set by sweeps)")
     tags: dict[str, str] = Field(default_factory=dict, description="Extra MLflow tags of the run")
-    log_export: bool = Field(True, description=(
-        "Upload OUTPUT_DIR/export (the trained weights) to the run's artifacts; false keeps it on disk only "
-        "(large sweeps: XLM-R large exports about 2 GB per trial)"))
+    export: Literal["none", "adapter", "all"] = Field("adapter", description=(
+        "What of OUTPUT_DIR/export goes to the run's artifacts: none (it stays on disk only), adapter (the "
+        "trainable weights only: LoRA as a PEFT adapter folder, projection, heads; no frozen weight), all (also "
+        "every frozen weight, export/model.safetensors: the whole model, e.g. a 7B LLM, per run). Full "
+        "fine-tuning trains the whole backbone, so its adapter export is the whole backbone too (XLM-R large: "
+        "about 2 GB per trial; none for large sweeps). The older log_export: true/false means adapter/none"))
+    system_metrics: bool | Literal["auto"] = Field("auto", description=(
+        "MLflow system metrics of the run (rank 0's machine: CPU, memory, disk, network; GPU utilisation and "
+        "memory through nvidia-ml-py when it is installed), sampled every 10 s "
+        "($MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL); auto = on when CUDA is available"))
     if_unreachable: Literal["fail", "buffer"] = Field("fail", description=(
         "A tracking server (http URI) that does not answer within seconds: fail (the job stops at once, naming "
         "the URI), or buffer (train anyway; rank 0 records params, metrics and artifacts in "
         "OUTPUT_DIR/mlflow_buffer.jsonl; send them later with python -m trainer.tracking upload OUTPUT_DIR)"))
+
+    @model_validator(mode="before")
+    @classmethod
+    def _log_export_is_export(cls, data: Any) -> Any:
+        """Job files written before `export` existed: log_export true/false -> export adapter/none."""
+        if isinstance(data, dict) and "log_export" in data:
+            data = dict(data)
+            old = data.pop("log_export")
+            if "export" in data:
+                raise ValueError("give tracking.export only (log_export is its older spelling)")
+            if not isinstance(old, bool):
+                raise ValueError(f"tracking.log_export: true or false (got {old!r}); it is now tracking.export: "
+                                 f"none | adapter | all")
+            data["export"] = "adapter" if old else "none"
+        return data
 
 
 class EngineConfig(Section):
@@ -318,6 +358,40 @@ class BenchmarkTaskConfig(Section):
         return ("macro_f1" if self.benchmark == "nusax_senti" else "accuracy") if self.metric == "auto" else self.metric
 
 
+class FlareTaskConfig(BenchmarkTaskConfig):
+    """flare (M4): translate-train pairs (English example, its translation) and test inputs with their English."""
+
+    files: dict[Literal["train", "validation", "test", "translate_test", "translate_train"], str] = Field(
+        default_factory=dict, description=(
+            "Per split, a local file template with {language}; a split without one loads from the hub. "
+            "translate_train: the English training data machine-translated into each target language (default: "
+            "the train split in that language, e.g. the generated task); translate_test: each target test set "
+            "translated to English, the English side of the test inputs (default: the source language's test set "
+            "with the same ids, as in multi-way parallel benchmarks such as XNLI)"))
+
+
+class FlareConfig(Section):
+    """FLARE and its baselines, one recipe family over the same data and evaluation (M4)."""
+
+    method: Literal["fusion", "fusion_mt", "translate_train", "input_fusion", "zero_shot"] = Field(
+        "fusion", description=(
+            "fusion: FLARE, the English pass of the same model fused into the target's LoRA; fusion_mt: FLARE-MT, "
+            "the NLLB encoder output of the target text fused instead; translate_train: plain LoRA on the "
+            "translated data; input_fusion: plain LoRA on the target and English texts concatenated in the input; "
+            "zero_shot: no update (the English model on the target text; each step only measures the loss)"))
+    fusion: Literal["add", "mul", "add_relu", "cross_attention"] = Field("add_relu", description=(
+        "f(S, T) in the bottleneck: add, mul, add_relu (the paper's default: relu(S) + relu(T)), or "
+        "cross_attention (single-head, r-dim, padding masked)"))
+    query: Literal["target", "source"] = Field("target", description=(
+        "cross_attention: the side the queries come from (keys and values from the other)"))
+    source_state: Literal["input", "output"] = Field("input", description=(
+        "fusion: which English state block i fuses: input = what the same projection received in the English "
+        "pass (the block's normalised input, as the reference code), output = the block's output (as the paper "
+        "writes it)"))
+    languages: list[str] | None = Field(None, description=(
+        "Target languages whose translated training data is used; null = every task.target_languages"))
+
+
 # --- objectives ---------------------------------------------------------------------------------
 
 class AlignmentConfig(Section):
@@ -397,10 +471,11 @@ class EvalConfig(Section):
 class JobBase(Section):
     """What every recipe's job shares: seed, run directory, optimizer, tracking, engine, checkpoints."""
 
-    recipe: Literal["stage1", "align", "realign", "finetune", "stage2"] = Field(description=(
+    recipe: Literal["stage1", "align", "realign", "finetune", "stage2", "flare"] = Field(description=(
         "stage1: MT-LLM self-distillation (M1); align: task + middle-layer alignment (M2); realign: realignment "
         "then task fine-tuning (M3); finetune: a task head on English data, zero-shot evaluation (M1 FT, S1+FT); "
-        "stage2: task distillation into the MT-LLM (M1). It chooses the schema of the other keys"))
+        "stage2: task distillation into the MT-LLM (M1); flare: fusion of English into the target's LoRA and its "
+        "baselines (M4). It chooses the schema of the other keys"))
     seed: int = Field(0, description="Seeds torch (initialisation, dropout) and the order of the text and task "
                                      "data; parallel data has its own parallel.seed")
     output_dir: str = Field("outputs/run", description=(
@@ -511,9 +586,36 @@ class Stage2Job(JobBase):
         "ZeRO-3). null = OUTPUT_DIR/teacher_cache"))
 
 
+class FlareJob(JobBase):
+    """M4: translate-train from the English fine-tuned model, English fused into the target's LoRA bottleneck."""
+
+    recipe: Literal["flare"] = Field(description="flare: FLARE, FLARE-MT and their baselines (M4)")
+    model: FlareModelConfig = Field(description="The English fine-tuned model and the new LoRA (required)")
+    task: FlareTaskConfig = Field(default_factory=FlareTaskConfig, description="Benchmark, languages, files")
+    flare: FlareConfig = Field(default_factory=FlareConfig, description="Method, fusion function, fused state")
+    optim: OptimConfig = Field(OptimConfig(lr=2e-4, micro_batch_size=64), description=(
+        "AdamW and the batch shape; FLARE's paper setup: lr 2e-4 (2e-5 for NLI), batch 64, 3 epochs"))
+
+    @model_validator(mode="after")
+    def _flare_fits(self) -> "FlareJob":
+        from trainer.data.benchmarks import BENCHMARKS
+
+        if BENCHMARKS[self.task.benchmark].task == "multiple_choice":
+            raise ValueError(f"task.benchmark: {self.task.benchmark!r} is multiple choice; flare trains "
+                             f"classification benchmarks (NLI, sentiment, topic)")
+        if not self.task.target_languages:
+            raise ValueError("task.target_languages: flare needs at least one target language")
+        unknown = sorted(set(self.flare.languages or []) - set(self.task.target_languages))
+        if unknown:
+            raise ValueError(f"flare.languages: {unknown} are not in task.target_languages "
+                             f"{self.task.target_languages}")
+        return self
+
+
 RECIPE_SCHEMAS: dict[str, type[JobBase]] = {"stage1": Stage1Job, "align": AlignJob, "realign": RealignJob,
-                                            "finetune": FinetuneJob, "stage2": Stage2Job}
-JobConfig = Annotated[Union[Stage1Job, AlignJob, RealignJob, FinetuneJob, Stage2Job], Field(discriminator="recipe")]
+                                            "finetune": FinetuneJob, "stage2": Stage2Job, "flare": FlareJob}
+JobConfig = Annotated[Union[Stage1Job, AlignJob, RealignJob, FinetuneJob, Stage2Job, FlareJob],
+                      Field(discriminator="recipe")]
 """A job file: the schema of its `recipe` (validate with `validate(raw, JobConfig)` or `load_job`)."""
 
 

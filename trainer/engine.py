@@ -28,6 +28,7 @@ tensors); `deepspeed.initialize` broadcasts them from rank 0 and partitions them
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import logging
@@ -217,6 +218,17 @@ class Engine:
         self.module = model
         return self
 
+    def modifying(self, params: list[torch.nn.Parameter]):
+        """A context in which `params` are whole and changes to them persist (before `prepare`).
+
+        Under ZeRO-3 a parameter built by `from_pretrained` is a partition: this gathers it, and rank 0's
+        version is partitioned again on exit (every rank computes the same change). Elsewhere a no-op.
+        """
+        partitioned = [p for p in params if hasattr(p, "ds_id")]
+        if not partitioned:
+            return contextlib.nullcontext()
+        return deepspeed.zero.GatheredParameters(partitioned, modifier_rank=0)
+
     @property
     def device(self) -> torch.device:
         return self.ds.device if self.ds is not None else distributed.device()
@@ -286,16 +298,27 @@ class Engine:
         the optimizer's fp32 master partitions (`safe_get_full_fp32_param`), or from a
         `GatheredParameters` gather where DeepSpeed keeps no fp32 copy.
         """
+        return self._gather(trainable=True)
+
+    def gather_frozen(self) -> dict[str, torch.Tensor]:
+        """Full copies of every frozen parameter on rank 0 ({} elsewhere), in their own dtype. Collective.
+
+        For `tracking.export: all` (the whole model in the export); one parameter gathered at a time.
+        """
+        return self._gather(trainable=False)
+
+    def _gather(self, trainable: bool) -> dict[str, torch.Tensor]:
         out: dict[str, torch.Tensor] = {}
         for name, p in self.module.named_parameters():
-            if not p.requires_grad:
+            if p.requires_grad != trainable:
                 continue
-            full = safe_get_full_fp32_param(p)
+            full = safe_get_full_fp32_param(p) if trainable else None
             if full is None:
                 with deepspeed.zero.GatheredParameters([p], modifier_rank=None):
-                    full = p.data.detach().float().clone()
+                    full = p.data.detach().clone()
             if self.is_main:
-                out[name] = full.detach().to("cpu", dtype=torch.float32, copy=True).contiguous()
+                dtype = torch.float32 if trainable else full.dtype
+                out[name] = full.detach().to("cpu", dtype=dtype, copy=True).contiguous()
         return out
 
     # ---- teardown -----------------------------------------------------------------------------

@@ -3,6 +3,8 @@
     TRAINER_FAULT=after_step:5       rank 0 kills itself (SIGKILL) right after optimizer step 5
     TRAINER_FAULT=in_checkpoint:6    rank 0 kills itself while writing the step-6 checkpoint,
                                      after DeepSpeed wrote its files, before the manifest
+    TRAINER_FAULT=after_batch:3      data_prep.translate kills itself right after its 3rd batch is on disk
+    TRAINER_FAULT=in_batch:3         ... while appending its 3rd batch, half of the line written
 
 SIGKILL is the point: no handler, no flush, no cleanup runs, as when a node dies or
 the scheduler kills a job. Unset (the normal case), `maybe_kill` does nothing.
@@ -16,7 +18,7 @@ import signal
 from trainer import distributed
 
 ENV = "TRAINER_FAULT"
-POINTS = ("after_step", "in_checkpoint")
+POINTS = ("after_step", "in_checkpoint", "after_batch", "in_batch")
 
 
 def _planned() -> tuple[str, int] | None:

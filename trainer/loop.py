@@ -34,7 +34,7 @@ from trainer import distributed, faults
 from trainer.checkpoint import Checkpointer, Stateful, read_trainer_state
 from trainer.errors import NonFiniteError
 from trainer.fsutil import write_atomic
-from trainer.models.weights import save_trainable
+from trainer.models.weights import export as export_weights
 
 METRICS_FILE = "metrics.jsonl"
 FINAL_METRICS_FILE = "final_metrics.json"
@@ -267,16 +267,18 @@ def run_environment(engine, model: torch.nn.Module) -> dict[str, str]:
 
 
 def finish(run: Run, final: dict[str, float], losses: list[float], start_step: int) -> dict:
-    """Log the final metrics as one row (a sweep's last report holds them all), export the trained weights."""
+    """Log the final metrics as one row (a sweep's last report holds them all), export the trained weights
+    (`trainer.models.weights.export`; uploaded as `tracking.export` says)."""
     job, engine = run.job, run.engine
     if final:
         run.tracker.log_metrics(final, step=job.optim.max_steps)
     state = engine.gather_trainable()  # collective: every rank takes part, rank 0 receives
+    frozen = engine.gather_frozen() if job.tracking.export == "all" else None
     export = None
     if engine.is_main:
         write_atomic(run.out_dir / FINAL_METRICS_FILE, json.dumps(final, indent=1, sort_keys=True))
-        export = save_trainable(state, run.out_dir / "export", job.to_yaml())
-        if job.tracking.log_export:
+        export = export_weights(state, run.out_dir / "export", job.to_yaml(), engine.module, frozen)
+        if job.tracking.export != "none":
             run.tracker.log_artifacts(str(export), "export")
     return {"losses": losses, "start_step": start_step, "metrics": final,
             "export_dir": str(export) if export else None}

@@ -31,11 +31,11 @@ from trainer.fsutil import write_atomic
 from trainer.loop import Run
 from trainer.models.loading import build_tiny_models_in, check_model_paths
 from trainer.prepare import run_prepare
-from trainer.recipes import align, finetune, realign, stage1, stage2
+from trainer.recipes import align, finetune, flare, realign, stage1, stage2
 from trainer.tracking import BUFFER_FILE, Tracker, check_reachable, tracking_uri
 
 RECIPES = {"stage1": stage1.run, "align": align.run, "realign": realign.run, "finetune": finetune.run,
-           "stage2": stage2.run}
+           "stage2": stage2.run, "flare": flare.run}
 
 log = logging.getLogger("trainer.run")
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 import copy
 import itertools
 import logging
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -168,7 +169,7 @@ def subset_axis_entries(axis: SubsetAxis, base_dir: Path) -> dict[str, dict[str,
     if axis.inline is not None:
         table = language_table()
         try:
-            return {name: {"languages": table.resolve(langs, f"subsets.inline.{name}"), "heuristic": "inline"}
+            return {name: subset_metadata(name, {"languages": table.resolve(langs, f"subsets.inline.{name}")})
                     for name, langs in axis.inline.items()}
         except ValueError as e:
             raise ConfigError(str(e)) from None
@@ -188,7 +189,22 @@ def subset_axis_entries(axis: SubsetAxis, base_dir: Path) -> dict[str, dict[str,
     unknown = [n for n in names if n not in table]
     if unknown:
         raise ConfigError(f"subsets.names: {unknown} not in {where}; available: {', '.join(sorted(table))}")
-    return {name: dict(table[name]) for name in names}
+    return {name: subset_metadata(name, dict(table[name])) for name in names}
+
+
+def subset_metadata(name: str, entry: dict[str, Any]) -> dict[str, Any]:
+    """A subset's entry with `heuristic` and `size` always set (what the trials are tagged and reported by).
+
+    Missing ones come from a name like data_prep.select_languages writes, `featural_max_5` (featural_max, 5)
+    or `random_5_s17` (random, 5, seed 17), when its number is the subset's size; otherwise the heuristic
+    is `inline` (subsets written out by hand) and the size the number of languages.
+    """
+    size = len(entry["languages"])
+    match = re.fullmatch(r"(?P<heuristic>[A-Za-z][A-Za-z0-9_]*?)_(?P<size>\d+)(?:_s(?P<seed>\d+))?", name)
+    guessed: dict[str, Any] = {"heuristic": "inline", "size": size}
+    if match and int(match["size"]) == size:
+        guessed = {"heuristic": match["heuristic"], "size": size} | ({"seed": int(match["seed"])} if match["seed"] else {})
+    return guessed | {k: v for k, v in entry.items() if v is not None}
 
 
 def selected_subsets(select: dict[str, Any]) -> dict[str, dict[str, Any]]:

@@ -1,5 +1,10 @@
 """MLflow tracking: the only module that imports mlflow.
 
+Writing: `Tracker` (one run, rank 0), the sweep's parent run (`start_parent_run`,
+`finish_parent_run`, `close_child_runs`), buffered runs (`upload_buffer`). Reading, for
+`trainer.report`: `sweep_source` / `experiment_source` find the runs, `read_runs` returns them
+as plain dicts, `log_report` attaches a report to the sweep's parent run.
+
 Default store: $MLFLOW_TRACKING_URI, else `sqlite:///mlflow.db` in the working directory.
 """
 
@@ -21,6 +26,48 @@ DEFAULT_URI = "sqlite:///mlflow.db"
 
 def tracking_uri(cfg: TrackingConfig) -> str:
     return cfg.uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
+
+
+def system_metrics_on(cfg: TrackingConfig) -> bool:
+    """`tracking.system_metrics`: true/false as given; auto = on when CUDA is available."""
+    if cfg.system_metrics == "auto":
+        import torch
+
+        return torch.cuda.is_available()
+    return bool(cfg.system_metrics)
+
+
+TRACKED_PACKAGES = ("torch", "transformers", "peft", "deepspeed", "ray", "mlflow")
+
+
+def software_tags() -> dict[str, str]:
+    """What code a run ran: `version.<package>` for torch, transformers, peft, deepspeed, ray and mlflow (those
+    installed), and `git_commit` (+ `git_dirty`: true when tracked files differ from it) of the trainer's
+    checkout, when it runs from one."""
+    import subprocess
+    from importlib import metadata
+
+    tags = {}
+    for package in TRACKED_PACKAGES:
+        try:
+            tags[f"version.{package}"] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            pass
+    checkout = Path(__file__).resolve().parents[1]
+
+    def git(*args: str) -> str | None:
+        try:
+            done = subprocess.run(["git", "-C", str(checkout), *args], capture_output=True, text=True, timeout=10)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        return done.stdout.strip() if done.returncode == 0 else None
+
+    if (checkout / ".git").exists() and (commit := git("rev-parse", "HEAD")):
+        tags["git_commit"] = commit
+        changes = git("status", "--porcelain", "--untracked-files=no")
+        if changes is not None:
+            tags["git_dirty"] = str(bool(changes)).lower()
+    return tags
 
 
 def check_reachable(uri: str, timeout: float = 5.0) -> None:
@@ -93,21 +140,22 @@ class Tracker:
         self.buffer = RunBuffer(buffer) if buffer is not None and enabled else None
 
     def start(self, config: dict[str, Any], run_id: str | None = None, tags: dict[str, str] | None = None) -> str | None:
-        """Start (or with `run_id` continue) a run and log the resolved config as params."""
+        """Start (or with `run_id` continue) a run and log the resolved config as params; its tags: `software_tags()`,
+        `tracking.tags`, then `tags`. MLflow system metrics as `tracking.system_metrics` says."""
         if not self.enabled:
             return None
+        tags = {**software_tags(), **self.cfg.tags, **(tags or {})}
         if self.buffer is not None:
-            tags = {**self.cfg.tags, **(tags or {})}
             self.buffer.add(event="start", experiment=self.cfg.experiment, run_name=self.cfg.run_name,
                             parent_run_id=self.cfg.parent_run_id, tags=tags,
                             params={k: str(v)[:6000] for k, v in flatten(config).items()})
             return None
         mlflow.set_tracking_uri(tracking_uri(self.cfg))
         mlflow.set_experiment(self.cfg.experiment)
-        tags = {**self.cfg.tags, **(tags or {})}
         if self.cfg.parent_run_id:
             tags["mlflow.parentRunId"] = self.cfg.parent_run_id
-        run = mlflow.start_run(run_id=run_id, run_name=None if run_id else self.cfg.run_name, tags=tags)
+        run = mlflow.start_run(run_id=run_id, run_name=None if run_id else self.cfg.run_name, tags=tags,
+                               log_system_metrics=system_metrics_on(self.cfg))
         self.run_id = run.info.run_id
         if run_id is None:
             mlflow.log_params({k: str(v)[:6000] for k, v in flatten(config).items()})
@@ -219,6 +267,97 @@ def finish_parent_run(uri: str, run_id: str, rows: list[dict[str, Any]], metric:
     if finite:
         client.log_metric(run_id, f"best_{metric}", min(finite) if mode == "min" else max(finite))
     client.set_terminated(run_id, status=status)   # FINISHED, FAILED, or KILLED (reopened by --resume)
+
+
+TRIAL_STATUS_TO_RUN = {"OK": "FINISHED", "ERROR": "FAILED", "STOPPED": "KILLED", "INCOMPLETE": "KILLED"}
+
+
+def close_child_runs(uri: str, parent_run_id: str, trial_status: dict[str, str]) -> dict[str, str]:
+    """End every child run of the sweep still RUNNING, by its trial's outcome; returns {run id: status set}.
+
+    `trial_status`: Tune trial id (the child's `trial_id` tag) -> the summary's status (OK, ERROR,
+    STOPPED, INCOMPLETE). A trial that raised after its retries ends FAILED, one the scheduler (ASHA)
+    stopped or that was interrupted ends KILLED (its workers were killed before they could end the run),
+    an unknown trial KILLED. Every child with a known trial also gets the tag `trial_status`.
+    Superseded attempts (tag `superseded_by`) are already closed and left alone.
+    """
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    closed: dict[str, str] = {}
+    for run in _search_all(client, _experiment_ids(client), f"tags.`mlflow.parentRunId` = '{parent_run_id}'"):
+        tags, run_id = run.data.tags, run.info.run_id
+        status = trial_status.get(tags.get("trial_id", ""))
+        if status is not None and "superseded_by" not in tags:
+            client.set_tag(run_id, "trial_status", status)
+        if run.info.status == "RUNNING":
+            closed[run_id] = TRIAL_STATUS_TO_RUN.get(status, "KILLED")
+            client.set_terminated(run_id, status=closed[run_id])
+    return closed
+
+
+# --- reading runs back (trainer.report) ----------------------------------------------------------
+
+def _experiment_ids(client) -> list[str]:
+    return [e.experiment_id for e in client.search_experiments()]
+
+
+def _search_all(client, experiment_ids: list[str], filter_string: str = "") -> list:
+    """Every run matching `filter_string` (all pages)."""
+    runs, token = [], None
+    while True:
+        page = client.search_runs(experiment_ids, filter_string=filter_string, max_results=1000, page_token=token)
+        runs.extend(page)
+        token = page.token
+        if not token:
+            return runs
+
+
+def _as_record(run) -> dict[str, Any]:
+    return {"run_id": run.info.run_id, "name": run.info.run_name or run.info.run_id[:8],
+            "status": run.info.status, "start_time": run.info.start_time, "end_time": run.info.end_time,
+            "experiment_id": run.info.experiment_id, "params": dict(run.data.params),
+            "tags": {k: v for k, v in run.data.tags.items() if not k.startswith("mlflow.") or k == "mlflow.parentRunId"},
+            "metrics": dict(run.data.metrics)}
+
+
+def read_runs(uri: str, experiment: str | None = None, parent_run_id: str | None = None) -> list[dict[str, Any]]:
+    """The runs of an experiment, or the children of a sweep's parent run, as plain dicts.
+
+    Each: run_id, name, status (RUNNING, FINISHED, FAILED, KILLED), start_time, end_time (ms),
+    experiment_id, params (the flattened config), tags (MLflow's own `mlflow.*` tags left out but the
+    parent id), metrics (each metric's latest value). With `parent_run_id`: its children in any
+    experiment; with `experiment` only: every run of it except sweep parents (tag `role`). Oldest first.
+    """
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    if parent_run_id is not None:
+        runs = _search_all(client, _experiment_ids(client), f"tags.`mlflow.parentRunId` = '{parent_run_id}'")
+    else:
+        found = client.get_experiment_by_name(experiment)
+        if found is None:
+            raise TrackingError(f"no MLflow experiment {experiment!r} in {uri}; "
+                                f"its experiments: {', '.join(experiment_names(uri)) or 'none'}")
+        runs = [r for r in _search_all(client, [found.experiment_id]) if r.data.tags.get("role") != "sweep-parent"]
+    return sorted((_as_record(r) for r in runs), key=lambda r: (r["start_time"] or 0, r["name"]))
+
+
+def read_run(uri: str, run_id: str) -> dict[str, Any]:
+    """One run as `read_runs` returns it; TrackingError when the store does not know it."""
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    try:
+        return _as_record(client.get_run(run_id))
+    except mlflow.exceptions.MlflowException as e:
+        raise TrackingError(f"MLflow run {run_id} not found in {uri} ({e.message.splitlines()[0]})") from None
+
+
+def experiment_names(uri: str) -> list[str]:
+    """The names of the store's experiments that hold at least one run."""
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    return sorted(e.name for e in client.search_experiments()
+                  if client.search_runs([e.experiment_id], max_results=1))
+
+
+def log_report(uri: str, run_id: str, folder: str | Path, artifact_path: str = "report") -> None:
+    """Attach every file of `folder` (a report) to the run `run_id` under `artifact_path`; its status is kept."""
+    mlflow.MlflowClient(tracking_uri=uri).log_artifacts(run_id, str(folder), artifact_path)
 
 
 def upload_buffer(run_dir: str | Path, uri: str | None = None) -> list[str]:

@@ -22,6 +22,7 @@ import argparse
 import json
 import logging
 import os
+import re
 import sys
 import time
 from dataclasses import dataclass
@@ -66,14 +67,15 @@ def param_space(sweep: Sweep) -> dict[str, Any]:
 
 
 def trial_tags(sweep: Sweep, settings: dict[str, Any], subset: str | None) -> dict[str, str]:
-    """MLflow tags of a child run: sweep, subset name and metadata, every searched setting."""
+    """MLflow tags of a child run: sweep, subset name and metadata (every subset has a heuristic and a size,
+    see `trainer.sweep.subset_metadata`), every searched setting."""
     tags = {"sweep": sweep.config.name}
     if subset is not None:
         meta = sweep.subsets[subset]
         tags["subset"] = subset
         tags["languages"] = ",".join(meta["languages"])
         for key in ("heuristic", "size", "seed", "objective"):
-            if key in meta:
+            if meta.get(key) is not None:
                 tags[f"subset_{key}"] = str(meta[key])
     for key, value in settings.items():
         tags[f"setting.{key}"] = str(value)
@@ -87,15 +89,19 @@ def trial_run_name(subset: str | None, settings: dict[str, Any], trial_name: str
 
 
 def trial_job(sweep: Sweep, trial_config: dict[str, Any], trial_dir: Path, parent_run_id: str | None,
-              trial_name: str) -> dict[str, Any]:
-    """The raw job dict of one trial: settings, subset, output dir, tracking as a child run, resume."""
+              trial_name: str, trial_id: str | None = None) -> dict[str, Any]:
+    """The raw job dict of one trial: settings, subset, output dir, tracking as a child run, resume.
+
+    `trial_id` (Tune's) is tagged on the child run, so that the driver can close it by the trial's outcome.
+    """
     settings, subset = trial_config.get("settings") or {}, trial_config.get("subset")
     raw = sweep.trial_raw(settings, subset)
     raw["output_dir"] = str(trial_dir)
     tracking = raw.setdefault("tracking", {})
     tracking.update(uri=sweep_tracking_uri(sweep), experiment=sweep.config.experiment,
                     run_name=trial_run_name(subset, settings, trial_name),
-                    parent_run_id=parent_run_id, tags=trial_tags(sweep, settings, subset))
+                    parent_run_id=parent_run_id,
+                    tags=trial_tags(sweep, settings, subset) | ({"trial_id": trial_id} if trial_id else {}))
     raw.setdefault("checkpoint", {})["resume"] = "auto"
     return raw
 
@@ -150,10 +156,11 @@ def run_trial(trial_config: dict[str, Any], ctx: TrialContext) -> None:
     from ray.train.torch import TorchConfig, TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    trial_name = tune.get_context().get_trial_name()
+    context = tune.get_context()
+    trial_name = context.get_trial_name()
     sweep = ctx.sweep
     trial_dir = Path(ctx.sweep_dir) / TRIALS_DIR / trial_name
-    raw = trial_job(sweep, trial_config, trial_dir, ctx.parent_run_id, trial_name)
+    raw = trial_job(sweep, trial_config, trial_dir, ctx.parent_run_id, trial_name, context.get_trial_id())
     res = sweep.config.resources
     use_gpu = res.gpus_per_worker > 0
     resources = {"CPU": res.cpus_per_worker, **({"GPU": res.gpus_per_worker} if use_gpu else {})}
@@ -222,7 +229,7 @@ def summary_rows(sweep: Sweep, results) -> list[dict[str, Any]]:
     for result in results:
         config = result.config or {}
         metrics = result.metrics or {}
-        trial = metrics.get("trial_id") or (Path(result.path).name if result.path else "?")
+        trial = result_trial_id(result)
         settings = config.get("settings") or {}
         max_steps = validate(sweep.trial_raw(settings, config.get("subset")), JobConfig).optim.max_steps
         row = {"trial": trial, "subset": config.get("subset") or "", **settings,
@@ -230,6 +237,17 @@ def summary_rows(sweep: Sweep, results) -> list[dict[str, Any]]:
                "status": trial_status(result, sweep.config.metric, max_steps)}
         rows.append(row)
     return rows
+
+
+def result_trial_id(result) -> str:
+    """Tune's trial id of a result (`0b13b_00000`): from its reports, else from its directory's name
+    (`run_trial_0b13b_00000_0_subset=...`, for a trial that never reported)."""
+    reported = (result.metrics or {}).get("trial_id")
+    if reported:
+        return str(reported)
+    name = Path(result.path).name if result.path else ""
+    match = re.search(r"_([0-9a-f]{5}_\d{5})(?:_|$)", name)
+    return match.group(1) if match else (name or "?")
 
 
 def trial_status(result, metric: str, max_steps: int) -> str:
@@ -267,7 +285,7 @@ def run_sweep(sweep: Sweep, sweep_dir: Path | None = None, resume: bool = False,
     parent_run_id = tracking.start_parent_run(uri, sweep.config.experiment, sweep.config.name,
                                               sweep.config.model_dump(mode="json"), state.get("parent_run_id"))
     state.setdefault("workdir", os.getcwd())   # a resumed sweep keeps resolving paths where it started
-    state.update(parent_run_id=parent_run_id, sweep=sweep.config.model_dump(mode="json"),
+    state.update(parent_run_id=parent_run_id, tracking_uri=uri, sweep=sweep.config.model_dump(mode="json"),
                  base_job=sweep.base_raw, subsets=sweep.subsets, base_dir=str(sweep.base_dir))
     write_atomic(state_path, json.dumps(state, indent=1))
 
@@ -286,6 +304,12 @@ def run_sweep(sweep: Sweep, sweep_dir: Path | None = None, resume: bool = False,
     interrupted = (any(r["status"] == "INCOMPLETE" for r in rows)
                    or results.num_terminated + results.num_errors < len(results))
     status = "KILLED" if interrupted else "FAILED" if any(r["status"] == "ERROR" for r in rows) else "FINISHED"
+    # A trial stopped by ASHA, interrupted, or failed for good had its workers killed: its child run is
+    # still RUNNING. Close each by its trial's outcome.
+    closed = tracking.close_child_runs(uri, parent_run_id, {r["trial"]: r["status"] for r in rows})
+    if closed:
+        log.info("closed %d child run(s) their trials left RUNNING: %s", len(closed),
+                 ", ".join(f"{run_id[:8]} {end}" for run_id, end in closed.items()))
     tracking.finish_parent_run(uri, parent_run_id, rows, sweep.config.metric, sweep.config.mode, sweep_dir, status)
     print(f"\nsweep {sweep.config.name}: {len(rows)} trials in {elapsed:.0f}s; "
           f"MLflow parent run {parent_run_id}; results in {sweep_dir}\n{format_table(rows)}")
@@ -305,6 +329,30 @@ def load_resumed_sweep(sweep_dir: Path) -> Sweep:
     state = json.loads(state_path.read_text())
     return Sweep(SweepConfig.model_validate(state["sweep"]), state["base_job"], state["subsets"],
                  Path(state["base_dir"]))
+
+
+def map_with_actors(rows: list[dict], actor: type, actor_kwargs: dict[str, Any], actors: int, gpus_per_actor: float,
+                    cpus_per_actor: float = 1, address: str | None = None):
+    """Ray Data (the only Ray use outside Tune; `data_prep.translate --ray`): `rows` through a pool of
+    `actors` instances of the callable class `actor`, each built once with `actor_kwargs` (e.g. holding a
+    model) and called with one row at a time (`batch_size=1`, numpy columns); yields the output rows as
+    they finish, in any order. Joins `address` / $RAY_ADDRESS, or starts a local Ray and stops it after."""
+    import ray
+
+    started = not ray.is_initialized()
+    if started:
+        address = address or os.environ.get("RAY_ADDRESS")
+        ray.init(address=address) if address else ray.init(
+            num_cpus=os.cpu_count() or 1, include_dashboard=False,
+            runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false"}})
+    try:
+        dataset = ray.data.from_items(rows).map_batches(
+            actor, fn_constructor_kwargs=actor_kwargs, compute=ray.data.ActorPoolStrategy(size=actors),
+            num_gpus=gpus_per_actor, num_cpus=cpus_per_actor, batch_size=1, batch_format="numpy")
+        yield from dataset.iter_rows()
+    finally:
+        if started:
+            ray.shutdown()
 
 
 def main(argv: list[str] | None = None) -> int:

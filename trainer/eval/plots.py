@@ -40,7 +40,7 @@ def plot_pair_heatmap(result: RetrievalResult, layer: int, path: str | Path, ann
                     ax.text(j, i, f"{matrix[i, j]:.2f}", ha="center", va="center", fontsize=7,
                             color="white" if matrix[i, j] < 0.5 else "black")
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_layer_curve(result: RetrievalResult, path: str | Path) -> Path:
@@ -62,7 +62,7 @@ def plot_layer_curves(results: dict[str, RetrievalResult], path: str | Path, tit
         ax.legend()
     n = len(next(iter(results.values())).languages) if results else 0
     ax.set_title(title or f"Translation retrieval over {n} languages")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def save_retrieval_plots(result: RetrievalResult, out_dir: str | Path, layer: int | None = None,
@@ -74,7 +74,8 @@ def save_retrieval_plots(result: RetrievalResult, out_dir: str | Path, layer: in
             "layers": plot_layer_curve(result, out / f"{prefix}_layers.png")}
 
 
-def _save(fig: Figure, path: str | Path) -> Path:
+def save_figure(fig: Figure, path: str | Path) -> Path:
+    """Lay out `fig` and write it to `path` as PNG (120 dpi), making the folder; returns the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     FigureCanvasAgg(fig)
@@ -83,20 +84,27 @@ def _save(fig: Figure, path: str | Path) -> Path:
     return path
 
 
-def plot_language_bars(scores: dict[str, dict[str, float]], path: str | Path, ylabel: str) -> Path:
-    """Grouped bars: one group per language, one bar per series (e.g. {"S-DEV": {lang: score}, "T-DEV": ...})."""
+def plot_language_bars(scores: dict[str, dict[str, float]], path: str | Path, ylabel: str,
+                       errors: dict[str, dict[str, float]] | None = None, title: str | None = None) -> Path:
+    """Grouped bars: one group per language, one bar per series (e.g. {"S-DEV": {lang: score}, "T-DEV": ...});
+    `errors`, in the same shape, draws error bars (e.g. the standard deviation over seeds)."""
     series = list(scores)
     languages = list(dict.fromkeys(lang for values in scores.values() for lang in values))
-    fig = Figure(figsize=(max(5.0, 0.6 * len(languages) * len(series)), 3.8))
+    bars = len(languages) * len(series)
+    fig = Figure(figsize=(max(5.0, min(0.6 * bars, 0.25 * bars + 4.0)), 3.8))
     ax = fig.add_subplot()
     width = 0.8 / max(1, len(series))
     for i, name in enumerate(series):
         xs = [j + i * width for j in range(len(languages))]
-        ax.bar(xs, [scores[name].get(lang, float("nan")) for lang in languages], width, label=name)
+        yerr = [errors[name].get(lang, 0.0) for lang in languages] if errors and name in errors else None
+        ax.bar(xs, [scores[name].get(lang, float("nan")) for lang in languages], width, label=name, yerr=yerr,
+               capsize=2 if yerr else 0)
     ax.set_xticks([j + 0.4 - width / 2 for j in range(len(languages))], languages, rotation=60, ha="right")
     ax.set_ylabel(ylabel)
     ax.set_ylim(0.0, 1.0)
-    ax.legend()
+    ax.legend(ncol=min(4, len(series)), fontsize=8)
+    if title:
+        ax.set_title(title)
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

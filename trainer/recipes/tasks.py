@@ -45,20 +45,29 @@ def languages(job) -> list[str]:
     return list(dict.fromkeys([job.task.source_language, *job.task.target_languages]))
 
 
-def dev_test_hooks(r: Run, collate: Callable[[list], dict], predict: Callable[[dict], torch.Tensor],
-                   before: Callable[[], dict[str, float]] | None = None) -> Hooks:
-    """Hooks that score every language's dev and test set every `task.eval_every` of the steps and select at the end.
-
-    `predict(batch) -> scores [b, C]`. `before` adds metrics to the fresh run's first row.
-    """
-    job, engine, t = r.job, r.engine, r.job.task
-    benchmark, langs = BENCHMARKS[t.benchmark], languages(job)
+def evaluation_sets(job) -> dict[str, dict[str, list]]:
+    """split (validation, test, and translate_test when `task.files` has it) -> language -> examples."""
+    t, langs = job.task, languages(job)
     sets = {split: {lang: examples(job, t.benchmark, lang, split) for lang in langs}
             for split in ("validation", "test")}
     if "translate_test" in t.files:   # target test sets translated to English: read as English (NLLB: eng code)
         sets["translate_test"] = {lang: [replace(e, language=t.source_language)
                                          for e in examples(job, t.benchmark, lang, "translate_test")]
                                   for lang in langs if lang != t.source_language}
+    return sets
+
+
+def dev_test_hooks(r: Run, collate: Callable[[list], dict], predict: Callable[[dict], torch.Tensor],
+                   before: Callable[[], dict[str, float]] | None = None,
+                   sets: dict[str, dict[str, list]] | None = None) -> Hooks:
+    """Hooks that score every language's dev and test set every `task.eval_every` of the steps and select at the end.
+
+    `predict(batch) -> scores [b, C]`. `before` adds metrics to the fresh run's first row. `sets`:
+    split -> language -> examples for `collate` (default `evaluation_sets(job)`).
+    """
+    job, engine, t = r.job, r.engine, r.job.task
+    benchmark, langs = BENCHMARKS[t.benchmark], languages(job)
+    sets = sets if sets is not None else evaluation_sets(job)
     metric, history = METRICS[t.resolved_metric], r.out_dir / "eval" / "history.jsonl"
     every = max(1, round(t.eval_every * job.optim.max_steps)) if t.eval_every else job.optim.max_steps
 
