@@ -62,14 +62,15 @@ def measure(translator: Translator, tokenizer, batch_size: int, per_language: in
     if str(translator.device).startswith("cuda"):
         torch.cuda.synchronize()
     start = time.perf_counter()
-    for batch in batches:
-        translator.translate(list(batch.texts), batch.src_lang, batch.tgt_lang)
+    outputs = [translator.translate(list(batch.texts), batch.src_lang, batch.tgt_lang) for batch in batches]
     if str(translator.device).startswith("cuda"):
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start
     n = sum(len(b.texts) for b in batches)
+    texts = [t for out in outputs for t in out]        # output length: the decoded text tokenized again
+    tokens_out = sum(len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]) / n
     return {"batch_size": batch_size, "sentences": n, "seconds": round(seconds, 2),
-            "sentences_per_s": round(n / seconds, 1)}
+            "sentences_per_s": round(n / seconds, 1), "tokens_out_per_sentence": round(tokens_out, 1)}
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -101,10 +102,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
                          **measure(gpu, tokenizer, b, per_language)})
     print(f"machine: {platform.machine()}, nproc {os.cpu_count()}, torch {torch.__version__}, "
           f"max_new_tokens {args.max_new_tokens}, greedy")
-    print(f"{'model':34} {'device':24} {'batch':>5} {'sentences':>9} {'seconds':>8} {'sent/s':>8}")
+    print(f"{'model':34} {'device':24} {'batch':>5} {'sentences':>9} {'seconds':>8} {'sent/s':>8} {'tokens out':>10}")
     for r in runs:
         print(f"{r['model']:34} {r['device']:24} {r['batch_size']:>5} {r['sentences']:>9} {r['seconds']:>8} "
-              f"{r['sentences_per_s']:>8}")
+              f"{r['sentences_per_s']:>8} {r['tokens_out_per_sentence']:>10}")
     if args.json:
         print(json.dumps(runs))
     return runs

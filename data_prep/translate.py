@@ -36,6 +36,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 import time
 from collections import Counter
@@ -50,7 +51,7 @@ from trainer.data.benchmarks import BENCHMARKS, TaskExample, load_benchmark
 from trainer.data.files import expand_files, read_jsonl
 from trainer.errors import DataError, OutputExistsError, UserError, report
 from trainer.fsutil import check_destination, sha256_file, write_atomic
-from trainer.languages.nllb import FALLBACKS, NllbLanguage, nllb_language
+from trainer.languages.nllb import NllbLanguage, nllb_language
 from trainer.languages.table import UnknownLanguageError, language_table
 
 from data_prep.span_projection import MARKERS, mark_span, recover_span, span_problem
@@ -330,6 +331,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def check_markers(tokenizer, markers: tuple[str, str], model: str) -> None:
+    """Each span marker must be text the model can read and write (not `<unk>`), and the two must differ."""
+    for marker in markers:
+        ids = tokenizer(marker, add_special_tokens=False)["input_ids"]
+        if not marker.strip() or not ids or tokenizer.unk_token_id in ids:
+            raise UserError(f"--markers: {marker!r} is not in the vocabulary of --model {model} (it tokenizes to "
+                            f"{tokenizer.convert_ids_to_tokens(ids)}); choose markers it has, e.g. [ ] or ( )")
+    if markers[0] == markers[1]:
+        raise UserError(f"--markers: the opening and the closing marker must differ (got {markers})")
+
+
 def build_format(args) -> TaskFormat | QaFormat:
     if args.benchmark == QA:
         return QaFormat(tuple(args.markers))
@@ -362,13 +374,12 @@ def input_files(args, code: str) -> list[str] | None:
     return expand_files([args.files.format(language=code)], "--files") if args.files else None
 
 
-def job_spec(args, languages) -> dict[str, Any]:
+def job_spec(args, languages, settings: DecodeSettings) -> dict[str, Any]:
     """Everything the output depends on: a resumed or repeated run must match it."""
     inputs = {}
     for code, *_ in languages:
         files = input_files(args, code)
         inputs[code] = {path: sha256_file(path) for path in files} if files else f"hub {args.benchmark} {code}"
-    settings = DecodeSettings(args.beams, args.max_length, args.max_new_tokens, args.dtype)
     return {"direction": args.direction, "benchmark": args.benchmark, "split": args.split,
             "languages": [flores for _, flores, *_ in languages], "english": nllb_language(args.english).code,
             "files": args.files, "model": args.model, "decoding": asdict(settings), "batch_size": args.batch_size,
@@ -402,11 +413,16 @@ def prepare_out(out: Path, job: dict, inputs: list[str], overwrite: bool) -> Non
     ours = (out / MANIFEST).is_file() or (work / JOB_FILE).is_file()
     check_destination(out, inputs, overwrite=overwrite or ours, key="--out")
     if (out / MANIFEST).is_file():
-        old = json.loads((out / MANIFEST).read_text()).get("job", {})
+        old = json.loads((out / MANIFEST).read_text())
+        if not overwrite and old.get("job") == job:
+            raise OutputExistsError(f"--out {out}: the output files of this finished job changed or are gone (their "
+                                    f"sha256 differ from manifest.json); pass --overwrite to translate again")
         if not overwrite:
-            raise OutputExistsError(f"--out {out} holds another translation job (differs in: {differences(old, job)}); "
-                                    f"choose another --out, or pass --overwrite")
+            raise OutputExistsError(f"--out {out} holds another translation job (differs in: "
+                                    f"{differences(old.get('job', {}), job)}); choose another --out, or pass --overwrite")
         (out / MANIFEST).unlink()
+        for info in old.get("languages", {}).values():
+            (out / info["file"]).unlink(missing_ok=True)
     if (work / JOB_FILE).is_file():
         old = json.loads((work / JOB_FILE).read_text())
         if old == job:
@@ -415,8 +431,6 @@ def prepare_out(out: Path, job: dict, inputs: list[str], overwrite: bool) -> Non
             raise OutputExistsError(f"--out {out} holds the unfinished work of another translation job (differs in: "
                                     f"{differences(old, job)}); pass --overwrite to discard it")
     if work.exists():
-        import shutil
-
         shutil.rmtree(work)
     write_atomic(work / JOB_FILE, json.dumps(job, indent=1, ensure_ascii=False))
 
@@ -473,18 +487,19 @@ def run(args) -> dict[str, Any]:
     settings = DecodeSettings(args.beams, args.max_length, args.max_new_tokens, args.dtype)
     fmt = build_format(args)
     languages = resolve_languages(args, fmt)
-    job = job_spec(args, languages)
+    job = job_spec(args, languages, settings)
     out = Path(args.out)
     manifest = finished(out, job)
     if manifest is not None:
         print(f"{out}: this translation job is finished (manifest.json); nothing to do")
         return manifest
-    inputs = [p for files in job["inputs"].values() if isinstance(files, dict) for p in files]
-    prepare_out(out, job, inputs, args.overwrite)
-
     path = resolve_model_path(args.model, args.cache_dir)
     tokenizer = load_tokenizer(path)
     check_language_codes(tokenizer, sorted({x.nllb for _, _, s, t in languages for x in (s, t)}), args.model)
+    if isinstance(fmt, QaFormat):
+        check_markers(tokenizer, fmt.markers, args.model)
+    inputs = [p for files in job["inputs"].values() if isinstance(files, dict) for p in files]
+    prepare_out(out, job, inputs, args.overwrite)
     parts = build_parts(args, fmt, languages, tokenizer, settings)
     for part in parts:
         for lang in (part.source, part.target):
@@ -520,8 +535,6 @@ def run(args) -> dict[str, Any]:
                         "batches_translated": len(pending), "ray": args.ray,
                         "device": "ray actors" if args.ray else (args.device or default_device())}}
     write_atomic(out / MANIFEST, json.dumps(manifest, indent=1, ensure_ascii=False))
-    import shutil
-
     shutil.rmtree(work, ignore_errors=True)
     for lang, info in manifest["languages"].items():
         drops = f", dropped {info['dropped']}" if info["dropped"] else ""
@@ -543,4 +556,4 @@ if __name__ == "__main__":
     sys.exit(main())
 
 
-__all__ = ["Batch", "PartWriter", "QaFormat", "TaskFormat", "FALLBACKS", "main", "plan_batches", "read_parts", "run"]
+__all__ = ["Batch", "PartWriter", "QaFormat", "TaskFormat", "main", "plan_batches", "read_parts", "run"]

@@ -213,6 +213,9 @@ def test_the_page_is_self_contained_with_every_figure_and_a_sortable_table(store
 
 
 def test_bad_targets_name_what_would_be_valid(store, tmp_path, capsys):
+    from trainer import report
+
+    assert report.STATE_FILE == STATE_FILE                          # the file trainer.tune writes
     with pytest.raises(ReportError, match=r"nope: .*Experiments there: fake-sweep, flare-fusions"):
         find_source("nope", store["uri"])
     with pytest.raises(ReportError, match=f"{tmp_path}: not a sweep directory \\(no {STATE_FILE}"):

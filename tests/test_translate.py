@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -314,6 +315,9 @@ def test_unknown_language_names_close_codes_and_a_fallback_is_listed_in_the_mani
                                                                                     capsys):
     table = language_table()
     assert all(nllb in table and code not in table for code, (nllb, _) in FALLBACKS.items())
+    documented = dict(re.findall(r"^\| `(\w+)` \| [^|]+ \| `(\w+)` \|", (ROOT / "docs/translation.md").read_text(),
+                                 re.MULTILINE))
+    assert documented == {code: nllb for code, (nllb, _) in FALLBACKS.items()}      # the documented table
     with pytest.raises(UnknownLanguageError, match="deu_Latn"):
         nllb_language("deu_Latm")
     assert nllb_language("de").nllb == "deu_Latn" and nllb_language("mad_Latn").nllb == "jav_Latn"
@@ -336,7 +340,8 @@ def test_unknown_language_names_close_codes_and_a_fallback_is_listed_in_the_mani
 def test_benchmark_rows_round_trip_through_every_adapter(tmp_path):
     cases = [("mnli", "en", "train", "mnli_train.jsonl"), ("xnli", "de", "validation", "xnli_de_validation.jsonl"),
              ("americasnli", "quy", "test", "americasnli_quy_test.jsonl"),
-             ("kardes_nli", "kk", "validation", "xnli.dev.kk.csv"), ("nusax_senti", "ace", "train", "nusax_ace_train.csv"),
+             ("kardes_nli", "kk", "validation", "xnli.dev.kk.csv"),
+             ("nusax_senti", "ace", "train", "nusax_ace_train.csv"),
              ("belebele", "eng_Latn", "test", "belebele_eng_Latn.jsonl")]
     for benchmark, code, split, fixture in cases:
         examples = load_benchmark(benchmark, code, split, files=[str(FIXTURES / fixture)])

@@ -3,7 +3,9 @@
 Each trial is the `realign` recipe on tiny models and generated data, and each crashes once
 (an exception in its workers at step CRASH_AT): Ray Train restarts the workers, which resume
 from the trial's last checkpoint. MLflow must then hold the sweep's parent run and one child
-run per trial with their tags, params and metrics.
+run per trial with their tags, params and metrics, and `trainer.report` draws its figures from
+that store. A second sweep (ASHA, 2 trials of 1 worker through LoRA) stops its poor trial: no child
+run may be left RUNNING, and the uploaded export holds no frozen weight.
 """
 
 from __future__ import annotations
@@ -28,29 +30,40 @@ SUBSETS = {"greek_chinese": ["ell_Grek", "zho_Hans"], "german_greek": ["deu_Latn
 
 @pytest.fixture(scope="module")
 def sweep_run(data, tmp_path_factory, tiny_cache):  # noqa: F811 - pytest fixture injection
-    """Run the sweep once for the module; returns (summary rows, sweep dir, tracking URI, Tune results)."""
-    ray = pytest.importorskip("ray")
+    """Run the sweep once for the module; returns (summary rows, sweep dir, tracking URI)."""
     tmp = tmp_path_factory.mktemp("tune")
-    job = job_dict("realign", data, tmp / "unused", tiny_cache, model="tiny:xlmr", finetune="full",
+    job = realign_job(data, tiny_cache, "full", checkpoint={"every": CHECKPOINT_EVERY, "keep_last": 2})
+    sweep = {"name": "e2e", "subsets": {"inline": SUBSETS}, "metric": "zero_shot_accuracy", "mode": "max",
+             "resources": {"workers": 2, "cpus_per_worker": 1}, "max_failures": 1}
+    rows, uri = run_test_sweep(tmp, job, sweep, crash_at_step=CRASH_AT)
+    return rows, tmp / "sweeps" / "e2e", uri
+
+
+def realign_job(data: Path, tiny_cache: str, finetune: str, **sections) -> dict:
+    """The trials' base job: realign on tiny XLM-R, MAX_STEPS steps (ALIGN_STEPS realigning), ZeRO-3."""
+    job = job_dict("realign", data, Path("unused"), tiny_cache, model="tiny:xlmr", finetune=finetune,
                    max_steps=MAX_STEPS, steps=ALIGN_STEPS, objective="two_b", layers=-1)
     job["task"]["num_labels"] = 3
     job["eval"]["retrieval_sentences"] = 30
-    job.update(engine={"deepspeed": "zero3"}, checkpoint={"every": CHECKPOINT_EVERY, "keep_last": 2})
     job["tracking"]["log_every"] = 1
-    (tmp / "job.yaml").write_text(yaml.safe_dump(job))
+    job.update(engine={"deepspeed": "zero3"}, **sections)
+    return job
+
+
+def run_test_sweep(tmp: Path, job: dict, sweep: dict, **kwargs) -> tuple[list[dict], str]:
+    """Write the job and the sweep (one trial at a time, its own SQLite store) into `tmp`, run it on a local Ray
+    -> (summary rows, tracking URI)."""
+    ray = pytest.importorskip("ray")
     uri = f"sqlite:///{tmp / 'mlflow.db'}"
-    sweep_file = tmp / "sweep.yaml"
-    sweep_file.write_text(yaml.safe_dump({
-        "name": "e2e", "job": "job.yaml", "subsets": {"inline": SUBSETS},
-        "metric": "zero_shot_accuracy", "mode": "max",
-        "resources": {"workers": 2, "cpus_per_worker": 1}, "max_concurrent_trials": 1, "max_failures": 1,
-        "output_dir": str(tmp / "sweeps"), "tracking_uri": uri, "experiment": "e2e",
-    }))
+    job["tracking"]["uri"] = uri
+    (tmp / "job.yaml").write_text(yaml.safe_dump(job))
+    (tmp / "sweep.yaml").write_text(yaml.safe_dump({
+        "job": "job.yaml", "max_concurrent_trials": 1, "output_dir": str(tmp / "sweeps"), "tracking_uri": uri,
+        "experiment": sweep["name"], **sweep}))
     try:
-        rows = run_sweep(load_sweep(sweep_file), crash_at_step=CRASH_AT)
+        return run_sweep(load_sweep(tmp / "sweep.yaml"), **kwargs), uri
     finally:
         ray.shutdown()
-    return rows, tmp / "sweeps" / "e2e", uri
 
 
 @pytest.mark.slow
@@ -137,29 +150,13 @@ def test_the_report_reads_the_sweeps_store(sweep_run, tmp_path):
 def asha_run(data, tmp_path_factory, tiny_cache):  # noqa: F811 - pytest fixture injection
     """An ASHA sweep of realign through LoRA (export: adapter) on ZeRO-3, 1 worker per trial: a good learning
     rate, then a useless one that ASHA stops at its first rung."""
-    ray = pytest.importorskip("ray")
-    tmp = tmp_path_factory.mktemp("asha")
-    job = job_dict("realign", data, tmp / "unused", tiny_cache, model="tiny:xlmr", finetune="lora",
-                   max_steps=MAX_STEPS, steps=ALIGN_STEPS, objective="two_b", layers=-1)
-    job["task"]["num_labels"] = 3
-    job["eval"]["retrieval_sentences"] = 30
+    job = realign_job(data, tiny_cache, "lora", checkpoint={"every": 0})
     job["optim"]["warmup_steps"] = 0
-    job.update(engine={"deepspeed": "zero3"}, checkpoint={"every": 0})
-    job["tracking"].update(log_every=1, export="adapter")
-    (tmp / "job.yaml").write_text(yaml.safe_dump(job))
-    uri = f"sqlite:///{tmp / 'mlflow.db'}"
-    (tmp / "sweep.yaml").write_text(yaml.safe_dump({
-        "name": "asha", "job": "job.yaml", "search": {"optim.lr": {"grid": [1e-2, 1e-9]}},
-        "metric": "loss", "mode": "min", "max_failures": 0,
+    job["tracking"]["export"] = "adapter"
+    return run_test_sweep(tmp_path_factory.mktemp("asha"), job, {
+        "name": "asha", "search": {"optim.lr": {"grid": [1e-2, 1e-9]}}, "metric": "loss", "mode": "min",
         "scheduler": {"kind": "asha", "grace_period": 3, "reduction_factor": 2, "max_t": MAX_STEPS},
-        "resources": {"workers": 1, "cpus_per_worker": 1}, "max_concurrent_trials": 1,
-        "output_dir": str(tmp / "sweeps"), "tracking_uri": uri, "experiment": "asha",
-    }))
-    try:
-        rows = run_sweep(load_sweep(tmp / "sweep.yaml"))
-    finally:
-        ray.shutdown()
-    return rows, uri
+        "resources": {"workers": 1, "cpus_per_worker": 1}, "max_failures": 0})
 
 
 @pytest.mark.slow

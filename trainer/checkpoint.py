@@ -7,6 +7,8 @@ Layout (default `OUTPUT_DIR/checkpoints/`):
       ds/                        DeepSpeed checkpoint, frozen weights excluded
                                  (model states + each rank's ZeRO optimizer partition)
       rank-00000.pt ...          one per rank: its data-stream position and RNG states
+      portable.pt                the trainable weights and Adam moments as full tensors, the step and
+                                 schedule (`checkpoint.portable`): resume on another number of ranks
       trainer_state.json         step, world size, MLflow run id, metrics, evaluations so far, config hash
       MANIFEST.json              every file above with its size and sha256 (written last, by rank 0)
     .tmp-step-00000050/          a write in progress (or killed): never resumed from
@@ -50,6 +52,7 @@ log = logging.getLogger(__name__)
 MANIFEST = "MANIFEST.json"
 TRAINER_STATE = "trainer_state.json"
 LATEST = "latest"
+PORTABLE = "portable.pt"   # the trainable state independent of the number of ranks (`Engine.portable_state`)
 DS_TAG = "ds"
 STEP_RE = re.compile(r"^step-(\d+)$")
 
@@ -213,21 +216,49 @@ class Checkpointer:
             return 0
         ckpt = self.resume_from
         state = read_trainer_state(ckpt)
-        if int(state["world_size"]) != engine.world_size:
-            raise RuntimeError(f"checkpoint {ckpt} was written by {state['world_size']} ranks, this run has "
-                               f"{engine.world_size}: resume with the same number of ranks")
+        step = int(state["step"])
         if self.config_hash and state.get("config_sha256") not in (None, self.config_hash):
             # trainer.run.check_run_dir has refused every difference that changes the training
             log.info("checkpoint: %s was written under a config that differs in logging or length only", ckpt)
-        engine.load_state(ckpt / DS_TAG)
-        mine = torch.load(ckpt / rank_file(engine.rank), map_location="cpu", weights_only=False)
-        data.load_state_dict(mine["data"])
-        distributed.set_rng_state(mine["rng"])
-        step = int(state["step"])
+        per_step = int(state.get("micro_batches_per_step", engine.world_size * engine.job.optim.grad_accum))
+        if int(state["world_size"]) == engine.world_size:
+            if per_step != engine.world_size * engine.job.optim.grad_accum:
+                raise RuntimeError(f"checkpoint {ckpt}: written with optim.grad_accum={per_step // engine.world_size} "
+                                   f"on {engine.world_size} ranks; resume with the same grad_accum")
+            engine.load_state(ckpt / DS_TAG)
+            mine = torch.load(ckpt / rank_file(engine.rank), map_location="cpu", weights_only=False)
+            data.load_state_dict(mine["data"])
+            distributed.set_rng_state(mine["rng"])
+        else:
+            self._restore_elsewhere(ckpt, state, engine, data)
         if engine.global_step != step:
             raise RuntimeError(f"checkpoint {ckpt}: DeepSpeed restored step {engine.global_step}, "
                                f"trainer_state says {step}")
         return step
+
+    def _restore_elsewhere(self, ckpt: Path, state: dict, engine, data: Stateful) -> None:
+        """Resume a checkpoint written by another number of ranks from its portable state.
+
+        The optimizer step must hold the same micro-batches (world size x grad_accum); the data then
+        continues at global micro-batch step x that number, and every micro-batch's RNG is re-seeded
+        from its global index (`loop.seed_micro_batch`), so the losses are the uninterrupted run's.
+        """
+        old_world, new_world = int(state["world_size"]), engine.world_size
+        per_step = int(state.get("micro_batches_per_step", 0))   # 0: written before the portable state existed
+        accum = engine.job.optim.grad_accum
+        if not (ckpt / PORTABLE).is_file():
+            raise RuntimeError(f"checkpoint {ckpt} was written by {old_world} ranks, this run has {new_world}, and it "
+                               f"has no {PORTABLE} (checkpoint.portable was off): resume with {old_world} ranks")
+        if per_step != new_world * accum:
+            want = per_step / new_world
+            hint = f"optim.grad_accum={int(want)}" if want == int(want) else f"a world size dividing {per_step}"
+            raise RuntimeError(f"checkpoint {ckpt}: an optimizer step held {per_step} micro-batches ({old_world} ranks "
+                               f"x grad_accum {per_step // old_world}); with {new_world} ranks set {hint} to "
+                               f"resume on the same batches")
+        log.info("checkpoint: %s was written by %d ranks; resuming on %d from its portable state", ckpt,
+                 old_world, new_world)
+        engine.load_portable_state(torch.load(ckpt / PORTABLE, map_location="cpu", weights_only=False))
+        data.restart_at(int(state["step"]) * per_step)
 
     # ---- saving -------------------------------------------------------------------------------
     def due(self, step: int, max_steps: int) -> bool:
@@ -253,10 +284,15 @@ class Checkpointer:
         part = tmp / f".{rank_file(engine.rank)}.part"
         torch.save(mine, part)
         os.replace(part, tmp / rank_file(engine.rank))
+        portable = engine.portable_state() if self.cfg.portable else {}   # collective
+        if engine.is_main and self.cfg.portable:
+            torch.save(portable, tmp / f".{PORTABLE}.part")
+            os.replace(tmp / f".{PORTABLE}.part", tmp / PORTABLE)
         distributed.barrier()
         faults.maybe_kill("in_checkpoint", step)
         if engine.is_main:
             state = {"step": step, "world_size": engine.world_size, "mlflow_run_id": run_id,
+                     "micro_batches_per_step": engine.world_size * engine.job.optim.grad_accum,
                      "metrics": metrics or {}, "evaluations": evaluations or {}, "config_sha256": self.config_hash, "time": time.time()}
             write_atomic(tmp / TRAINER_STATE, json.dumps(state, indent=1))
             write_manifest(tmp)

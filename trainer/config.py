@@ -268,6 +268,10 @@ class CheckpointConfig(Section):
         "auto", description="auto = the newest complete checkpoint in dir (none: start fresh); "
                             "none = always start fresh; or a checkpoint directory")
     dir: str | None = Field(None, description="Checkpoint directory; default OUTPUT_DIR/checkpoints")
+    portable: bool = Field(True, description=(
+        "Also write the trainable weights and Adam moments as full tensors (portable.pt), so that the run can "
+        "resume on another number of ranks (finetune, stage2, flare; set optim.grad_accum so that ranks x "
+        "grad_accum stays the same). Small for LoRA; three fp32 copies of the model under full fine-tuning"))
 
 
 class TaskDataConfig(Section):
@@ -666,9 +670,10 @@ def _fields_at(model: type[BaseModel], loc: tuple) -> list[str]:
 def validate(raw: dict[str, Any], schema: Any = JobConfig, source: str = "job") -> Any:
     """Validate a raw dict into `schema` (a model, or `JobConfig`), turning pydantic's errors into one ConfigError."""
     try:
-        if schema is JobConfig:
-            return _JOB_ADAPTER.validate_python(raw)
-        return schema.model_validate(raw)
+        if isinstance(schema, type) and issubclass(schema, BaseModel):
+            return schema.model_validate(raw)
+        # JobConfig, a discriminated union (also a copy of it: Ray pickles `python -m trainer.tune`'s globals by value)
+        return (_JOB_ADAPTER if schema is JobConfig else TypeAdapter(schema)).validate_python(raw)
     except ValidationError as e:
         lines = [_describe(err, schema, raw) for err in e.errors()]
         raise ConfigError(f"invalid {source}:\n  " + "\n  ".join(lines)) from None

@@ -44,7 +44,8 @@ if not torch.cuda.is_available():
     os.environ.setdefault("DS_ACCELERATOR", "cpu")  # say it, instead of DeepSpeed warning that it guessed
 
 import deepspeed  # noqa: E402
-from deepspeed.utils import safe_get_full_fp32_param  # noqa: E402
+from deepspeed.utils import (safe_get_full_fp32_param, safe_get_full_optimizer_state,  # noqa: E402
+                             safe_set_full_fp32_param, safe_set_full_optimizer_state)
 from transformers.integrations import HfDeepSpeedConfig  # noqa: E402
 from transformers.integrations.deepspeed import unset_hf_deepspeed_config  # noqa: E402
 
@@ -53,7 +54,8 @@ from trainer.config import ConfigError, JobBase  # noqa: E402
 
 log = logging.getLogger(__name__)
 
-DS_CONFIGS = "ds_configs"   # the folder at the top of the checkout, installed with the package
+DS_CONFIGS = "ds_configs"
+ADAM_STATE = ("exp_avg", "exp_avg_sq")   # the folder at the top of the checkout, installed with the package
 
 # DeepSpeed (0.19) calls a torch collective that torch now reports as deprecated, once per step.
 warnings.filterwarnings("ignore", message=r"`torch\.distributed\.\w+` is deprecated", category=FutureWarning)
@@ -162,17 +164,22 @@ def warmup_linear_decay(warmup_steps: int, max_steps: int):
     return factor
 
 
+def torch_optimizer(optimizer: Any) -> torch.optim.Optimizer:
+    """The torch optimizer inside DeepSpeed's wrappers (`.optimizer` chains)."""
+    while not isinstance(optimizer, torch.optim.Optimizer) and hasattr(optimizer, "optimizer"):
+        optimizer = optimizer.optimizer
+    if not isinstance(optimizer, torch.optim.Optimizer):
+        raise TypeError(f"cannot find the torch optimizer inside {type(optimizer).__name__}")
+    return optimizer
+
+
 def reset_optimizer_moments(optimizer: Any) -> None:
     """Zero every state tensor (and int step count) of the torch optimizer inside `optimizer`.
 
     DeepSpeed wraps the torch optimizer (`.optimizer` chains); under ZeRO its state holds this
     rank's partitions, zeroed in place on every rank.
     """
-    while not isinstance(optimizer, torch.optim.Optimizer) and hasattr(optimizer, "optimizer"):
-        optimizer = optimizer.optimizer
-    if not isinstance(optimizer, torch.optim.Optimizer):
-        raise TypeError(f"cannot find the torch optimizer inside {type(optimizer).__name__}")
-    for state in optimizer.state.values():
+    for state in torch_optimizer(optimizer).state.values():
         for key, value in state.items():
             if torch.is_tensor(value):
                 value.zero_()
@@ -289,6 +296,80 @@ class Engine:
                                             load_optimizer_states=True, load_lr_scheduler_states=True)
         if loaded is None:
             raise RuntimeError(f"DeepSpeed could not load the checkpoint in {path}")
+
+    def portable_state(self) -> dict[str, Any]:
+        """The trainable state independent of the number of ranks, full tensors on rank 0 ({} elsewhere). Collective.
+
+        Every trainable parameter's fp32 weights and AdamW moments (`exp_avg`, `exp_avg_sq`) assembled
+        from the ZeRO partitions (DeepSpeed's `safe_get_full_*`), the optimizer's step count, the schedule
+        and the global step. DeepSpeed's own checkpoint is laid out per rank; this is what a run resumed on
+        another number of ranks loads (`load_portable_state`). Small for LoRA; for full fine-tuning it is
+        three fp32 copies of the model.
+        """
+        params, moments = {}, {}
+        for name, p in self.module.named_parameters():
+            if not p.requires_grad:
+                continue
+            full = [safe_get_full_fp32_param(p)] + [safe_get_full_optimizer_state(p, key) for key in ADAM_STATE]
+            if any(t is None for t in full):
+                raise RuntimeError(f"engine: DeepSpeed keeps no fp32 master or Adam state for {name}; a portable "
+                                   f"checkpoint needs ZeRO stage 1, 2 or 3")
+            if self.is_main:
+                params[name] = full[0].detach().to("cpu", torch.float32, copy=True)
+                moments[name] = {key: t.detach().to("cpu", torch.float32, copy=True)
+                                 for key, t in zip(ADAM_STATE, full[1:])}
+        if not self.is_main:
+            return {}
+        steps = {float(s["step"]) for s in torch_optimizer(self.optimizer).state.values() if "step" in s}
+        return {"params": params, "moments": moments, "optimizer_step": max(steps, default=0.0),
+                "lrs": [group["lr"] for group in torch_optimizer(self.optimizer).param_groups],
+                "scheduler": self.scheduler.state_dict(), "global_step": self.global_step,
+                "global_samples": int(self.ds.global_samples)}
+
+    def load_portable_state(self, state: dict[str, Any]) -> None:
+        """Load `portable_state()`'s dict (written under any number of ranks) into this engine. Every rank."""
+        names = [name for name, p in self.module.named_parameters() if p.requires_grad]
+        if sorted(names) != sorted(state["params"]):
+            missing, extra = sorted(set(names) - set(state["params"])), sorted(set(state["params"]) - set(names))
+            raise RuntimeError(f"portable checkpoint does not match the model: missing {missing[:5]}, "
+                               f"unexpected {extra[:5]}")
+        self._create_optimizer_state()
+        for name, p in self.module.named_parameters():
+            if p.requires_grad:
+                full = state["params"][name].to(self.device)
+                safe_set_full_fp32_param(p, full)          # the optimizer's fp32 master partition
+                with self.modifying([p]):                  # and the weights the forward reads
+                    p.data.copy_(full.to(p.dtype))
+                for key in ADAM_STATE:
+                    safe_set_full_optimizer_state(p, state["moments"][name][key].to(self.device), key)
+        for s in torch_optimizer(self.optimizer).state.values():
+            if "step" in s:
+                s["step"] = (torch.tensor(state["optimizer_step"], dtype=s["step"].dtype, device=s["step"].device)
+                             if torch.is_tensor(s["step"]) else type(s["step"])(state["optimizer_step"]))
+        self.scheduler.load_state_dict(state["scheduler"])   # its counters; the current lr lives in the groups
+        for group, lr in zip(torch_optimizer(self.optimizer).param_groups, state["lrs"], strict=True):
+            group["lr"] = lr
+        self.ds.global_steps = int(state["global_step"])
+        self.ds.global_samples = int(state["global_samples"])
+
+    def _create_optimizer_state(self) -> None:
+        """Make AdamW's state exist before the first step, so that it can be overwritten.
+
+        DeepSpeed creates it lazily at the first step (ZeRO-1/2 then links each parameter to its
+        fragment of it); its universal-checkpoint loader initialises it the same way. One AdamW step on
+        zero gradients creates it; every value it touches is overwritten by the loaded state afterwards.
+        """
+        opt = torch_optimizer(self.optimizer)
+        fresh = [p for group in opt.param_groups for p in group["params"] if not opt.state.get(p)]
+        if fresh:
+            for p in fresh:
+                p.grad = torch.zeros_like(p)
+            opt.step()
+            for p in fresh:
+                p.grad = None
+        link = getattr(self.ds.optimizer, "_lazy_init_hp_params_optimizer_state", None)   # ZeRO-1/2
+        if link is not None:
+            link()
 
     def gather_trainable(self) -> dict[str, torch.Tensor]:
         """Full fp32 copies of every trainable parameter on rank 0 ({} elsewhere). Collective.

@@ -299,6 +299,13 @@ class Streams:
     def state_dict(self) -> dict:
         return {name: s.state_dict() for name, s in self.streams.items()}
 
+    def restart_at(self, done: int) -> None:
+        for name, s in self.streams.items():
+            if not hasattr(s, "restart_at"):
+                raise RuntimeError(f"data: the {name} stream ({type(s).__name__}) resumes only on the number of "
+                                   f"ranks that wrote the checkpoint")
+            s.restart_at(done)
+
     def load_state_dict(self, state: dict) -> None:
         if sorted(state) != sorted(self.streams):
             raise ValueError(f"data: the checkpoint holds streams {sorted(state)}, this run has {sorted(self.streams)}")

@@ -55,7 +55,7 @@ from trainer.errors import TrackingError, UserError, report as report_error
 from trainer.eval.plots import plot_language_bars, save_figure
 from trainer.fsutil import write_atomic
 
-STATE_FILE = "sweep_state.json"   # trainer.tune's sweep state (tune imports ray's helpers; not needed here)
+STATE_FILE = "sweep_state.json"   # the sweep state trainer.tune writes (the report does not import the Ray module)
 RESOURCE_ORDER = ("source", "high", "mid", "low", "unknown")
 RESOURCE_LABEL = {"source": "source", "high": "high (Joshi 5)", "mid": "mid (Joshi 3-4)", "low": "low (Joshi 0-2)",
                   "unknown": "class unknown"}
@@ -234,9 +234,10 @@ def trials_of(runs: list[dict[str, Any]]) -> list[Trial]:
 
 
 def _varied_params(runs: list[dict[str, Any]]) -> list[str]:
-    keys = sorted({k for r in runs for k in r["params"]})
-    return [k for k in keys if not k.startswith(NOT_SETTINGS) and k != "parallel.languages"
-            and len({r["params"].get(k) for r in runs}) > 1]
+    """Config keys every run has (runs of several recipes share the common sections) with more than one value."""
+    keys = set.intersection(*(set(r["params"]) for r in runs)) if runs else set()
+    return [k for k in sorted(keys) if not k.startswith(NOT_SETTINGS) and k != "parallel.languages"
+            and len({r["params"][k] for r in runs}) > 1]
 
 
 def _settings_text(trial: Trial, skip: tuple[str, ...] = ()) -> str:
@@ -280,7 +281,8 @@ def _finite(value: Any) -> bool:
 
 def language_heatmap(trials: list[Trial], family: ScoreFamily, out: Path) -> tuple[Path, Path]:
     """Per-language score heatmap (rows: runs by heuristic; columns: languages by resource level) + its CSV."""
-    rows = trials   # a run without scores yet (still running, or failed) is a row of blank cells
+    # a run of the sweep without scores (still running, failed, stopped early) is a row of blank cells
+    rows = [t for t in trials if scores_of(t, family) or t.status != "FINISHED"]
     source = next(t.source_language for t in trials if scores_of(t, family))
     languages = sorted({lang for t in rows for lang in scores_of(t, family)},
                        key=lambda lang: (RESOURCE_ORDER.index(resource_group(lang, source)), lang))
@@ -309,9 +311,10 @@ def language_heatmap(trials: list[Trial], family: ScoreFamily, out: Path) -> tup
             ax.axvline(j - 0.5, color="black", linewidth=1.5)
     for group in dict.fromkeys(groups):
         at = [j for j, g in enumerate(groups) if g == group]
-        ax.text(sum(at) / len(at), -0.7, RESOURCE_LABEL[group], ha="center", va="bottom", fontsize=8)
-    heuristics = [t.heuristic or "-" for t in rows]
-    for i in range(1, len(rows)):
+        ax.text(sum(at) / len(at), 1.01, RESOURCE_LABEL[group], ha="center", va="bottom", fontsize=8,
+                transform=ax.get_xaxis_transform())   # x in columns, y just above the axes
+    heuristics = [t.heuristic or "-" for t in rows] if any(t.heuristic for t in rows) else []
+    for i in range(1, len(heuristics)):
         if heuristics[i] != heuristics[i - 1]:
             ax.axhline(i - 0.5, color="white", linewidth=2.5)
     for heuristic in dict.fromkeys(heuristics):
@@ -320,7 +323,7 @@ def language_heatmap(trials: list[Trial], family: ScoreFamily, out: Path) -> tup
     fig.colorbar(image, ax=ax, fraction=0.03, pad=0.14 if heuristics else 0.04, label=family.label)
     running = sum(t.running for t in rows)
     ax.set_title(f"{family.label} per language; framed: in the run's subset"
-                 + (f"; {running} run(s) still running" if running else ""), fontsize=9, pad=18)
+                 + (f"; {running} run(s) still running" if running else ""), fontsize=9, pad=16)
     return save_figure(fig, out / "language_scores.png"), table
 
 
@@ -542,12 +545,12 @@ def render_html(source: Source, report: Report, rows: list[dict[str, Any]], tria
             parts.append(f"<p class=\"skipped\">Not drawn: {html.escape(report.skipped.get(name, ''))}.</p>")
     columns = list(dict.fromkeys(k for row in rows for k in row))
     parts.append("<h2 id=\"trials\">Trials</h2><p class=\"meta\">Click a column to sort. Data: trials.csv.</p>")
-    parts.append("<table class=\"sortable\" id=\"trial-table\"><thead><tr>"
+    parts.append("<div style=\"overflow-x: auto\"><table class=\"sortable\" id=\"trial-table\"><thead><tr>"
                  + "".join(f"<th>{html.escape(c)}</th>" for c in columns) + "</tr></thead><tbody>")
     for row, trial in zip(rows, trials):
         parts.append(("<tr class=\"running\">" if trial.running else "<tr>")
                      + "".join(_cell(row.get(c)) for c in columns) + "</tr>")
-    parts.append(f"</tbody></table><script>{SORT_JS}</script></body></html>\n")
+    parts.append(f"</tbody></table></div><script>{SORT_JS}</script></body></html>\n")
     return "\n".join(parts)
 
 

@@ -45,7 +45,8 @@ CONFIG_FILE = "config.yaml"
 # what is trained and refuses to resume (`optim.max_steps` may grow).
 HARMLESS_KEYS = ("tracking.", "checkpoint.every", "checkpoint.keep_last", "checkpoint.save_final",
                  "checkpoint.best_metric", "checkpoint.best_mode", "checkpoint.resume", "checkpoint.dir",
-                 "engine.timeout_minutes", "prepare", "output_dir")
+                 "engine.timeout_minutes", "prepare", "output_dir",
+                 "optim.grad_accum")   # may follow the number of ranks; the checkpoint checks ranks x grad_accum
 
 
 def run_job(job: JobBase, report: Callable[[dict[str, float], int], None] | None = None) -> dict:

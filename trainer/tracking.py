@@ -283,7 +283,7 @@ def close_child_runs(uri: str, parent_run_id: str, trial_status: dict[str, str])
     """
     client = mlflow.MlflowClient(tracking_uri=uri)
     closed: dict[str, str] = {}
-    for run in _search_all(client, _experiment_ids(client), f"tags.`mlflow.parentRunId` = '{parent_run_id}'"):
+    for run in _children(client, parent_run_id):
         tags, run_id = run.data.tags, run.info.run_id
         status = trial_status.get(tags.get("trial_id", ""))
         if status is not None and "superseded_by" not in tags:
@@ -296,8 +296,10 @@ def close_child_runs(uri: str, parent_run_id: str, trial_status: dict[str, str])
 
 # --- reading runs back (trainer.report) ----------------------------------------------------------
 
-def _experiment_ids(client) -> list[str]:
-    return [e.experiment_id for e in client.search_experiments()]
+def _children(client, parent_run_id: str) -> list:
+    """The child runs of `parent_run_id` (a sweep's trials live in its parent's experiment)."""
+    experiment = client.get_run(parent_run_id).info.experiment_id
+    return _search_all(client, [experiment], f"tags.`mlflow.parentRunId` = '{parent_run_id}'")
 
 
 def _search_all(client, experiment_ids: list[str], filter_string: str = "") -> list:
@@ -324,12 +326,12 @@ def read_runs(uri: str, experiment: str | None = None, parent_run_id: str | None
 
     Each: run_id, name, status (RUNNING, FINISHED, FAILED, KILLED), start_time, end_time (ms),
     experiment_id, params (the flattened config), tags (MLflow's own `mlflow.*` tags left out but the
-    parent id), metrics (each metric's latest value). With `parent_run_id`: its children in any
-    experiment; with `experiment` only: every run of it except sweep parents (tag `role`). Oldest first.
+    parent id), metrics (each metric's latest value). With `parent_run_id`: its children (in its
+    experiment); with `experiment` only: every run of it except sweep parents (tag `role`). Oldest first.
     """
     client = mlflow.MlflowClient(tracking_uri=uri)
     if parent_run_id is not None:
-        runs = _search_all(client, _experiment_ids(client), f"tags.`mlflow.parentRunId` = '{parent_run_id}'")
+        runs = _children(client, parent_run_id)
     else:
         found = client.get_experiment_by_name(experiment)
         if found is None:

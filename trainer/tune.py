@@ -135,18 +135,24 @@ def train_worker(config: dict[str, Any]) -> None:
     crash_pending = crash_at is not None and not marker.exists()   # decided once, alike on every rank
 
     latest: dict[str, float] = {}
+    last_step = job.optim.max_steps
 
     def report(metrics: dict[str, float], step: int) -> None:
         # Carry earlier metrics forward: an evaluation metric (e.g. zero_shot_accuracy) appears in one
         # row only, and the trial's last report is what Tune ranks and the summary table shows.
         latest.update(metrics)
-        ray.train.report({**latest, "step": step})
+        if step < last_step:
+            ray.train.report({**latest, "step": step})
         if crash_pending and step == crash_at:
             if ray.train.get_context().get_world_rank() == 0:
                 marker.touch()
             raise RuntimeError(f"injected crash at step {step} (testing fault tolerance)")
 
     run_job(job, report=report)
+    # The last step's rows (training, evaluations, final metrics) go to Tune once the run has ended: a
+    # scheduler that stops the trial on its last report (ASHA at max_t, or a rung at the last step) would
+    # otherwise kill the workers before the final evaluation, the export and the MLflow run's end.
+    ray.train.report({**latest, "step": last_step})
 
 
 def run_trial(trial_config: dict[str, Any], ctx: TrialContext) -> None:

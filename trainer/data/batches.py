@@ -79,6 +79,15 @@ class MicroBatches:
                 "shuffle": self.shuffle, "rank": self.rank, "world_size": self.world_size,
                 "num_examples": len(self.dataset)}
 
+    def restart_at(self, done: int) -> None:
+        """Continue after the first `done` global micro-batches, under this rank layout (any world size).
+
+        The global sequence depends on the seed alone, so a run resumed on another number of ranks (the
+        same micro-batches per optimizer step in all) takes exactly the micro-batches the old layout would have.
+        """
+        self.next_index = done + self.rank
+        self.last_index = None
+
     def load_state_dict(self, state: dict) -> None:
         """Continue from `state`; the data, seed, batch size and rank layout must be the same."""
         mine = self.state_dict()
