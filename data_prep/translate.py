@@ -319,6 +319,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="generated tokens per sentence at most (default: 2 x the batch's longest source + 10)")
     p.add_argument("--dtype", default="auto", help="auto (bfloat16 on GPU, float32 on CPU), float32, bfloat16, float16")
     p.add_argument("--device", default=None, help="cuda or cpu (default: cuda when there is one)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads in this process (default: torch's; 1 is best on cores other jobs share)")
     p.add_argument("--max-examples", type=int, default=None, help="translate the first N examples of each input")
     p.add_argument("--markers", nargs=2, default=list(MARKERS), metavar=("OPEN", "CLOSE"),
                    help=f"{QA}: the answer span markers (default [ ])")
@@ -515,6 +517,10 @@ def run(args) -> dict[str, Any]:
     if pending:
         from tqdm import tqdm
 
+        if args.threads:
+            import torch
+
+            torch.set_num_threads(args.threads)
         results = (translate_on_ray(path, settings, pending, args.ray_actors, args.ray_address) if args.ray
                    else translate_here(path, settings, args.device, pending))
         writer = PartWriter(work)

@@ -246,6 +246,9 @@ class Checkpointer:
         old_world, new_world = int(state["world_size"]), engine.world_size
         per_step = int(state.get("micro_batches_per_step", 0))   # 0: written before the portable state existed
         accum = engine.job.optim.grad_accum
+        if not hasattr(data, "restart_at"):
+            raise RuntimeError(f"checkpoint {ckpt} was written by {old_world} ranks, this run has {new_world}: "
+                               f"{type(data).__name__} resumes only on the number of ranks that wrote it")
         if not (ckpt / PORTABLE).is_file():
             raise RuntimeError(f"checkpoint {ckpt} was written by {old_world} ranks, this run has {new_world}, and it "
                                f"has no {PORTABLE} (checkpoint.portable was off): resume with {old_world} ranks")
@@ -257,8 +260,8 @@ class Checkpointer:
                                f"resume on the same batches")
         log.info("checkpoint: %s was written by %d ranks; resuming on %d from its portable state", ckpt,
                  old_world, new_world)
+        data.restart_at(int(state["step"]) * per_step)   # first: a stream that cannot refuses before anything loads
         engine.load_portable_state(torch.load(ckpt / PORTABLE, map_location="cpu", weights_only=False))
-        data.restart_at(int(state["step"]) * per_step)
 
     # ---- saving -------------------------------------------------------------------------------
     def due(self, step: int, max_steps: int) -> bool:

@@ -1,15 +1,19 @@
-"""Resume on another number of ranks: 2 -> 1 -> 2 ranks (grad_accum adjusted) gives the uninterrupted losses."""
+"""Outgrowing one allocation: resume on another number of ranks (2 -> 1 -> 2, grad_accum adjusted) gives the
+uninterrupted losses; `srun`-style launches (SLURM variables, no launcher) give torchrun's losses."""
 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
 
-from alignment_helpers import launch, ok, step_rows
+from alignment_helpers import ROOT, launch, ok, step_rows
 from data_prep.make_task_data import write_task_data
 from trainer.config import load_job
 from trainer.run import run_job
@@ -71,3 +75,25 @@ def test_another_batch_shape_is_refused_naming_grad_accum(data, tmp_path, tiny_c
     assert (out / "checkpoints" / "step-00000004" / "portable.pt").is_file()
     with pytest.raises(RuntimeError, match="resume with the same grad_accum"):
         run_job(load_job(write(job(data, out, tiny_cache, grad_accum=2, max_steps=8), tmp_path / "b.yaml")))
+
+
+@pytest.mark.slow
+def test_srun_style_tasks_form_the_group_and_give_torchruns_losses(data, tmp_path, tiny_cache):
+    ok(launch(write(job(data, tmp_path / "torchrun", tiny_cache, grad_accum=1, max_steps=6), tmp_path / "t.yaml"), 2))
+    path = write(job(data, tmp_path / "srun", tiny_cache, grad_accum=1, max_steps=6), tmp_path / "s.yaml")
+    base = {k: v for k, v in os.environ.items()
+            if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "TRAINER_FAULT")}
+    tasks = [subprocess.Popen([sys.executable, "-m", "trainer.train", str(path)], cwd=ROOT, text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              env={**base, "OMP_NUM_THREADS": "1", "SLURM_PROCID": str(i), "SLURM_NTASKS": "2",
+                                   "SLURM_LOCALID": str(i), "SLURM_JOB_NODELIST": "127.0.0.1",
+                                   "SLURM_JOB_ID": str(os.getpid() % 9000 + 1000)})
+             for i in range(2)]
+    outputs = [t.communicate(timeout=600) for t in tasks]
+    assert [t.returncode for t in tasks] == [0, 0], outputs[0][1][-3000:] + outputs[1][1][-3000:]
+    srun = [row["loss"] for row in step_rows(tmp_path / "srun")]
+    torchrun = [row["loss"] for row in step_rows(tmp_path / "torchrun")]
+    assert len(srun) == 6
+    torch.testing.assert_close(torch.tensor(srun), torch.tensor(torchrun), rtol=1e-6, atol=0)
+    ranks = sorted(p.name for p in (tmp_path / "srun" / "checkpoints" / "step-00000004").glob("rank-*.pt"))
+    assert ranks == ["rank-00000.pt", "rank-00001.pt"]                   # one group of two ranks, not two runs
