@@ -85,7 +85,10 @@ def test_a_label_or_language_that_does_not_map_names_file_row_and_value(tmp_path
 def test_every_benchmark_states_its_task_and_label_count():
     assert {b.name: (b.task, b.num_labels) for b in BENCHMARKS.values()} == {
         "mnli": ("nli", 3), "xnli": ("nli", 3), "americasnli": ("nli", 3), "kardes_nli": ("nli", 3),
-        "nusax_senti": ("sentiment", 3), "belebele": ("multiple_choice", 4), "topic": ("classification", 3)}
+        "nusax_senti": ("sentiment", 3), "belebele": ("multiple_choice", 4), "topic": ("classification", 3),
+        "indonli": ("nli", 3), "myanmar_xnli": ("nli", 3), "afrixnli": ("nli", 3), "udpos": ("pos", 17),
+        "masakhapos": ("pos", 17), "wikiann": ("ner", 7), "masakhaner": ("ner", 9), "topic_tags": ("ner", 11),
+        "tydiqa": ("qa", 0), "topic_qa": ("qa", 0)}
 
 
 # --- heads ----------------------------------------------------------------------------------------

@@ -34,7 +34,7 @@ def test_rendering_covers_optional_nested_and_literal_fields():
     text = config_docs.render()
     for needle in ("### `parallel`", "| `parallel.hub[].name` |", "### `eval.retrieval`",
                    "| `search.<key>.grid` |", "### `subsets`", "Optional section",
-                   '`"stage1" \\| "align" \\| "realign" \\| "finetune" \\| "stage2"`', "| `optim.betas` | `tuple[float, float]` | `[0.9, 0.999]` |",
+                   '`"stage1" \\| "align" \\| "realign" \\| "finetune" \\| "stage2" \\| "flare"`', "| `optim.betas` | `tuple[float, float]` | `[0.9, 0.999]` |",
                    "| `model.lora.r` | `int`, > 0 | `16` |", "| `job` | `str` | required |"):
         assert needle in text, needle
 

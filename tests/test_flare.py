@@ -292,6 +292,8 @@ def test_flare_learns_the_targets_and_reports_the_test_table(task, tmp_path):
     root, raw = task
     final = run_job(write(with_(raw, tmp_path / "fl", method="fusion"), tmp_path / "fl.yaml"))["metrics"]
     assert {"test_sdev_deu_Latn", "test_tdev_ell_Grek", "target_mean_sdev", "s_dev_step"} <= final.keys()
+    exported = (tmp_path / "fl" / "export")
+    assert (exported / "trainable.safetensors").is_file() and not (exported / "adapter").exists()  # no lossy PEFT copy
     zero = run_job(write({**with_(raw, tmp_path / "zs", method="zero_shot"),
                           "optim": {**raw["optim"], "max_steps": 1}}, tmp_path / "zs.yaml"))["metrics"]
     assert final["target_mean_sdev"] > zero["target_mean_sdev"] + 0.2, (final, zero)

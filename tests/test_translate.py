@@ -121,7 +121,12 @@ def read_rows(path: Path) -> list[dict]:
 def translate_test_args(task_dir: Path, model: str, out: Path, *extra: str) -> list[str]:
     return ["--direction", "test", "--benchmark", "topic", "--split", "test", "--languages", *TARGETS,
             "--files", str(task_dir / "task/eval/{language}.jsonl"), "--model", model, "--out", str(out),
-            "--batch-size", "5", *extra]
+            "--batch-size", "5", "--threads", "1", *extra]
+
+
+def translate_test(task_dir: Path, model: str, out: Path, *extra: str) -> dict:
+    """The topic test sets of TARGETS into English, in process; returns the manifest."""
+    return run(parse_args(translate_test_args(task_dir, model, out, *extra)))
 
 
 def outputs(out: Path) -> dict[str, bytes]:
@@ -139,7 +144,7 @@ def test_translate_test_runs_end_to_end_keeps_ids_and_languages_and_equals_gener
     from transformers import AutoTokenizer, M2M100ForConditionalGeneration
 
     out = tmp_path / "tt"
-    manifest = run(parse_args(translate_test_args(task_dir, translator, out)))
+    manifest = translate_test(task_dir, translator, out)
     english = [r["text"] for r in synthetic_task("eng_Latn", N_EVAL, 1)]
     tok = AutoTokenizer.from_pretrained(translator)
     model = M2M100ForConditionalGeneration.from_pretrained(translator).eval()
@@ -214,7 +219,7 @@ def test_a_crash_while_writing_a_batch_resumes_to_the_uninterrupted_output(trans
     from trainer import faults
 
     whole = tmp_path / "whole"
-    run(parse_args(translate_test_args(task_dir, translator, whole)))
+    translate_test(task_dir, translator, whole)
     out = tmp_path / "crashed"
 
     def crash(point: str, count: int) -> None:
@@ -223,12 +228,12 @@ def test_a_crash_while_writing_a_batch_resumes_to_the_uninterrupted_output(trans
 
     monkeypatch.setattr(faults, "maybe_kill", crash)
     with pytest.raises(KeyboardInterrupt):
-        run(parse_args(translate_test_args(task_dir, translator, out)))
+        translate_test(task_dir, translator, out)
     monkeypatch.undo()
     parts = out / ".work" / "ell_Grek.jsonl"     # deu_Latn: batches 1-3 done; ell_Grek: its first, cut
     assert not parts.read_bytes().endswith(b"\n") and not (out / "manifest.json").exists()
     assert len((out / ".work" / "deu_Latn.jsonl").read_text().splitlines()) == 3
-    manifest = run(parse_args(translate_test_args(task_dir, translator, out)))
+    manifest = translate_test(task_dir, translator, out)
     assert manifest["run"]["batches_resumed"] == 3 and manifest["run"]["batches_translated"] == 3
     assert outputs(out) == outputs(whole)
     for lang in TARGETS:
@@ -239,7 +244,7 @@ def test_a_crash_while_writing_a_batch_resumes_to_the_uninterrupted_output(trans
 @pytest.mark.slow
 def test_sigkill_after_a_batch_then_resume_equals_the_uninterrupted_run(translator, task_dir, tmp_path):
     whole, out = tmp_path / "whole", tmp_path / "killed"
-    run(parse_args(translate_test_args(task_dir, translator, whole)))
+    translate_test(task_dir, translator, whole)
     env = {**os.environ, "TRAINER_FAULT": "after_batch:2", "PYTHONPATH": str(ROOT)}
     killed = subprocess.run([sys.executable, "-m", "data_prep.translate",
                              *translate_test_args(task_dir, translator, out)], env=env, cwd=ROOT,
@@ -247,7 +252,7 @@ def test_sigkill_after_a_batch_then_resume_equals_the_uninterrupted_run(translat
     assert killed.returncode == -9, killed.stderr
     lines = (out / ".work" / "deu_Latn.jsonl").read_text().splitlines()
     assert [json.loads(line)["batch"] for line in lines] == [0, 1]
-    manifest = run(parse_args(translate_test_args(task_dir, translator, out)))
+    manifest = translate_test(task_dir, translator, out)
     assert manifest["run"]["batches_resumed"] == 2
     assert outputs(out) == outputs(whole)
 
@@ -367,7 +372,7 @@ def test_finetune_scores_the_translate_test_files_next_to_zero_shot(translator, 
     from trainer.run import run_job
 
     translated = tmp_path / "tt"
-    run(parse_args(translate_test_args(task_dir, translator, translated)))
+    translate_test(task_dir, translator, translated)
     raw = {"recipe": "finetune", "seed": 0, "output_dir": str(tmp_path / "ft"),
            "model": {"llm": {"name_or_path": "tiny:llama"}, "lora": {"r": 4, "alpha": 8, "dropout": 0.0},
                      "cache_dir": tiny_cache},
@@ -396,7 +401,7 @@ def test_finetune_scores_the_translate_test_files_next_to_zero_shot(translator, 
 @pytest.mark.slow
 def test_ray_data_mode_writes_what_the_in_process_run_writes(translator, task_dir, tmp_path):
     here, on_ray = tmp_path / "here", tmp_path / "ray"
-    run(parse_args(translate_test_args(task_dir, translator, here)))
-    manifest = run(parse_args(translate_test_args(task_dir, translator, on_ray, "--ray", "--ray-actors", "1")))
+    translate_test(task_dir, translator, here)
+    manifest = translate_test(task_dir, translator, on_ray, "--ray", "--ray-actors", "1")
     assert manifest["run"]["ray"] is True and manifest["run"]["batches_translated"] == 6
     assert outputs(on_ray) == outputs(here)

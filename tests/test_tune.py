@@ -1,8 +1,9 @@
 """`python -m trainer.tune` end to end on a local Ray: 2 trials x 2 gloo workers on ZeRO-3.
 
 Each trial is the `realign` recipe on tiny models and generated data, and each crashes once
-(an exception in its workers at step CRASH_AT): Ray Train restarts the workers, which resume
-from the trial's last checkpoint. MLflow must then hold the sweep's parent run and one child
+(an exception in its workers at step CRASH_AT, its own checkpoint folder deleted as if the retry ran
+on another node): Ray Train restarts the workers, which resume from the last checkpoint the trial
+reported to Ray's storage (a file:// URI outside the trial's folder). MLflow must then hold the sweep's parent run and one child
 run per trial with their tags, params and metrics, and `trainer.report` draws its figures from
 that store. A second sweep (ASHA, 2 trials of 1 worker through LoRA) stops its poor trial: no child
 run may be left RUNNING, and the uploaded export holds no frozen weight.
@@ -34,8 +35,11 @@ def sweep_run(data, tmp_path_factory, tiny_cache):  # noqa: F811 - pytest fixtur
     tmp = tmp_path_factory.mktemp("tune")
     job = realign_job(data, tiny_cache, "full", checkpoint={"every": CHECKPOINT_EVERY, "keep_last": 2})
     sweep = {"name": "e2e", "subsets": {"inline": SUBSETS}, "metric": "zero_shot_accuracy", "mode": "max",
-             "resources": {"workers": 2, "cpus_per_worker": 1}, "max_failures": 1}
-    rows, uri = run_test_sweep(tmp, job, sweep, crash_at_step=CRASH_AT)
+             "resources": {"workers": 2, "cpus_per_worker": 1}, "max_failures": 1,
+             "storage_path": f"file://{tmp / 'ray-store'}"}     # a URI outside the trials' folders
+    # each crash also deletes the trial's own checkpoints (a retry on a node without its disk):
+    # the retried trial must restore from what it reported to Ray's storage
+    rows, uri = run_test_sweep(tmp, job, sweep, crash_at_step=CRASH_AT, crash_loses_disk=True)
     return rows, tmp / "sweeps" / "e2e", uri
 
 
@@ -86,7 +90,8 @@ def test_each_crashed_trial_resumed_from_its_checkpoint_not_step_zero(sweep_run)
     last_checkpoint = CRASH_AT - CRASH_AT % CHECKPOINT_EVERY
     for trial in trials:
         assert (trial / ".injected_crash_done").exists(), f"{trial.name} never crashed"
-        [result_file] = (sweep_dir / "tune").glob(f"{trial.name}_*/result.json")   # Tune's log of every report
+        store = sweep_dir.parent.parent / "ray-store" / "e2e"           # storage_path/<sweep name>
+        [result_file] = (store / "tune").glob(f"{trial.name}_*/result.json")   # Tune's log of every report
         reports = [json.loads(line) for line in result_file.read_text().splitlines()]
         steps = [r["step"] for r in reports]   # a step can report twice (training row, then an evaluation)
         crash = steps.index(CRASH_AT)          # the workers raised right after their first step-5 report
@@ -95,6 +100,10 @@ def test_each_crashed_trial_resumed_from_its_checkpoint_not_step_zero(sweep_run)
         assert after[0] == last_checkpoint + 1, steps   # from scratch, this would be step 1
         assert after == sorted(after) and after[-1] == MAX_STEPS, steps
         assert sorted(p.name for p in (trial / "checkpoints").glob("step-*"))[-1] == f"step-{MAX_STEPS:08d}"
+        assert not (trial / "checkpoints" / f"step-{last_checkpoint:08d}").exists()   # lost with the "node"
+    stored = list(store.glob("train-*/checkpoint_*/trainer_state.json"))
+    assert len(stored) == 2 * 2, stored                          # the newest two of each trial, in Ray's storage
+    assert {json.loads(p.read_text())["step"] for p in stored} == {MAX_STEPS - CHECKPOINT_EVERY, MAX_STEPS}
 
 
 @pytest.mark.slow

@@ -39,6 +39,7 @@ import re
 import shutil
 import time
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import torch
@@ -172,11 +173,13 @@ def find_latest_complete(root: str | Path) -> Path | None:
 class Checkpointer:
     """Saves and restores resume state for one run; every method is called on every rank."""
 
-    def __init__(self, cfg: CheckpointConfig, output_dir: str | Path, config_hash: str = ""):
+    def __init__(self, cfg: CheckpointConfig, output_dir: str | Path, config_hash: str = "",
+                 on_save: Callable[[Path, int], None] | None = None):
         self.cfg = cfg
         self.root = Path(cfg.dir) if cfg.dir else Path(output_dir) / "checkpoints"
         self.config_hash = config_hash
         self.resume_from: Path | None = None
+        self.on_save = on_save   # every rank, after a checkpoint is complete (Ray Train uploads it)
 
     # ---- choosing where to resume -------------------------------------------------------------
     def resume_target(self) -> Path | None:
@@ -305,6 +308,8 @@ class Checkpointer:
             self.prune(keep_also=final)
             log.info("checkpoint: saved %s", final)
         distributed.barrier()
+        if self.on_save is not None:
+            self.on_save(final, step)
         return final
 
     def prune(self, keep_also: Path | None = None) -> list[Path]:

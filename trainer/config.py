@@ -327,9 +327,13 @@ class BenchmarkTaskConfig(Section):
     """A benchmark of `trainer.data.benchmarks`: English training data, dev and test sets per language."""
 
     benchmark: str = Field("topic", description=(
-        "mnli, xnli, americasnli, kardes_nli, nusax_senti, belebele, or topic (the generated demo task); the "
-        "training data may come from another benchmark than the evaluation (MNLI -> XNLI) with train_benchmark"))
-    train_benchmark: str | None = Field(None, description="Benchmark of the training data; null = benchmark")
+        "NLI: mnli, xnli, americasnli, kardes_nli, indonli, myanmar_xnli, afrixnli; sentiment: nusax_senti; "
+        "multiple choice: belebele; POS: udpos, masakhapos; NER: wikiann, masakhaner; extractive QA: tydiqa; "
+        "generated demo tasks: topic (classification), topic_tags (tagging). The training data may come from "
+        "another benchmark than the evaluation (MNLI -> XNLI, WikiANN -> MasakhaNER) with train_benchmark"))
+    train_benchmark: str | None = Field(None, description=(
+        "Benchmark of the training data; null = benchmark. Same kind of task, and its labels (tags) the first "
+        "ones of benchmark's: wikiann's 7 NER tags are masakhaner's first 7"))
     source_language: str = Field("eng_Latn", description="Language of the training data and of the S-DEV dev set")
     target_languages: list[str] = Field(default_factory=list, description=(
         "Languages evaluated zero-shot (dev and test sets each); FLORES codes or the benchmark's own codes"))
@@ -338,13 +342,26 @@ class BenchmarkTaskConfig(Section):
             "Per split, a local file template with {language} (the FLORES code), e.g. data/demo/task/eval/"
             "{language}.jsonl; a split without one loads from the hub. translate_test: each target language's test "
             "set machine-translated to English (data_prep.translate writes them), scored with the English model"))
-    max_length: int = Field(128, gt=0, description="Tokens per example (per choice for multiple choice)")
+    max_length: int = Field(128, gt=0, description=(
+        "Tokens per example (per choice for multiple choice; tagging: words past it are not predicted; QA: per "
+        "window of question + context, XTREME: 384)"))
+    doc_stride: int | None = Field(None, gt=0, description=(
+        "QA: tokens consecutive windows of a long context share (the tokenizer's stride); null = a third of "
+        "max_length (XTREME and transformers' run_qa.py: 128 with max_length 384); must be below max_length "
+        "minus the question"))
+    max_answer_length: int = Field(30, gt=0, description=(
+        "QA: the longest predicted answer, in tokens (XTREME, SQuAD: 30)"))
+    entity_types_as_o: list[str] = Field(default_factory=list, description=(
+        "NER: entity types whose tags are read as O in every set, gold and predicted (e.g. [DATE] for "
+        "WikiANN -> MasakhaNER: WikiANN has no DATE)"))
     eval_every: float = Field(0.1, ge=0, le=1, description=(
         "Evaluate dev and test sets every this fraction of optim.max_steps (the study: 10%); 0 = at the end only"))
     max_eval_examples: int | None = Field(None, gt=0, description="Evaluate at most the first N examples per set")
     eval_batch_size: int = Field(32, gt=0, description="Examples per forward pass in evaluation")
-    metric: Literal["auto", "accuracy", "macro_f1"] = Field("auto", description=(
-        "auto = the study's metric for the benchmark: macro_f1 for nusax_senti, accuracy otherwise"))
+    metric: Literal["auto", "accuracy", "macro_f1", "entity_f1", "squad_f1"] = Field("auto", description=(
+        "auto = the study's metric for the benchmark: macro_f1 for nusax_senti, accuracy for other "
+        "classification and for POS (word level), entity_f1 for NER (seqeval's exact-span micro F1), squad_f1 "
+        "for QA (SQuAD F1, exact match reported beside it); tagging may also use accuracy"))
 
     @field_validator("benchmark", "train_benchmark")
     @classmethod
@@ -357,9 +374,47 @@ class BenchmarkTaskConfig(Section):
                              f"choose one of {', '.join(BENCHMARKS)}")
         return v
 
+    @model_validator(mode="after")
+    def _fits_the_task(self) -> "BenchmarkTaskConfig":
+        from trainer.data.benchmarks import BENCHMARKS, QA, TAGGING
+
+        task, labels = BENCHMARKS[self.benchmark].task, BENCHMARKS[self.benchmark].labels
+        kind = "tagging" if task in TAGGING else "qa" if task in QA else "classification"
+        allowed = {"classification": ("accuracy", "macro_f1"), "qa": ("squad_f1",),
+                   "tagging": ("accuracy", "entity_f1") if task == "ner" else ("accuracy",)}[kind]
+        if self.resolved_metric not in allowed:
+            raise ValueError(f"task.metric: {self.metric!r} does not score {self.benchmark} ({task}); choose auto or "
+                             f"one of {', '.join(allowed)}")
+        if self.train_benchmark:
+            train = BENCHMARKS[self.train_benchmark]
+            if train.task != task:
+                raise ValueError(f"task.train_benchmark: {self.train_benchmark} is {train.task}, {self.benchmark} "
+                                 f"is {task}")
+            if kind != "qa" and train.labels != labels[:len(train.labels)]:
+                raise ValueError(f"task.train_benchmark: {self.train_benchmark}'s labels {list(train.labels)} are "
+                                 f"not the first of {self.benchmark}'s {list(labels)}")
+        types = {name.partition("-")[2] for name in labels if name != "O"}
+        unknown = sorted(set(self.entity_types_as_o) - types) if task == "ner" else self.entity_types_as_o
+        if unknown:
+            raise ValueError(f"task.entity_types_as_o: {unknown} are not entity types of {self.benchmark}"
+                             f"{f' ({sorted(types)})' if task == 'ner' else ' (not an NER benchmark)'}")
+        if kind == "qa" and self.resolved_doc_stride >= self.max_length:
+            raise ValueError(f"task.doc_stride: {self.doc_stride} must be below task.max_length {self.max_length}")
+        return self
+
+    @property
+    def resolved_doc_stride(self) -> int:
+        return self.doc_stride if self.doc_stride is not None else max(1, self.max_length // 3)
+
     @property
     def resolved_metric(self) -> str:
-        return ("macro_f1" if self.benchmark == "nusax_senti" else "accuracy") if self.metric == "auto" else self.metric
+        if self.metric != "auto":
+            return self.metric
+        from trainer.data.benchmarks import BENCHMARKS
+
+        if self.benchmark == "nusax_senti":
+            return "macro_f1"
+        return {"ner": "entity_f1", "qa": "squad_f1"}.get(BENCHMARKS[self.benchmark].task, "accuracy")
 
 
 class FlareTaskConfig(BenchmarkTaskConfig):
@@ -577,6 +632,21 @@ class FinetuneJob(JobBase):
     model: TaskModelConfig = Field(TaskModelConfig(), description="The LLM with LoRA, or a stage-1 MT-LLM")
     task: BenchmarkTaskConfig = Field(default_factory=BenchmarkTaskConfig, description="Benchmark, languages, files")
 
+    @model_validator(mode="after")
+    def _s1_ft_is_sentence_level(self) -> "FinetuneJob":
+        if self.model.stage1_export is not None:
+            _sentence_level(self.task.benchmark, "S1+FT (model.stage1_export)")
+        return self
+
+
+def _sentence_level(benchmark: str, what: str) -> None:
+    """Refuse tagging and QA benchmarks where only the MT-LLM study's sentence-level heads exist."""
+    from trainer.data.benchmarks import BENCHMARKS, QA, TAGGING
+
+    if BENCHMARKS[benchmark].task in TAGGING + QA:
+        raise ValueError(f"task.benchmark: {benchmark!r} is {BENCHMARKS[benchmark].task}; {what} trains the MT-LLM "
+                         f"study's sentence-level tasks (classification, multiple choice)")
+
 
 class Stage2Job(JobBase):
     """M1 stage 2: distil the fine-tuned LLM's pooled vector of each training example into the MT-LLM."""
@@ -588,6 +658,11 @@ class Stage2Job(JobBase):
         "Folder of the teacher vectors (one per training example, by id): reused when it matches the teacher "
         "and the data, else built (python -m data_prep.teacher_cache JOB.yaml builds it ahead; needed under "
         "ZeRO-3). null = OUTPUT_DIR/teacher_cache"))
+
+    @model_validator(mode="after")
+    def _sentence_level_task(self) -> "Stage2Job":
+        _sentence_level(self.task.benchmark, "stage2 (pooled task distillation)")
+        return self
 
 
 class FlareJob(JobBase):

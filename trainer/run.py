@@ -49,11 +49,13 @@ HARMLESS_KEYS = ("tracking.", "checkpoint.every", "checkpoint.keep_last", "check
                  "optim.grad_accum")   # may follow the number of ranks; the checkpoint checks ranks x grad_accum
 
 
-def run_job(job: JobBase, report: Callable[[dict[str, float], int], None] | None = None) -> dict:
+def run_job(job: JobBase, report: Callable[[dict[str, float], int], None] | None = None,
+            on_checkpoint: Callable[[Path, int], None] | None = None) -> dict:
     """Run `job` in the current process group (joined, or created for a single process).
 
     `report(metrics, step)`, when given, receives every logged metric row on every rank
-    (a Ray Train worker passes `ray.train.report` through it).
+    (a Ray Train worker passes `ray.train.report` through it); `on_checkpoint(folder, step)` is
+    called on every rank after each complete checkpoint (a Ray Train worker reports it to Ray's storage).
 
     Every rank: check the ranks agree on the config, agree on a checkpoint to resume from;
     before anything is written, refuse another job's run directory, a missing local model path
@@ -66,7 +68,7 @@ def run_job(job: JobBase, report: Callable[[dict[str, float], int], None] | None
     config_yaml = job.to_yaml()
     config_hash = distributed.check_same_config(config_yaml)
     out = Path(job.output_dir)
-    checkpoints = Checkpointer(job.checkpoint, out, config_hash)
+    checkpoints = Checkpointer(job.checkpoint, out, config_hash, on_save=on_checkpoint)
     if checkpoints.resume_target() is not None:
         check_run_dir(job, out)   # before anything is written into the directory
     _agree(lambda: check_model_paths(job.model_dump()))   # a missing local path, not a hub error minutes later

@@ -156,7 +156,8 @@ class SweepConfig(Section):
         "summary; on a cluster a path every node mounts (NFS), since a retried trial may resume on another node"))
     storage_path: str | None = Field(None, description=(
         "Ray Tune and Ray Train experiment storage: a local dir, NFS path, or a pyarrow URI (s3://bucket/prefix, "
-        "gs://...); null = output_dir/NAME"))
+        "gs://...); every trial checkpoint is copied there and a retried trial restores from it, so trials need "
+        "no shared disk; null = output_dir/NAME"))
     tracking_uri: str | None = Field(None, description="MLflow; default $MLFLOW_TRACKING_URI or sqlite:///mlflow.db")
     experiment: str = Field("sweeps", description="MLflow experiment of the parent run and of every trial's run")
     ray: RayConfig = Field(RayConfig(), description="Which Ray the sweep runs on")

@@ -2,8 +2,9 @@
 
 Writing: `Tracker` (one run, rank 0), the sweep's parent run (`start_parent_run`,
 `finish_parent_run`, `close_child_runs`), buffered runs (`upload_buffer`). Reading, for
-`trainer.report`: `sweep_source` / `experiment_source` find the runs, `read_runs` returns them
-as plain dicts, `log_report` attaches a report to the sweep's parent run.
+`trainer.report`: `read_runs` (an experiment's runs, or a parent run's children) and `read_run`
+return runs as plain dicts, `experiment_names` lists a store's experiments, `log_report` attaches
+a report to the sweep's parent run.
 
 Default store: $MLFLOW_TRACKING_URI, else `sqlite:///mlflow.db` in the working directory.
 """

@@ -22,6 +22,7 @@ import argparse
 import json
 import logging
 import os
+import shutil
 import re
 import sys
 import time
@@ -51,6 +52,7 @@ class TrialContext:
     parent_run_id: str | None
     workdir: str                      # the driver's working directory: relative job paths resolve here
     crash_at_step: int | None = None  # tests: each trial's workers raise once at this step
+    crash_loses_disk: bool = False    # tests: ... and the trial's local checkpoints are gone (another node)
 
 
 def param_space(sweep: Sweep) -> dict[str, Any]:
@@ -117,10 +119,12 @@ def sweep_tracking_uri(sweep: Sweep) -> str:
 
 
 def train_worker(config: dict[str, Any]) -> None:
-    """Ray Train worker: validate the trial's job and run it, reporting metrics to Tune."""
-    import ray.train
+    """Ray Train worker: validate the trial's job and run it, reporting metrics and checkpoints to Ray.
 
-    from trainer.run import run_job
+    A retried (or resumed) trial restores from the newest checkpoint it reported to Ray's storage
+    (`storage_path`: a path, NFS, or an object-store URI), unless its own folder holds a newer one.
+    """
+    import ray.train
 
     if os.path.isdir(config["workdir"]):   # the same machine, or a path every node mounts
         os.chdir(config["workdir"])
@@ -129,7 +133,31 @@ def train_worker(config: dict[str, Any]) -> None:
     logging.getLogger().setLevel(logging.WARNING)
     logging.getLogger("trainer").setLevel(logging.INFO if ray.train.get_context().get_world_rank() == 0
                                           else logging.WARNING)
-    job = validate(config["raw"], JobConfig, source="trial job")
+    raw = config["raw"]
+    stored = ray.train.get_checkpoint()   # the newest checkpoint this trial reported to Ray's storage
+    if stored is not None:
+        with stored.as_directory() as folder:   # a remote store: downloaded to this node
+            return _run_trial_job(config, resume_from(raw, Path(folder)))
+    return _run_trial_job(config, raw)
+
+
+def resume_from(raw: dict[str, Any], stored: Path) -> dict[str, Any]:
+    """The trial job, resuming from `stored` (Ray's copy) unless its own checkpoint folder holds a newer one."""
+    from trainer.checkpoint import find_latest_complete, read_trainer_state
+
+    local = find_latest_complete(Path(raw["output_dir"]) / "checkpoints")
+    if local is not None and read_trainer_state(local)["step"] >= read_trainer_state(stored)["step"]:
+        return raw
+    return {**raw, "checkpoint": {**raw.get("checkpoint", {}), "resume": str(stored)}}
+
+
+def _run_trial_job(config: dict[str, Any], raw: dict[str, Any]) -> None:
+    import ray.train
+
+    from trainer.run import run_job
+
+    job = validate(raw, JobConfig, source="trial job")
+    rank = ray.train.get_context().get_world_rank()
     crash_at = config.get("crash_at_step")
     marker = Path(job.output_dir) / ".injected_crash_done"
     crash_pending = crash_at is not None and not marker.exists()   # decided once, alike on every rank
@@ -144,11 +172,18 @@ def train_worker(config: dict[str, Any]) -> None:
         if step < last_step:
             ray.train.report({**latest, "step": step})
         if crash_pending and step == crash_at:
-            if ray.train.get_context().get_world_rank() == 0:
+            if rank == 0:
                 marker.touch()
+                if config.get("crash_loses_disk"):
+                    shutil.rmtree(Path(job.output_dir) / "checkpoints", ignore_errors=True)
             raise RuntimeError(f"injected crash at step {step} (testing fault tolerance)")
 
-    run_job(job, report=report)
+    def upload(folder: Path, step: int) -> None:
+        # Ray copies rank 0's checkpoint folder to the run's storage (a path or a URI: no shared disk needed)
+        checkpoint = ray.train.Checkpoint.from_directory(str(folder)) if rank == 0 else None
+        ray.train.report({**latest, "step": step}, checkpoint=checkpoint)
+
+    run_job(job, report=report, on_checkpoint=upload)
     # The last step's rows (training, evaluations, final metrics) go to Tune once the run has ended: a
     # scheduler that stops the trial on its last report (ASHA at max_t, or a rung at the last step) would
     # otherwise kill the workers before the final evaluation, the export and the MLflow run's end.
@@ -158,7 +193,7 @@ def train_worker(config: dict[str, Any]) -> None:
 def run_trial(trial_config: dict[str, Any], ctx: TrialContext) -> None:
     """One Tune trial: a TorchTrainer over `resources.workers` DeepSpeed ranks."""
     from ray import tune
-    from ray.train import FailureConfig, LoggingConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
 
@@ -172,10 +207,12 @@ def run_trial(trial_config: dict[str, Any], ctx: TrialContext) -> None:
     resources = {"CPU": res.cpus_per_worker, **({"GPU": res.gpus_per_worker} if use_gpu else {})}
     trainer = TorchTrainer(
         train_worker,
-        train_loop_config={"raw": raw, "workdir": ctx.workdir, "crash_at_step": ctx.crash_at_step},
+        train_loop_config={"raw": raw, "workdir": ctx.workdir, "crash_at_step": ctx.crash_at_step,
+                           "crash_loses_disk": ctx.crash_loses_disk},
         scaling_config=ScalingConfig(num_workers=res.workers, use_gpu=use_gpu, resources_per_worker=resources),
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
         run_config=RunConfig(name=f"train-{trial_name}", storage_path=storage_root(sweep, Path(ctx.sweep_dir)),
+                             checkpoint_config=CheckpointConfig(num_to_keep=2),   # the newest two in storage
                              callbacks=[TuneReportCallback()],
                              logging_config=LoggingConfig(log_level=sweep.config.ray.train_log_level),
                              failure_config=FailureConfig(max_failures=sweep.config.max_failures)),
@@ -279,7 +316,7 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 
 
 def run_sweep(sweep: Sweep, sweep_dir: Path | None = None, resume: bool = False,
-              crash_at_step: int | None = None) -> list[dict[str, Any]]:
+              crash_at_step: int | None = None, crash_loses_disk: bool = False) -> list[dict[str, Any]]:
     """Run (or resume) a sweep; returns the summary rows (also logged to the parent MLflow run)."""
     from trainer import tracking
 
@@ -300,7 +337,7 @@ def run_sweep(sweep: Sweep, sweep_dir: Path | None = None, resume: bool = False,
     os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
     init_ray(sweep)
     start = time.perf_counter()
-    ctx = TrialContext(sweep, str(sweep_dir), parent_run_id, state["workdir"], crash_at_step)
+    ctx = TrialContext(sweep, str(sweep_dir), parent_run_id, state["workdir"], crash_at_step, crash_loses_disk)
     tuner = build_tuner(ctx, resume)
     results = tuner.fit()
     rows = summary_rows(sweep, results)

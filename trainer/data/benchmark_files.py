@@ -7,19 +7,20 @@ and its examples get the original examples' own ids (the part after `<benchmark>
     rows = benchmark_rows("xnli", examples)             # [{"premise", "hypothesis", "label"}, ...]
     load_benchmark("xnli", "de", "test", files=[path])  # the same ids, texts, labels and choices
 
-Labels are written as ids (every adapter maps ids as well as names). Benchmarks whose own id is the
-row number (XNLI, AmericasNLI: no id column) must be written complete and in order; dropping a row
-would renumber the rest, so `benchmark_rows` refuses it.
+Labels are written as ids (every adapter maps ids as well as names); tags as the file's own ids
+(`Benchmark.native_tags`); QA answers in the SQuAD layout. Benchmarks whose own id is the row number
+(XNLI, AmericasNLI, IndoNLI, Myanmar-XNLI, AfriXNLI, UDPOS, WikiANN: no id column) must be written
+complete and in order; dropping a row would renumber the rest, so `benchmark_rows` refuses it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
-from trainer.data.benchmarks import BENCHMARKS, TaskExample
+from trainer.data.benchmarks import BENCHMARKS, NLI_LABELS, TaskExample
 from trainer.errors import DataError
 
-ROW_NUMBERED = ("xnli", "americasnli")   # the benchmark's id is the 1-based row of the file
+ROW_NUMBERED = ("xnli", "americasnli", "indonli", "myanmar_xnli", "afrixnli", "udpos", "wikiann")   # id = 1-based row
 
 
 def native_id(example: TaskExample) -> str:
@@ -49,6 +50,25 @@ def _belebele(e: TaskExample) -> dict:
             "correct_answer_num": str(e.label + 1)}
 
 
+def _myanmar_xnli(e: TaskExample) -> dict:
+    code = "en" if e.language == "eng_Latn" else "my"
+    return {f"sentence1_{code}": e.texts[0], f"sentence2_{code}": e.texts[1], "label": NLI_LABELS[e.label]}
+
+
+def _tagging(benchmark: str, tag_column: str, id_column: bool = True) -> Callable[[TaskExample], dict]:
+    def row(e: TaskExample) -> dict:
+        b = BENCHMARKS[benchmark]
+        native = b.native_tags or b.labels
+        record = {"tokens": list(e.words), tag_column: [native.index(b.labels[t]) for t in e.tags]}
+        return {"id": native_id(e), **record} if id_column else record
+    return row
+
+
+def _squad(e: TaskExample) -> dict:
+    return {"id": native_id(e), "context": e.texts[0], "question": e.texts[1],
+            "answers": {"text": [text for text, _ in e.answers], "answer_start": [start for _, start in e.answers]}}
+
+
 # benchmark -> TaskExample -> a record its adapter (`trainer.data.benchmarks`) converts back
 WRITERS: dict[str, Callable[[TaskExample], dict]] = {
     "mnli": _nli("premise", "hypothesis", "label", "idx"),
@@ -58,6 +78,16 @@ WRITERS: dict[str, Callable[[TaskExample], dict]] = {
     "nusax_senti": _single,
     "topic": _single,
     "belebele": _belebele,
+    "indonli": _nli("premise", "hypothesis", "label"),
+    "myanmar_xnli": _myanmar_xnli,
+    "afrixnli": _nli("premise", "hypothesis", "label"),
+    "udpos": _tagging("udpos", "pos_tags", id_column=False),
+    "masakhapos": _tagging("masakhapos", "upos"),
+    "wikiann": _tagging("wikiann", "ner_tags", id_column=False),
+    "masakhaner": _tagging("masakhaner", "ner_tags"),
+    "topic_tags": _tagging("topic_tags", "tags"),
+    "tydiqa": _squad,
+    "topic_qa": _squad,
 }
 
 

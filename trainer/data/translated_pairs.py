@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 from transformers import PreTrainedTokenizerBase
 
+from trainer.data.benchmark_files import native_id
 from trainer.data.benchmarks import TaskExample
 from trainer.errors import DataError
 
@@ -40,11 +41,6 @@ class TranslatedPair:
     @property
     def id(self) -> str:
         return self.target.id
-
-
-def native_id(example: TaskExample) -> str:
-    """The benchmark's own id of an example (`xnli/deu_Latn/test/17` -> `17`)."""
-    return example.id.split("/", 3)[3]
 
 
 def pair_by_id(targets: Sequence[TaskExample], english: Sequence[TaskExample], what: str) -> list[TranslatedPair]:

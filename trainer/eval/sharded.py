@@ -1,9 +1,9 @@
-"""Evaluation split over the ranks of a job: task confusion counts per language, translation retrieval.
+"""Evaluation split over the ranks of a job: task counts per language (confusion, tagging, QA), translation retrieval.
 
 Under ZeRO-3 every forward pass gathers parameters collectively, so every rank must run the same
 number of forward passes: each rank takes every `world_size`-th example (`rank_slice`), padded by
 repeating its last one to the same count on every rank; padded rows are dropped from the
-results. Counts are summed over ranks (task confusion) or embeddings gathered (retrieval, scored on
+results. Counts are summed over ranks (task confusion, any task's counts) or embeddings gathered (retrieval, scored on
 rank 0 and broadcast), so every rank returns the same numbers.
 """
 
@@ -14,8 +14,10 @@ from collections.abc import Callable, Mapping, Sequence
 import torch
 
 from trainer import distributed
+from trainer.eval.metrics import accuracy
 from trainer.eval.retrieval import (HiddenStates, RetrievalResult, embed_languages, retrieval_accuracy,
                                     tokenize_languages)
+from trainer.eval.task_scores import ClassificationScorer
 
 
 def rank_slice(n: int, rank: int, world_size: int) -> tuple[list[int], int]:
@@ -56,6 +58,30 @@ def retrieval_over_ranks(hidden_states: HiddenStates, tokenizer, sentences: Mapp
 
 
 @torch.no_grad()
+def counts_over_ranks(count: Callable[[list, int], Sequence[float] | torch.Tensor],
+                      examples_by_language: Mapping[str, Sequence], batch_size: int, size: int,
+                      rank: int = 0, world_size: int = 1) -> dict[str, torch.Tensor]:
+    """Per language, the sum over its examples of `count(chunk, keep)` [size] (float64), summed over ranks.
+
+    Each rank takes its slice of every language (`rank_slice`, padded by repeating its last example) in
+    chunks of `batch_size`; `count(chunk, keep)` must run its forward on the whole chunk (the same
+    forwards on every rank, as ZeRO-3 needs) and count only its first `keep` examples (the real ones;
+    the padding repeats come last). Every rank returns the same sums.
+    """
+    totals = []
+    for examples in examples_by_language.values():
+        indices, real = rank_slice(len(examples), rank, world_size)
+        total = torch.zeros(size, dtype=torch.float64)
+        for start in range(0, len(indices), batch_size):
+            chunk = indices[start:start + batch_size]
+            keep = max(0, min(len(chunk), real - start))
+            total += torch.as_tensor(count([examples[i] for i in chunk], keep), dtype=torch.float64)
+        totals += total.tolist()
+    summed = distributed.all_reduce_sum(totals) if world_size > 1 else totals
+    return {lang: torch.tensor(summed[i * size:(i + 1) * size], dtype=torch.float64)
+            for i, lang in enumerate(examples_by_language)}
+
+
 def task_confusion(predict: Callable[[dict], torch.Tensor], examples_by_language: Mapping[str, Sequence],
                    collate: Callable[[list], dict], batch_size: int, num_labels: int,
                    rank: int = 0, world_size: int = 1) -> dict[str, torch.Tensor]:
@@ -63,21 +89,8 @@ def task_confusion(predict: Callable[[dict], torch.Tensor], examples_by_language
 
     `predict(batch) -> scores [b, C]` (argmax = prediction). The collated batch's `gold` entry
     (removed before `predict`) or else its `labels` are the gold classes. Every rank evaluates its
-    slice of every language (`rank_slice`, padded rows dropped), so every rank runs the same forwards.
+    slice of every language (`counts_over_ranks`), so every rank runs the same forwards.
     """
-    counts = []
-    for examples in examples_by_language.values():
-        indices, real = rank_slice(len(examples), rank, world_size)
-        confusion = torch.zeros(num_labels, num_labels, dtype=torch.float64)
-        for start in range(0, len(indices), batch_size):   # the same forwards on every rank (padded slices)
-            chunk = indices[start:start + batch_size]
-            batch = collate([examples[i] for i in chunk])
-            gold = batch.pop("gold") if "gold" in batch else batch["labels"]
-            valid = torch.arange(start, start + len(chunk)) < real
-            gold, predicted = gold[valid], predict(batch).argmax(dim=-1).cpu()[valid]
-            confusion.index_put_((gold, predicted), torch.ones(len(gold), dtype=torch.float64), accumulate=True)
-        counts += confusion.flatten().tolist()
-    summed = distributed.all_reduce_sum(counts) if world_size > 1 else counts
-    size = num_labels * num_labels
-    return {lang: torch.tensor(summed[i * size:(i + 1) * size]).view(num_labels, num_labels)
-            for i, lang in enumerate(examples_by_language)}
+    scorer = ClassificationScorer(predict, collate, num_labels, metric=accuracy)
+    sums = counts_over_ranks(scorer.count, examples_by_language, batch_size, scorer.size, rank, world_size)
+    return {lang: c.view(num_labels, num_labels) for lang, c in sums.items()}

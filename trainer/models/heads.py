@@ -8,6 +8,14 @@ jointly as one sequence (a tokenizer text pair).
 `MultipleChoiceHead` (M1 Belebele): each (passage, question, answer_i) embedded jointly, pooled,
 one logit per choice; the loss is the cross-entropy over the choices
 (`trainer.objectives.task.classification_loss` on its [examples, choices] logits).
+
+`TokenClassificationHead` (M3 POS and NER): one linear layer on every token's last hidden state; the
+words' tags sit on their first sub-tokens (`trainer.data.tagging`), the loss is
+`trainer.objectives.task.token_classification_loss`.
+
+`SpanHead` (extractive QA, M4 TyDiQA): start and end logits per token, transformers'
+`*ForQuestionAnswering` layout (one `Linear(d, 2)`); the loss is `trainer.objectives.task.span_loss`
+and the answer the best span over a context's windows (`trainer.eval.qa.best_spans`).
 """
 
 from __future__ import annotations
@@ -52,3 +60,26 @@ class MultipleChoiceHead(nn.Linear):
         if choice_mask is not None:
             logits = logits.masked_fill(~choice_mask.bool().to(logits.device), float("-inf"))
         return logits
+
+
+class TokenClassificationHead(nn.Linear):
+    """hidden [batch, seq, d] -> logits [batch, seq, num_labels] fp32, every token (XTREME's tagging head,
+    transformers' `*ForTokenClassification` without its dropout: LoRA has its own). No pooling."""
+
+    def __init__(self, hidden_size: int, num_labels: int):
+        super().__init__(hidden_size, num_labels)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return super().forward(hidden.to(self.weight.dtype)).float()
+
+
+class SpanHead(nn.Linear):
+    """hidden [batch, seq, d] -> (start_logits, end_logits), each [batch, seq] fp32: `Linear(d, 2)` split in two
+    (transformers' `*ForQuestionAnswering`). Positions outside the context are masked when decoding, not here."""
+
+    def __init__(self, hidden_size: int):
+        super().__init__(hidden_size, 2)
+
+    def forward(self, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = super().forward(hidden.to(self.weight.dtype)).float()
+        return logits[..., 0], logits[..., 1]

@@ -3,9 +3,12 @@ MT-LLM whose input goes through the NLLB encoder ("S1+FT").
 
     model = build_task_model(job.model, task="classification", num_labels=3)
     logits = model(input_ids, attention_mask).logits           # [b, 3]; multiple choice: [examples, C]
+    build_task_model(job.model, task="ner", num_labels=9)(input_ids, attention_mask).logits   # [b, s, 9]
+    out = build_task_model(job.model, task="qa", num_labels=0)(input_ids, attention_mask)
+    out.start_logits, out.end_logits                           # [b, s] each
 
 The body returns the last hidden states [b, s, d] and the head pools them (`model.pooling`, mean
-in the study). For S1+FT `input_ids` are NLLB tokens (the text's language as `src_lang`); the
+in the study); tagging (`pos`, `ner`) and QA heads read every token instead. For S1+FT `input_ids` are NLLB tokens (the text's language as `src_lang`); the
 stage-1 export (projection + LoRA) is loaded, and its LoRA, the projection and the head all train
 (the study fine-tunes the stage-1 MT-LLM as a whole; the NLLB encoder stays frozen).
 """
@@ -19,7 +22,7 @@ import torch
 from torch import nn
 from transformers.utils import ModelOutput
 
-from trainer.models.heads import ClassificationHead, MultipleChoiceHead
+from trainer.models.heads import ClassificationHead, MultipleChoiceHead, SpanHead, TokenClassificationHead
 from trainer.models.llm_forward import run_llm
 from trainer.models.loading import load_llm
 from trainer.models.lora import add_lora
@@ -32,8 +35,10 @@ from trainer.models.weights import load_trainable
 class TaskOutput(ModelOutput):
     """A dict as well as a dataclass, so DeepSpeed's ZeRO-3 hooks can find the tensors in it."""
 
-    logits: torch.Tensor | None = None   # [b, num_labels] or [examples, choices], fp32
+    logits: torch.Tensor | None = None   # [b, num_labels] or [examples, choices]; tagging [b, s, tags]; fp32
     pooled: torch.Tensor | None = None   # [b, d] fp32 (mode="pooled": what the head pools, for stage 2)
+    start_logits: torch.Tensor | None = None   # QA: [windows, s] fp32
+    end_logits: torch.Tensor | None = None     # QA: [windows, s] fp32
 
 
 class TaskModel(nn.Module):
@@ -60,6 +65,11 @@ class TaskModel(nn.Module):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, choice_mask: torch.Tensor | None = None,
                 mode: str = "logits", **_) -> TaskOutput:
         hidden = self.hidden(input_ids, attention_mask)
+        if isinstance(self.head, TokenClassificationHead):
+            return TaskOutput(logits=self.head(hidden))
+        if isinstance(self.head, SpanHead):
+            start, end = self.head(hidden)
+            return TaskOutput(start_logits=start, end_logits=end)
         if mode == "pooled":
             return TaskOutput(pooled=pool(hidden, attention_mask, self.head.pooling))
         if self.num_choices:
@@ -70,8 +80,9 @@ class TaskModel(nn.Module):
 def build_task_model(cfg, task: str, num_labels: int) -> TaskModel:
     """FT (`cfg.stage1_export` unset): the LLM with LoRA; S1+FT: the stage-1 MT-LLM with its export loaded.
 
-    `task`: multiple_choice (a `MultipleChoiceHead`, `num_labels` choices) or any classification
-    task (a `ClassificationHead` with `num_labels` classes).
+    `task`: multiple_choice (a `MultipleChoiceHead`, `num_labels` choices), pos or ner (a
+    `TokenClassificationHead` with `num_labels` tags), qa (a `SpanHead`) or any classification task (a
+    `ClassificationHead` with `num_labels` classes).
     """
     if cfg.stage1_export:
         body = build_mt_llm(cfg)
@@ -86,7 +97,11 @@ def build_task_model(cfg, task: str, num_labels: int) -> TaskModel:
 
 
 def task_head(task: str, hidden_size: int, num_labels: int, pooling: str) -> nn.Module:
-    """A `MultipleChoiceHead` for multiple choice, else a `ClassificationHead` with `num_labels` classes."""
+    """The head of `task`: multiple choice, tagging (pos, ner), qa, else a `ClassificationHead` of `num_labels`."""
+    if task in ("pos", "ner"):
+        return TokenClassificationHead(hidden_size, num_labels)
+    if task == "qa":
+        return SpanHead(hidden_size)
     if task == "multiple_choice":
         return MultipleChoiceHead(hidden_size, pooling)
     return ClassificationHead(hidden_size, num_labels, pooling)

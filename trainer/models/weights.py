@@ -22,6 +22,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from trainer.fsutil import current_umask, replace_dir, temp_dir_beside
+from trainer.models.fusion import FusionLinear
 
 WEIGHTS_FILE = "trainable.safetensors"
 CONFIG_FILE = "config.yaml"
@@ -77,8 +78,8 @@ def save_peft_adapters(model: torch.nn.Module, state: dict[str, torch.Tensor], o
     """Each peft model inside `model` as a PEFT adapter folder under `out` (`adapter`, or `adapter-<path>` when
     there are several), its weights taken from `state` (names relative to `model`); returns the folders.
 
-    A peft model whose adapter PEFT cannot save (a custom LoRA layer) is skipped with a warning: its
-    weights are still in trainable.safetensors.
+    A peft model whose adapter PEFT cannot save, or would load wrongly (FLARE's fusion LoRA, which reads a
+    source representation), is skipped: its weights are still in trainable.safetensors.
     """
     found = peft_models(model)
     folders = []
@@ -86,6 +87,11 @@ def save_peft_adapters(model: torch.nn.Module, state: dict[str, torch.Tensor], o
         prefix = f"{path}." if path else ""
         own = {name[len(prefix):]: tensor for name, tensor in state.items() if name.startswith(prefix)}
         folder = out / (ADAPTER_DIR if len(found) == 1 else f"{ADAPTER_DIR}-{path or 'model'}")
+        if any(isinstance(m, FusionLinear) for m in peft_model.modules()):
+            # PEFT would load FLARE's fusion LoRA as plain LoRA, silently without the fusion
+            log.info("export: no PEFT adapter folder for %s: fusion LoRA needs trainer.models.flare to run (its "
+                     "weights are in %s)", path or "the model", WEIGHTS_FILE)
+            continue
         try:
             peft_model.save_pretrained(str(folder), state_dict=_contiguous(own), save_embedding_layers=False)
         except Exception as e:  # noqa: BLE001 - the export itself must not fail at the end of training

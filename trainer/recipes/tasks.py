@@ -4,8 +4,13 @@ target test sets translated to English), and stage 2's teacher cache.
 
 Choice: the test sets are scored at every evaluation step, so a selection reads its step's test
 scores instead of reloading a checkpoint (the same numbers, no extra checkpoints kept). Scores are
-accuracy, or macro-F1 for NusaX (`task.metric`). The dev/test history is OUTPUT_DIR/eval/history.jsonl,
-rewritten as a resumed run re-evaluates (the last row of a step counts).
+accuracy, or macro-F1 for NusaX (`task.metric`); word accuracy (POS) or entity F1 (NER) for tagging;
+SQuAD F1 for extractive QA, with exact match beside it (`em`: `test_em_<lang>` in the history,
+`test_em_sdev_<lang>` / `test_em_tdev_<lang>` at the end, selected by F1). The dev/test history is
+OUTPUT_DIR/eval/history.jsonl, rewritten as a resumed run re-evaluates (the last row of a step counts).
+
+`task_head(r, tokenizer)` gives what `finetune` needs for the benchmark's kind of task: the collators,
+the loss on the model's output, and the scorer of the dev and test sets.
 """
 
 from __future__ import annotations
@@ -19,26 +24,45 @@ from pathlib import Path
 import torch
 
 from trainer import distributed
-from trainer.data.benchmarks import BENCHMARKS, load_benchmark
+from trainer.data.benchmarks import BENCHMARKS, QA, TAGGING, load_benchmark
+from trainer.data.qa import QACollator
+from trainer.data.tagging import TaggingCollator
 from trainer.data.task import TaskExampleCollator
 from trainer.eval.metrics import METRICS
 from trainer.eval.plots import plot_language_bars
 from trainer.eval.selection import select_checkpoints
-from trainer.eval.sharded import task_confusion
+from trainer.eval.sharded import counts_over_ranks
+from trainer.eval.task_scores import ClassificationScorer, QAScorer, TaggingScorer
 from trainer.fsutil import sha256_file, write_atomic
 from trainer.loop import Hooks, Run
 from trainer.models.loading import load_llm_tokenizer
 from trainer.models.task_model import build_task_model
 from trainer.models.teacher_cache import META_FILE, TeacherCache, check_fingerprint, compute_teacher_cache
 from trainer.models.weights import load_trainable
+from trainer.objectives.task import classification_loss, span_loss, token_classification_loss
 
 
 def examples(job, benchmark: str, language: str, split: str) -> list:
-    """`TaskExample`s of a benchmark's language and split, from `task.files` or the hub (eval sets capped)."""
+    """`TaskExample`s of a benchmark's language and split, from `task.files` or the hub (eval sets capped).
+
+    NER: the tags of `task.entity_types_as_o` are read as O (e.g. MasakhaNER's DATE when training on WikiANN).
+    """
     t = job.task
     template = t.files.get(split)
     rows = load_benchmark(benchmark, language, split, files=[template.format(language=language)] if template else None)
-    return rows if split == "train" or not t.max_eval_examples else rows[:t.max_eval_examples]
+    rows = rows if split == "train" or not t.max_eval_examples else rows[:t.max_eval_examples]
+    if getattr(t, "entity_types_as_o", None):
+        names = tag_names(job, benchmark)
+        outside = names.index("O")
+        rows = [replace(e, tags=tuple(outside if names[tag] == "O" else tag for tag in e.tags)) for e in rows]
+    return rows
+
+
+def tag_names(job, benchmark: str | None = None) -> list[str]:
+    """The tag names of a tagging benchmark, those of `task.entity_types_as_o` renamed O (read as outside)."""
+    dropped = set(getattr(job.task, "entity_types_as_o", None) or ())
+    return ["O" if name.partition("-")[2] in dropped else name
+            for name in BENCHMARKS[benchmark or job.task.benchmark].labels]
 
 
 def languages(job) -> list[str]:
@@ -59,25 +83,29 @@ def evaluation_sets(job) -> dict[str, dict[str, list]]:
 
 def dev_test_hooks(r: Run, collate: Callable[[list], dict], predict: Callable[[dict], torch.Tensor],
                    before: Callable[[], dict[str, float]] | None = None,
-                   sets: dict[str, dict[str, list]] | None = None) -> Hooks:
+                   sets: dict[str, dict[str, list]] | None = None, scorer=None) -> Hooks:
     """Hooks that score every language's dev and test set every `task.eval_every` of the steps and select at the end.
 
-    `predict(batch) -> scores [b, C]`. `before` adds metrics to the fresh run's first row. `sets`:
-    split -> language -> examples for `collate` (default `evaluation_sets(job)`).
+    `predict(batch) -> scores [b, C]` scores a classification batch of `collate`; `scorer` (a
+    `trainer.eval.task_scores` scorer: tagging, QA) replaces both. `before` adds metrics to the fresh
+    run's first row. `sets`: split -> language -> examples (default `evaluation_sets(job)`).
     """
     job, engine, t = r.job, r.engine, r.job.task
     benchmark, langs = BENCHMARKS[t.benchmark], languages(job)
     sets = sets if sets is not None else evaluation_sets(job)
-    metric, history = METRICS[t.resolved_metric], r.out_dir / "eval" / "history.jsonl"
+    scorer = scorer or ClassificationScorer(predict, collate, benchmark.num_labels, METRICS[t.resolved_metric])
+    history = r.out_dir / "eval" / "history.jsonl"
     every = max(1, round(t.eval_every * job.optim.max_steps)) if t.eval_every else job.optim.max_steps
 
     def evaluate(done: int) -> dict[str, float]:
         scores = {}
         for split, by_language in sets.items():
-            confusion = task_confusion(predict, by_language, collate, t.eval_batch_size, benchmark.num_labels,
-                                       engine.rank, engine.world_size)
+            counts = counts_over_ranks(scorer.count, by_language, t.eval_batch_size, scorer.size, engine.rank,
+                                       engine.world_size)
             name = {"validation": "dev", "test": "test", "translate_test": "tt"}[split]
-            scores |= {f"{name}_{lang}": metric(c) for lang, c in confusion.items()}
+            for lang, c in counts.items():
+                for extra, value in scorer.scores(c).items():
+                    scores[f"{name}_{extra}_{lang}" if extra else f"{name}_{lang}"] = value
         if engine.is_main:
             history.parent.mkdir(parents=True, exist_ok=True)
             with history.open("a") as f:
@@ -92,14 +120,45 @@ def dev_test_hooks(r: Run, collate: Callable[[list], dict], predict: Callable[[d
     def at_end() -> dict[str, float]:
         if job.optim.max_steps % every:
             evaluate(job.optim.max_steps)
-        return select_and_report(r, history, t.source_language, langs, t.resolved_metric)
+        return select_and_report(r, history, t.source_language, langs, t.resolved_metric, scorer.extras)
 
     return Hooks(before=fresh, after_step=lambda done: evaluate(done) if done % every == 0 else {}, at_end=at_end)
 
 
-def select_and_report(r: Run, history_path, source: str, languages: list[str], metric: str) -> dict[str, float]:
+def task_head(r: Run, tokenizer, set_language: bool = False):
+    """(training collator, loss(output, batch), evaluation scorer) for the kind of task `task.benchmark` is.
+
+    Classification and multiple choice: `TaskExampleCollator` (NLLB `src_lang` per batch with
+    `set_language`), `classification_loss`, the default scorer (None). Tagging: `TaggingCollator`,
+    `token_classification_loss`, `TaggingScorer`. QA: `QACollator` (windows of `task.max_length` tokens
+    sharing `task.doc_stride`), `span_loss`, `QAScorer` (answers of at most `task.max_answer_length` tokens).
+    """
+    job, engine, t = r.job, r.engine, r.job.task
+    task = BENCHMARKS[t.benchmark].task
+    forward = lambda batch: engine(**engine.to_device(batch))  # noqa: E731
+    if task in TAGGING:
+        collate = TaggingCollator(tokenizer, t.max_length)
+        scorer = TaggingScorer(lambda batch: forward(batch).logits, collate, tag_names(job), t.resolved_metric)
+        return collate, lambda out, batch: token_classification_loss(out.logits, batch["labels"]), scorer
+    if task in QA:
+        def predict(batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+            out = forward(batch)
+            return out.start_logits, out.end_logits
+
+        scorer = QAScorer(predict, QACollator(tokenizer, t.max_length, t.resolved_doc_stride, targets=False),
+                          t.max_answer_length)
+        loss = lambda out, batch: span_loss(out.start_logits, out.end_logits,  # noqa: E731
+                                            batch["start_positions"], batch["end_positions"])
+        return QACollator(tokenizer, t.max_length, t.resolved_doc_stride), loss, scorer
+    collate = TaskExampleCollator(tokenizer, t.max_length, set_language=set_language)
+    return collate, lambda out, batch: classification_loss(out.logits, batch["labels"]), None
+
+
+def select_and_report(r: Run, history_path, source: str, languages: list[str], metric: str,
+                      extras: list[str] | tuple[str, ...] = ()) -> dict[str, float]:
     """S-DEV and T-DEV over the dev history -> per-language test scores, averages over the targets; the table
-    (eval/task_test.csv) and a bar chart go to the run directory and MLflow."""
+    (eval/task_test.csv) and a bar chart go to the run directory and MLflow. `extras`: further test scores in
+    the history (`test_<extra>_<lang>`, e.g. QA's exact match) reported at the steps the metric selects."""
     rows = {}
     for line in history_path.read_text().splitlines():   # a step evaluated again after a resume: the last counts
         row = json.loads(line)
@@ -111,6 +170,10 @@ def select_and_report(r: Run, history_path, source: str, languages: list[str], m
     targets = [lang for lang in languages if lang != source]
     final = {f"test_sdev_{lang}": s_dev[lang] for lang in languages} | {f"test_tdev_{lang}": t_dev[lang]
                                                                         for lang in languages}
+    extra = {(x, lang): (rows[chosen["s_dev"]][f"test_{x}_{lang}"], rows[chosen["t_dev"][lang]][f"test_{x}_{lang}"])
+             for x in extras for lang in languages}
+    final |= {f"test_{x}_{selection}_{lang}": pair[i] for (x, lang), pair in extra.items()
+              for i, selection in enumerate(("sdev", "tdev"))}
     translate_test = {lang: rows[chosen["s_dev"]][f"tt_{lang}"] for lang in targets
                       if f"tt_{lang}" in rows[chosen["s_dev"]]}   # translate-test, under S-DEV
     final |= {f"translate_test_sdev_{lang}": score for lang, score in translate_test.items()}
@@ -121,11 +184,14 @@ def select_and_report(r: Run, history_path, source: str, languages: list[str], m
     if r.engine.is_main:
         out = history_path.parent
         tt = lambda lang: f"{translate_test[lang]:.6f}" if lang in translate_test else ""  # noqa: E731
-        table = "language,s_dev_step,s_dev_test,t_dev_step,t_dev_test,s_dev_translate_test\n" + "".join(
-            f"{lang},{chosen['s_dev']},{s_dev[lang]:.6f},{chosen['t_dev'][lang]},{t_dev[lang]:.6f},{tt(lang)}\n"
-            for lang in languages)
+        more = lambda lang: "".join(f",{extra[x, lang][0]:.6f},{extra[x, lang][1]:.6f}" for x in extras)  # noqa: E731
+        table = ("language,s_dev_step,s_dev_test,t_dev_step,t_dev_test,s_dev_translate_test"
+                 + "".join(f",s_dev_test_{x},t_dev_test_{x}" for x in extras) + "\n") + "".join(
+            f"{lang},{chosen['s_dev']},{s_dev[lang]:.6f},{chosen['t_dev'][lang]},{t_dev[lang]:.6f},{tt(lang)}"
+            f"{more(lang)}\n" for lang in languages)
         if targets:
-            table += f"target_mean,,{final['target_mean_sdev']:.6f},,{final['target_mean_tdev']:.6f},\n"
+            table += f"target_mean,,{final['target_mean_sdev']:.6f},,{final['target_mean_tdev']:.6f},"
+            table += "," * (2 * len(extras)) + "\n"
         write_atomic(out / "task_test.csv", table)
         plot_language_bars({"S-DEV": s_dev, "T-DEV": t_dev}, out / "task_test.png", f"test {metric}")
     r.log_files(history_path.parent / "task_test.csv", "eval")

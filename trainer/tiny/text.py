@@ -145,13 +145,77 @@ def synthetic_task(lang: str, n: int, seed: int) -> list[dict]:
 
 def write_task_files(out_dir: str | Path, languages: list[str], n: int, seed: int) -> dict[str, Path]:
     """Write `{lang}.jsonl` for each language; returns lang -> path."""
+    return _write_per_language(out_dir, languages, lambda lang: synthetic_task(lang, n, seed))
+
+
+def _write_per_language(out_dir: str | Path, languages: list[str], rows) -> dict[str, Path]:
+    """`rows(lang)` as `out_dir/{lang}.jsonl` for each language; returns lang -> path."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {}
     for lang in languages:
         path = out / f"{lang}.jsonl"
         with path.open("w") as f:
-            for row in synthetic_task(lang, n, seed):
+            for row in rows(lang):
                 f.write(json.dumps(row, ensure_ascii=False) + "\n")
         paths[lang] = path
     return paths
+
+
+# --- the generated tagging task (topic_tags) and QA task (topic_qa) ------------------------------
+
+CONCEPT_ROLES = {**{c: "SUBJ" for c in SUBJECTS}, **{c: "VERB" for c in VERBS}, **{c: "OBJ" for c in OBJECTS},
+                 **{c: "PLACE" for c in PLACES}, **{c: "TIME" for c in TIMES}}
+
+
+def concept_words(concept: str, flores_code: str) -> list[str]:
+    """A concept's words in a language: its pseudo-words (one per English word); Chinese-like scripts write a
+    concept as one word (no spaces)."""
+    form = lexicon(flores_code)[concept]
+    return [form] if script_of(flores_code) == "Hans" else form.split(" ")
+
+
+def synthetic_tagging(lang: str, n: int, seed: int) -> list[dict]:
+    """`n` sentences {"id", "tokens", "tags"} in `lang`: each word tagged with its concept's role (SUBJ, VERB, OBJ,
+    PLACE, TIME) in IOB2 (`B-` on a concept's first word), the final full stop `O`. The same seed gives the
+    same sentences, word for word, in every language: a cross-lingual tagging task."""
+    stop = "。" if script_of(lang) == "Hans" else "."
+    rows = []
+    for i, concepts in enumerate(concept_sentences(n, seed)):
+        words, tags = [], []
+        for concept in concepts:
+            parts = concept_words(concept, lang)
+            words += parts
+            tags += [f"B-{CONCEPT_ROLES[concept]}"] + [f"I-{CONCEPT_ROLES[concept]}"] * (len(parts) - 1)
+        rows.append({"id": str(i), "tokens": words + [stop], "tags": tags + ["O"]})
+    return rows
+
+
+def synthetic_qa(lang: str, n: int, seed: int, sentences_per_context: int = 4) -> list[dict]:
+    """`n` extractive QA examples in the SQuAD layout ({"id", "title", "context", "question", "answers": {"text",
+    "answer_start"}}) in `lang`: a context of a few sentences with distinct verbs, the question one sentence's
+    subject and verb ("the farmer sees?"), the answer that sentence's object. (The answer follows what
+    identifies it, so a causal LLM can find it too.)"""
+    rng = random.Random(f"qa:{seed}")
+    join = "" if script_of(lang) == "Hans" else " "
+    words = lambda concepts: join.join(w for c in concepts for w in concept_words(c, lang))  # noqa: E731
+    rows = []
+    for i in range(n):
+        contexts = [[rng.choice(SUBJECTS), verb, rng.choice(OBJECTS)] for verb in rng.sample(VERBS, sentences_per_context)]
+        texts = [render(concepts, lang) for concepts in contexts]
+        asked = rng.randrange(sentences_per_context)
+        start = sum(len(t) + len(join) for t in texts[:asked]) + len(words(contexts[asked][:2])) + len(join)
+        question = words(contexts[asked][:2]) + ("？" if join == "" else "?")
+        rows.append({"id": f"{seed}-{i}", "title": "", "context": join.join(texts), "question": question,
+                     "answers": {"text": [words(contexts[asked][2:])], "answer_start": [start]}})
+    return rows
+
+
+def write_tagging_files(out_dir: str | Path, languages: list[str], n: int, seed: int) -> dict[str, Path]:
+    """`synthetic_tagging` as `{lang}.jsonl` per language (the `topic_tags` benchmark's files)."""
+    return _write_per_language(out_dir, languages, lambda lang: synthetic_tagging(lang, n, seed))
+
+
+def write_qa_files(out_dir: str | Path, languages: list[str], n: int, seed: int) -> dict[str, Path]:
+    """`synthetic_qa` as `{lang}.jsonl` per language (the `topic_qa` benchmark's files)."""
+    return _write_per_language(out_dir, languages, lambda lang: synthetic_qa(lang, n, seed))
