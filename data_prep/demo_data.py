@@ -1,6 +1,6 @@
 """Every file the demo jobs and the demo sweep read, generated (no downloads):
 
-    python -m data_prep.demo_data                  # -> data/demo/{shards,parallel/train,parallel/eval,task,task_dev,task_translated}
+    python -m data_prep.demo_data     # -> data/demo/{shards,parallel/train,parallel/eval,task,task_dev,task_translated,tags,qa}
 
 - `shards/`: stage 1's English shards and manifest (`data_prep.demo_text`);
 - `parallel/train`: 2,000 (English, X) pairs per demo language (seed 0);
@@ -8,7 +8,10 @@
 - `task/`: the 3-class topic task, English training set and evaluation files per language;
 - `task_dev/`: a dev set of the same task per language (model selection of `finetune`);
 - `task_translated/`: the English training set rendered in every other language, row for row (the
-  same ids): FLARE's stand-in for machine-translated training data (translate-train).
+  same ids): FLARE's stand-in for machine-translated training data (translate-train);
+- `tags/`: the generated tagging task (`topic_tags`: each word's concept role, IOB2), `train/` in English,
+  `dev/` and `test/` per language;
+- `qa/`: the generated extractive QA task (`topic_qa`, SQuAD layout), the same three folders.
 
 Each part is written to a temporary folder and renamed when complete, so an interrupted run
 leaves nothing half-written, and a part that exists is kept: re-running costs nothing. The
@@ -26,7 +29,7 @@ from data_prep.demo_text import write_demo_shards
 from data_prep.make_parallel_data import DEFAULT_LANGUAGES, write_parallel_data
 from data_prep.make_task_data import write_task_data
 from trainer.fsutil import temp_dir_beside
-from trainer.tiny.text import write_task_files
+from trainer.tiny.text import write_qa_files, write_tagging_files, write_task_files
 
 TRAIN_PAIRS, EVAL_SENTENCES, TASK_TRAIN, TASK_EVAL = 2000, 200, 2000, 200
 
@@ -40,7 +43,16 @@ def parts(languages: list[str]) -> dict[str, Callable[[Path], object]]:
         "task": lambda out: write_task_data(out, languages, n_train=TASK_TRAIN, n_eval=TASK_EVAL, seed=0),
         "task_dev": lambda out: write_task_files(out, ["eng_Latn", *languages], TASK_EVAL, seed=2),
         "task_translated": lambda out: write_task_files(out, languages, TASK_TRAIN, seed=0),
+        "tags": lambda out: write_splits(out, write_tagging_files, languages),
+        "qa": lambda out: write_splits(out, write_qa_files, languages),
     }
+
+
+def write_splits(out: Path, write: Callable, languages: list[str]) -> None:
+    """A generated task's English `train/` and per-language `dev/` and `test/` folders of `{language}.jsonl`."""
+    write(out / "train", ["eng_Latn"], TASK_TRAIN, seed=0)
+    write(out / "dev", ["eng_Latn", *languages], TASK_EVAL, seed=1)
+    write(out / "test", ["eng_Latn", *languages], TASK_EVAL, seed=2)
 
 
 def write_english_shards(out: Path) -> None:

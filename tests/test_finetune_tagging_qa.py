@@ -67,7 +67,6 @@ def test_ner_tagging_on_a_tiny_llama_learns_english_and_reports_entity_f1_per_la
         assert float(table[lang]["s_dev_test"]) == pytest.approx(best[f"test_{lang}"], abs=1e-6)
 
 
-@pytest.mark.slow
 def test_tagging_on_a_tiny_xlmr_encoder_reports_word_accuracy(data, tmp_path, tiny_cache):
     final, losses, table = finetune(data, tmp_path / "pos", tiny_cache, "tags", "xlmr", 40, max_length=48,
                                     metric="accuracy")
