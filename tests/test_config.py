@@ -74,3 +74,63 @@ def test_resolved_config_round_trips_through_yaml(tmp_path):
 def test_every_job_file_in_jobs_validates(path):
     job = load_job(path)
     assert job.recipe in path.read_text()
+
+
+# --- precision and weights dtypes (issue 16) ---------------------------------------------------------
+
+@pytest.mark.parametrize("overrides, said, key", [
+    (["engine.precision=bf16", "model.llm.dtype=float32"], "engine.precision=bf16", "model.llm.dtype=float32"),
+    (["engine.precision=fp16", "model.encoder.dtype=float32"], "engine.precision=fp16", "model.encoder.dtype=float32"),
+    (["model.llm.dtype=bfloat16", "model.encoder.dtype=float32"],          # auto precision follows the LLM
+     "engine.precision=auto (resolved to bf16 from model.llm.dtype)", "model.encoder.dtype=float32"),
+])
+def test_a_bf16_or_fp16_job_with_float32_weights_fails_naming_both_settings(tmp_path, overrides, said, key):
+    from trainer.config import check_precision
+
+    with pytest.raises(ConfigError) as err:
+        check_precision(load_job(write(tmp_path, BASE), overrides))
+    assert f"{said} but {key}" in str(err.value)
+
+
+def test_the_check_runs_before_anything_is_written(tmp_path):
+    from trainer.run import run_job
+
+    out = tmp_path / "never"
+    job = load_job(write(tmp_path, {**BASE, "output_dir": str(out)}), ["engine.precision=bf16", "model.llm.dtype=float32"])
+    with pytest.raises(ConfigError, match="model.llm.dtype=float32"):
+        run_job(job)
+    assert not out.exists()
+
+
+def test_dtype_auto_follows_the_precision_then_cuda(tmp_path, monkeypatch):
+    """auto: the precision's dtype when it is set; both auto: bf16 where CUDA supports it, float32 on CPU."""
+    import torch
+
+    from trainer.config import check_precision, resolve_dtypes, resolve_precision
+
+    def dtypes(*overrides):
+        job = load_job(write(tmp_path, BASE), list(overrides))
+        check_precision(job)
+        resolved = resolve_dtypes(job)
+        return resolved.model.llm.dtype, resolved.model.encoder.dtype, resolve_precision(job)
+
+    assert load_job(write(tmp_path, BASE)).model.llm.dtype == "auto"        # the job as written keeps auto
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert dtypes() == ("float32", "float32", "fp32")                     # every CPU job: as before
+    assert dtypes("engine.precision=bf16") == ("bfloat16", "bfloat16", "bf16")
+    assert dtypes("engine.precision=fp16") == ("float16", "float16", "fp16")
+    assert dtypes("model.llm.dtype=bfloat16") == ("bfloat16", "bfloat16", "bf16")
+    assert dtypes("model.llm.dtype=float32", "model.encoder.dtype=bfloat16") == ("float32", "bfloat16", "fp32")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert dtypes() == ("bfloat16", "bfloat16", "bf16")                   # a GPU job's default
+    assert dtypes("engine.precision=fp32") == ("float32", "float32", "fp32")
+
+
+def test_an_encoder_the_job_does_not_load_is_not_checked(tmp_path):
+    """finetune without stage1_export (FT) reads no NLLB encoder: its dtype does not matter."""
+    from trainer.config import check_precision
+
+    raw = {"recipe": "finetune", "task": {"benchmark": "topic"}, "model": {"llm": {"dtype": "bfloat16"},
+                                                                          "encoder": {"dtype": "float32"}}}
+    check_precision(load_job(write(tmp_path, raw)))

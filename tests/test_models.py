@@ -279,3 +279,30 @@ def test_mse_and_fvu_against_hand_computation():
     assert loss.item() == pytest.approx(mse)
     assert fraction_of_variance_unexplained(teacher, student).item() == pytest.approx(fvu)
     assert torch.isnan(fraction_of_variance_unexplained(teacher[:1], student[:1]))
+
+
+def test_the_aligned_tiny_nllb_encodes_translations_alike_and_the_random_one_does_not(tiny_path):
+    """tiny:nllb-aligned stands in for NLLB's cross-lingual encoder (M1's transfer path); tiny:nllb is random."""
+    from transformers import AutoTokenizer, M2M100Model
+
+    from trainer.tiny.text import parallel_sentences
+
+    def similarity(name: str, lang: str) -> float:
+        path = tiny_path(name)
+        tok, encoder = AutoTokenizer.from_pretrained(path), M2M100Model.from_pretrained(path).get_encoder().eval()
+        pairs = parallel_sentences(lang, 8, seed=4)
+
+        def pooled(code: str, texts: list[str]) -> torch.Tensor:
+            tok.src_lang = code
+            batch = tok(texts, return_tensors="pt", padding=True)
+            with torch.no_grad():
+                hidden = encoder(**batch).last_hidden_state
+            mask = batch["attention_mask"][..., None]
+            return (hidden * mask).sum(1) / mask.sum(1)
+
+        english, target = pooled("eng_Latn", [e for e, _ in pairs]), pooled(lang, [t for _, t in pairs])
+        return torch.nn.functional.cosine_similarity(english, target).min().item()
+
+    for lang in ("deu_Latn", "ell_Grek", "amh_Ethi"):
+        assert similarity("nllb-aligned", lang) > 0.999, lang
+        assert similarity("nllb", lang) < 0.99, lang

@@ -43,9 +43,12 @@ def test_mlflow_holds_one_run_with_config_metrics_and_export(demo_run):
     assert run.info.status == "FINISHED"
     assert run.data.params["model.lora.r"] == str(job.model.lora.r)
     assert run.data.params["optim.lr"] == str(job.optim.lr)
-    for metric in ("loss", "fvu", "lr", "tokens_per_second"):
+    for metric in ("loss", "fvu", "lr", "tokens_per_second", "llm_tokens_per_second"):
         history = client.get_metric_history(run.info.run_id, metric)
         assert len(history) >= job.optim.max_steps // job.tracking.log_every, metric
+    last = {m: client.get_metric_history(run.info.run_id, m)[-1].value
+            for m in ("tokens_per_second", "llm_tokens_per_second")}
+    assert 0 < last["llm_tokens_per_second"] < last["tokens_per_second"]   # LLM tokens only vs both views
     loss_by_step = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "loss")}
     assert loss_by_step[job.optim.max_steps] == pytest.approx(summary["losses"][-1])
     assert run.data.tags["world_size"] == "1" and run.data.tags["precision"] == "fp32"

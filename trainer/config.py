@@ -34,7 +34,10 @@ class Section(BaseModel):
 
 class LLMConfig(Section):
     name_or_path: str = Field("tiny:llama", description="Hub name, local directory, or tiny:{llama,qwen2,gpt2,gemma2,xlmr}")
-    dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="Weights dtype of the LLM (frozen unless model.finetune: full)")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field("auto", description=(
+        "Weights dtype of the LLM (frozen unless model.finetune: full); auto = the dtype of engine.precision when "
+        "that is set, else bfloat16 where CUDA supports it and float32 elsewhere (CPU). A bf16/fp16 job with "
+        "float32 weights fails at start-up"))
     attn_implementation: Literal["auto", "flash_attention_2", "sdpa", "eager"] = Field(
         "auto", description="auto = flash_attention_2 if flash_attn imports and CUDA is present, else sdpa, else eager")
     bidirectional: bool = Field(False, description="LLM2Vec-style: every token attends to every non-pad token")
@@ -48,9 +51,12 @@ class LLMConfig(Section):
 
 
 class EncoderConfig(Section):
-    name_or_path: str = Field("tiny:nllb", description="NLLB/M2M100 hub name, local directory, or tiny:nllb")
-    dtype: Literal["float32", "bfloat16", "float16"] = Field(
-        "float32", description="Weights dtype of the frozen encoder")
+    name_or_path: str = Field("tiny:nllb", description=(
+        "NLLB/M2M100 hub name, local directory, tiny:nllb (random) or tiny:nllb-aligned (words shared across the "
+        "demo languages: a stand-in for NLLB's cross-lingual encoder)"))
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="Weights dtype of the frozen encoder; auto = the dtype of engine.precision when that "
+                            "is set, else the LLM's (model.llm.dtype)")
     source_lang: str = Field("eng_Latn", description="FLORES-200 code of the training text (stage 1: English)")
 
 
@@ -247,7 +253,8 @@ class EngineConfig(Section):
         "zero2", description="A config in ds_configs/ by name (zero2, zero3, zero3_offload) or a path to a "
                              "DeepSpeed JSON; its \"auto\" values are filled from this job")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
-        "auto", description="Training precision; auto = the LLM's dtype (model.llm.dtype)")
+        "auto", description="Training precision; auto = the LLM's dtype (model.llm.dtype; both auto: bf16 where "
+                            "CUDA supports it, else fp32)")
     backend: Literal["auto", "nccl", "gloo"] = Field(
         "auto", description="Process-group backend when this job creates the group; auto = nccl with CUDA, else gloo")
     timeout_minutes: float = Field(
@@ -703,6 +710,73 @@ _JOB_ADAPTER = TypeAdapter(JobConfig)
 
 class ConfigError(UserError, ValueError):
     """A job file or override that does not validate; the message names each key path."""
+
+
+PRECISION_OF_DTYPE = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
+DTYPE_OF_PRECISION = {precision: dtype for dtype, precision in PRECISION_OF_DTYPE.items()}
+
+
+def default_dtype() -> str:
+    """What `dtype: auto` means with nothing to follow: bfloat16 where CUDA supports it, else float32."""
+    import torch
+
+    return "bfloat16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "float32"
+
+
+def resolve_dtypes(job: JobBase) -> JobBase:
+    """A copy of `job` whose `model.llm.dtype` and `model.encoder.dtype` are concrete (no `auto`).
+
+    LLM: engine.precision's dtype when the precision is set, else `default_dtype()`; encoder: engine.precision's
+    dtype when set, else the LLM's. On a CPU machine every `auto` is float32, as the defaults were before.
+    The job as written (with `auto`) is what run directories and MLflow record; this copy is what loads.
+    """
+    model, precision = job.model, job.engine.precision
+    following = DTYPE_OF_PRECISION.get(precision)
+    llm = model.llm.dtype if model.llm.dtype != "auto" else following or default_dtype()
+    update: dict[str, Any] = {"llm": model.llm.model_copy(update={"dtype": llm})}
+    encoder = getattr(model, "encoder", None)
+    if encoder is not None and encoder.dtype == "auto":
+        update["encoder"] = encoder.model_copy(update={"dtype": following or llm})
+    return job.model_copy(update={"model": model.model_copy(update=update)})
+
+
+def resolve_precision(job: JobBase) -> str:
+    """engine.precision, with auto = the LLM's (resolved) weights dtype."""
+    if job.engine.precision != "auto":
+        return job.engine.precision
+    return PRECISION_OF_DTYPE[resolve_dtypes(job).model.llm.dtype]
+
+
+def check_precision(job: JobBase) -> None:
+    """Refuse a bf16/fp16 job whose LLM (or the NLLB encoder it uses) would load in float32 (`ConfigError`).
+
+    DeepSpeed casts a ZeRO-2 model to the training dtype but leaves ZeRO-3's partitioned weights as
+    loaded, so such a job would silently run (part of) the model in float32, at twice the memory.
+    """
+    precision, resolved = resolve_precision(job), resolve_dtypes(job)
+    if precision == "fp32":
+        return
+    said = f"engine.precision={job.engine.precision}" + (
+        f" (resolved to {precision} from model.llm.dtype)" if job.engine.precision == "auto" else "")
+    sections = [("model.llm.dtype", resolved.model.llm)]
+    if _uses_encoder(job):
+        sections.append(("model.encoder.dtype", resolved.model.encoder))
+    for key, section in sections:
+        if section.dtype == "float32":
+            raise ConfigError(
+                f"{said} but {key}=float32: the weights would load and stay float32 (ZeRO-3 does not cast "
+                f"partitioned weights), training part of the model in another precision than asked. Set {key}: "
+                f"{DTYPE_OF_PRECISION[precision]} (or auto, which follows engine.precision), or "
+                f"engine.precision: fp32")
+
+
+def _uses_encoder(job: JobBase) -> bool:
+    """Whether the job loads `model.encoder`: stage 1 and 2 always, S1+FT and FLARE-MT too."""
+    model = job.model
+    if isinstance(model, MTLLMConfig) or getattr(model, "stage1_export", None):
+        return True
+    flare = getattr(job, "flare", None)
+    return flare is not None and flare.method == "fusion_mt"
 
 
 def _describe(err: dict[str, Any], model: type[BaseModel], raw: dict[str, Any]) -> str:

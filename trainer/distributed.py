@@ -169,9 +169,18 @@ def all_gather_object(obj: Any) -> list[Any]:
     return out
 
 
-def all_reduce_sum(values: list[float]) -> list[float]:
-    """Element-wise sum of a few floats over all ranks (fp64)."""
-    t = torch.tensor(values, dtype=torch.float64, device=device())
+def all_reduce_sum(values: list[float | torch.Tensor]) -> list[float]:
+    """Element-wise sum of a few floats or 0-dim tensors over all ranks (fp64), read back to the host once.
+
+    Tensors stay on the device until the sum is read (floats are filled in there, not copied), so the
+    result's `tolist` is the only point that waits for the device.
+    """
+    dev = device()
+    if any(torch.is_tensor(v) for v in values):
+        t = torch.stack([v.to(dev, torch.float64).reshape(()) if torch.is_tensor(v)
+                         else torch.full((), v, dtype=torch.float64, device=dev) for v in values])
+    else:
+        t = torch.tensor(values, dtype=torch.float64, device=dev)
     if world_size() > 1:
         dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return t.tolist()

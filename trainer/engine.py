@@ -50,7 +50,7 @@ from transformers.integrations import HfDeepSpeedConfig  # noqa: E402
 from transformers.integrations.deepspeed import unset_hf_deepspeed_config  # noqa: E402
 
 from trainer import distributed  # noqa: E402
-from trainer.config import ConfigError, JobBase  # noqa: E402
+from trainer.config import ConfigError, JobBase, resolve_precision  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -81,13 +81,6 @@ def ds_config_path(name_or_path: str) -> Any:
             return shipped[name_or_path]
     raise ConfigError(f"engine.deepspeed: {name_or_path!r} is neither a shipped config "
                       f"({', '.join(sorted(shipped_ds_configs()))}) nor a JSON file")
-
-
-def resolve_precision(job: JobBase) -> str:
-    """engine.precision, with auto = the LLM's weights dtype."""
-    if job.engine.precision != "auto":
-        return job.engine.precision
-    return {"bfloat16": "bf16", "float16": "fp16"}.get(job.model.llm.dtype, "fp32")
 
 
 def auto_values(job: JobBase, world_size: int) -> dict[str, Any]:
@@ -269,8 +262,8 @@ class Engine:
         norm = self.ds.get_global_grad_norm()
         return None if norm is None else float(norm)
 
-    def reduce_sum(self, values: list[float]) -> list[float]:
-        """Sum a few floats over ranks (for logging global losses and token counts)."""
+    def reduce_sum(self, values: list[float | torch.Tensor]) -> list[float]:
+        """Sum a few floats or 0-dim device tensors over ranks (global losses, token counts); one host read."""
         return distributed.all_reduce_sum(values)
 
     def reset_optimizer(self) -> None:

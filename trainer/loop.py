@@ -38,7 +38,8 @@ from trainer.models.weights import export as export_weights
 
 METRICS_FILE = "metrics.jsonl"
 FINAL_METRICS_FILE = "final_metrics.json"
-TOKENS = "tokens"   # a `Sums` key that is summed over ranks and reported as tokens_per_second
+TOKENS = "tokens"           # `Sums.count_tokens` keys: summed over ranks, logged as KEY_per_second
+LLM_TOKENS = "llm_tokens"   # the LLM's own tokens (stage 1 also feeds the encoder its view)
 
 
 @dataclass
@@ -77,7 +78,7 @@ def accumulate(run: "Run", batches, forward: Callable[[dict, "Sums"], torch.Tens
     Each micro-batch is moved to the device and the RNG re-seeded from its global index
     (`batches.last_index`); `forward(batch, sums)` returns its loss (and may add metrics to `sums`);
     the loss is back-propagated, the engine steps (an optimizer step at the accumulation boundary)
-    and the loss is summed under `loss`.
+    and the loss is summed under `loss` on the device (no host sync: `Sums.reduce` reads the step once).
     """
     sums = Sums()
     for _ in range(run.job.optim.grad_accum):
@@ -86,37 +87,52 @@ def accumulate(run: "Run", batches, forward: Callable[[dict, "Sums"], torch.Tens
         loss = forward(batch, sums)
         run.engine.backward(loss)
         run.engine.step()
-        sums.add("loss", loss.item())
+        sums.add("loss", loss)
     return sums
 
 
 class Sums:
     """One step's metrics on this rank as {key: [sum, count]}; the loop adds them over ranks and logs the means.
 
+    A value is a float or a tensor (a 0-dim loss, a mask's sum): a tensor is detached and added on its
+    device in float64, the same additions in the same order as Python floats, so nothing waits for the
+    device until `reduce` reads every key of the step at once (one host sync per optimizer step).
     The keys must be the same on every rank (they may depend on the step, not on the data).
     """
 
     def __init__(self) -> None:
-        self.values: dict[str, list[float]] = {}
+        self.values: dict[str, list[float | torch.Tensor]] = {}
+        self.token_keys: set[str] = set()
 
-    def add(self, key: str, value: float, count: float = 1.0) -> None:
+    def add(self, key: str, value: float | torch.Tensor, count: float = 1.0) -> None:
+        """Add `value` to `key`'s sum and `count` to its count (the logged value is sum / count over ranks)."""
+        if torch.is_tensor(value):
+            value = value.detach().to(torch.float64)
         entry = self.values.setdefault(key, [0.0, 0.0])
-        entry[0] += value
+        entry[0] = entry[0] + value
         entry[1] += count
 
-    def count_tokens(self, n: float) -> None:
-        """Tokens processed this step (any views the recipe counts); logged as tokens_per_second."""
-        self.add(TOKENS, n, 0.0)
+    def count_tokens(self, n: float | torch.Tensor, key: str = TOKENS) -> None:
+        """Tokens processed this step, summed over ranks and logged as `<key>_per_second`.
 
-    def reduce(self, engine) -> tuple[dict[str, float], float]:
-        """(means over every rank's micro-batches, tokens summed over ranks). Collective."""
+        `tokens` (the default) counts every view a recipe feeds its models; stage 1 also counts the LLM's
+        own tokens under `llm_tokens` (`llm_tokens_per_second`, the unit of LLM throughput targets).
+        """
+        self.token_keys.add(key)
+        self.add(key, n, 0.0)
+
+    def reduce(self, engine) -> tuple[dict[str, float], dict[str, float]]:
+        """(means over every rank's micro-batches, {token key: tokens summed over ranks}). Collective.
+
+        Every key goes into one all-reduce, read back to the host once.
+        """
         keys = sorted(self.values)
         summed = engine.reduce_sum([v for key in keys for v in self.values[key]])
-        means, tokens = {}, 0.0
+        means, tokens = {}, {}
         for i, key in enumerate(keys):
             total, count = summed[2 * i], summed[2 * i + 1]
-            if key == TOKENS:
-                tokens = total
+            if key in self.token_keys:
+                tokens[key] = total
             elif count > 0:
                 means[key] = total / count
         return means, tokens
@@ -228,10 +244,10 @@ def train(run: Run, model: torch.nn.Module, data: Stateful, step_fn: Callable[[i
     progress = tqdm(range(start_step, max_steps), desc=name or job.recipe, unit="step", initial=start_step,
                     total=max_steps, disable=not engine.is_main)
     losses: list[float] = []
-    start, tokens = time.perf_counter(), 0.0
+    start, tokens = time.perf_counter(), {}
     last_finite: tuple[int, dict[str, float]] | None = None
     for step in progress:
-        row, step_tokens = step_fn(step).reduce(engine)
+        row, step_tokens = step_fn(step).reduce(engine)   # the step's one host sync
         done = step + 1
         if engine.grad_norm is not None:
             row["grad_norm"] = engine.grad_norm
@@ -239,9 +255,9 @@ def train(run: Run, model: torch.nn.Module, data: Stateful, step_fn: Callable[[i
         last_finite = (done, row)
         elapsed = time.perf_counter() - start
         row |= {"lr": engine.lr, "seconds": elapsed}
-        if step_tokens:
-            tokens += step_tokens
-            row["tokens_per_second"] = tokens / elapsed
+        for key, n in step_tokens.items():
+            tokens[key] = tokens.get(key, 0.0) + n
+        row |= {f"{key}_per_second": n / elapsed for key, n in tokens.items() if n}
         losses.append(row["loss"])
         steps.write({"step": done, **row})
         progress.set_postfix({k: f"{row[k]:.4f}" for k in ("loss", "fvu") if k in row})

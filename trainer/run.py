@@ -2,10 +2,11 @@
 
     summary = run_job(job)              # 1 process, a launcher's rank, or a Ray Train worker
 
-Every rank: check the ranks agree on the config and on the checkpoint to resume from; refuse an
-output directory whose checkpoints were trained under another configuration (before anything is
-written there); make the job's data (`prepare`); seed torch; make the engine (before the model:
-under ZeRO-3 the frozen weights load partitioned); run the recipe. Rank 0 only: write the
+Every rank: refuse a bf16/fp16 job with float32 weights; check the ranks agree on the config and on
+the checkpoint to resume from; refuse an output directory whose checkpoints were trained under another
+configuration (before anything is written there); make the job's data (`prepare`); seed torch; make the
+engine (before the model: under ZeRO-3 the frozen weights load partitioned) with `dtype: auto` resolved
+(`trainer.config.resolve_dtypes`); run the recipe. Rank 0 only: write the
 resolved config, and track the run in MLflow, continuing the checkpoint's MLflow run when resuming.
 """
 
@@ -23,7 +24,7 @@ import yaml
 
 from trainer import distributed
 from trainer.checkpoint import Checkpointer
-from trainer.config import JobBase
+from trainer.config import JobBase, check_precision, resolve_dtypes
 from trainer.engine import Engine
 from trainer.errors import RunDirError, UserError
 from trainer.errors import report as report_error
@@ -64,6 +65,7 @@ def run_job(job: JobBase, report: Callable[[dict[str, float], int], None] | None
     load partitioned), run the recipe. Rank 0 only: write the resolved config, and track the run
     in MLflow, continuing the checkpoint's MLflow run when resuming.
     """
+    check_precision(job)   # a bf16 job with float32 weights, before anything starts (every rank alike)
     distributed.setup(job.engine.backend, job.engine.timeout_minutes)
     config_yaml = job.to_yaml()
     config_hash = distributed.check_same_config(config_yaml)
@@ -98,6 +100,7 @@ def _run(job: JobBase, out: Path, config_yaml: str, checkpoints: Checkpointer, b
         tracker.log_artifact(str(out / CONFIG_FILE))
     try:
         torch.manual_seed(job.seed)
+        job = resolve_dtypes(job)   # what loads: dtype auto made concrete (config.yaml and MLflow keep auto)
         engine = Engine(job)
         try:
             summary = RECIPES[job.recipe](Run(job, engine, tracker, checkpoints))

@@ -16,13 +16,19 @@ from typing import Any
 import torch
 from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer, M2M100Model, PreTrainedTokenizerBase
 
-from trainer.config import EncoderConfig, LLMConfig
+from trainer.config import EncoderConfig, LLMConfig, default_dtype
 from trainer.errors import ModelPathError
 from trainer.fsutil import temp_dir_beside
 from trainer.models.bidirectional import make_bidirectional
 from trainer.tiny import models as tiny
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    """A config's `dtype` as a torch dtype; `auto` (a model loaded outside a job, which resolves it against
+    engine.precision first: `trainer.config.resolve_dtypes`) is bfloat16 where CUDA supports it, else float32."""
+    return DTYPES[default_dtype() if name == "auto" else name]
 
 
 def looks_local(name_or_path: str) -> bool:
@@ -123,7 +129,7 @@ def load_llm(cfg: LLMConfig, cache_dir: str = ".cache/tiny-models", causal_lm: b
     candidates = attn_candidates(cfg.attn_implementation)
     for i, attn in enumerate(candidates):
         try:
-            model = auto.from_pretrained(path, dtype=DTYPES[cfg.dtype], attn_implementation=attn)
+            model = auto.from_pretrained(path, dtype=torch_dtype(cfg.dtype), attn_implementation=attn)
             break
         except (ValueError, ImportError) as e:  # raised before weights load when unsupported
             if i + 1 == len(candidates) or "support" not in str(e).lower():
@@ -151,7 +157,7 @@ def load_nllb_tokenizer(cfg: EncoderConfig, cache_dir: str = ".cache/tiny-models
 def load_nllb_encoder(cfg: EncoderConfig, cache_dir: str = ".cache/tiny-models") -> torch.nn.Module:
     """The NLLB (M2M100) encoder alone, frozen and in eval mode; the decoder is dropped after loading."""
     path = resolve_model_path(cfg.name_or_path, cache_dir)
-    full = M2M100Model.from_pretrained(path, dtype=DTYPES[cfg.dtype])
+    full = M2M100Model.from_pretrained(path, dtype=torch_dtype(cfg.dtype))
     encoder = full.get_encoder()
     del full
     encoder.requires_grad_(False)

@@ -14,9 +14,10 @@ def fraction_of_variance_unexplained(teacher: torch.Tensor, student: torch.Tenso
     """MSE / variance of the teacher vectors (per-dimension variance over the batch, averaged).
 
     1.0 = no better than predicting the batch mean; 0.0 = perfect. Needs a batch of at
-    least 2; returns NaN for a batch whose teacher vectors are all equal.
+    least 2; returns NaN for a batch whose teacher vectors are all equal. Branch-free (`torch.where`),
+    so it never waits for the device.
     """
     teacher = teacher.float()
     variance = teacher.var(dim=0, unbiased=False).mean()
     mse = distillation_mse(teacher, student)
-    return mse / variance if variance > 0 else torch.full_like(mse, float("nan"))
+    return torch.where(variance > 0, mse / variance, torch.full_like(mse, float("nan")))

@@ -91,9 +91,9 @@ def train_micro_batches(r: Run, data: Streams, loss_of: dict[str, Loss], step: i
         loss = loss_of[objective](batch)
         engine.backward(loss)
         engine.step()
-        sums.add("loss", loss.item())
-        sums.add(f"{objective}_loss", loss.item())
-        sums.count_tokens(float(batch["attention_mask"].sum()))
+        sums.add("loss", loss)                       # on the device: the loop reads the step once
+        sums.add(f"{objective}_loss", loss)
+        sums.count_tokens(batch["attention_mask"].sum())
     return sums
 
 

@@ -11,10 +11,13 @@ resumes and exports the projection and the LoRA weights.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from functools import partial
+
 from trainer import distributed
 from trainer.config import Stage1Job
 from trainer.data.text import text_batches
-from trainer.loop import Run, Sums, accumulate, train
+from trainer.loop import LLM_TOKENS, Run, Sums, accumulate, train
 from trainer.models.loading import load_llm_tokenizer, load_nllb_tokenizer
 from trainer.models.mt_llm import build_mt_llm
 from trainer.objectives.distillation import distillation_mse, fraction_of_variance_unexplained
@@ -31,10 +34,21 @@ def run(r: Run) -> dict:
                                load_nllb_tokenizer(job.model.encoder, job.model.cache_dir),
                                seed=job.seed, rank=engine.rank, world_size=engine.world_size)
 
-    def distil(batch: dict, sums: Sums):
-        out = engine(**batch)                            # pooled teacher and student vectors [b, d_llm]
-        sums.add("fvu", fraction_of_variance_unexplained(out.teacher, out.student).item())
-        sums.count_tokens(float(batch["llm_attention_mask"].sum() + batch["nllb_attention_mask"].sum()))
-        return distillation_mse(out.teacher, out.student)
+    return train(r, model, batches, step_function(r, batches))
 
-    return train(r, model, batches, lambda step: accumulate(r, batches, distil))
+
+def step_function(r: Run, batches) -> Callable[[int], Sums]:
+    """The loop's `step_fn`: one optimizer step of `optim.grad_accum` distillation micro-batches of `batches`
+    (also what benchmarks/ time)."""
+    return lambda step: accumulate(r, batches, partial(distil, r.engine))
+
+
+def distil(engine, batch: dict, sums: Sums):
+    """One stage-1 micro-batch's forward: the distillation loss; fvu and token counts added to `sums` on the
+    device (no host sync). `tokens` counts both views, `llm_tokens` the LLM's (the teacher's text)."""
+    out = engine(**batch)                                # pooled teacher and student vectors [b, d_llm]
+    sums.add("fvu", fraction_of_variance_unexplained(out.teacher, out.student.detach()))
+    llm_tokens = batch["llm_attention_mask"].sum()
+    sums.count_tokens(llm_tokens + batch["nllb_attention_mask"].sum())
+    sums.count_tokens(llm_tokens, LLM_TOKENS)
+    return distillation_mse(out.teacher, out.student)

@@ -41,8 +41,8 @@ def run(r: Run) -> dict:
     def distil(batch: dict, sums: Sums):
         student = engine(**batch, mode="pooled").pooled                     # [b, d] through NLLB
         teacher = cache.lookup(batch["ids"]).to(student.device)             # [b, d], the same examples by id
-        sums.add("fvu", fraction_of_variance_unexplained(teacher, student).item())
-        sums.count_tokens(float(batch["attention_mask"].sum()))
+        sums.add("fvu", fraction_of_variance_unexplained(teacher, student.detach()))   # on the device
+        sums.count_tokens(batch["attention_mask"].sum())
         return distillation_mse(teacher, student)
 
     predict = lambda batch: engine(**engine.to_device(batch)).logits  # noqa: E731

@@ -3,8 +3,8 @@
 Tests and demos cannot download anything, so these builders write a real
 model directory (config, safetensors, tokenizer files) that the ordinary
 `from_pretrained` path then loads, exactly as it would load a hub model.
-A job names one as `tiny:llama`, `tiny:qwen2`, `tiny:gpt2`, `tiny:gemma2` or
-`tiny:nllb`; `loading.resolve_model_path` builds it once into a cache folder.
+A job names one as `tiny:llama`, `tiny:qwen2`, `tiny:gpt2`, `tiny:gemma2`, `tiny:nllb` or
+`tiny:nllb-aligned` (words shared across languages: see `build_tiny_nllb_aligned`); `loading.resolve_model_path` builds it once into a cache folder.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from trainer.tiny import text as synthetic
 
 TINY_LLMS = ("llama", "qwen2", "gpt2", "gemma2")
 TINY_ENCODERS = ("xlmr",)  # XLM-R-like bidirectional encoder (realignment with encoder models)
-TINY_NAMES = TINY_LLMS + TINY_ENCODERS + ("nllb",)
+TINY_NAMES = TINY_LLMS + TINY_ENCODERS + ("nllb", "nllb-aligned")
 
 # Small but real: several layers so "middle layer" and per-layer retrieval mean something.
 _LLM_CONFIGS = {
@@ -130,12 +130,42 @@ def build_tiny_nllb(out_dir: str | os.PathLike, seed: int = 0, d_model: int = 32
     return out
 
 
+def build_tiny_nllb_aligned(out_dir: str | os.PathLike, seed: int = 0, d_model: int = 32) -> Path:
+    """`build_tiny_nllb` whose words are shared across the demo languages: a stand-in for NLLB's cross-lingual encoder.
+
+    Every demo language's word for a concept (`trainer.tiny.text.lexicon`, lower- and upper-case) becomes
+    one token, and all of a concept's tokens share one embedding row, as do the language codes and the
+    full stops: a generated sentence and its translation then encode alike (cosine ~1; Chinese, written
+    without spaces, ~0.98). The random `tiny:nllb` carries no cross-lingual signal, so a stage-1 MT-LLM
+    built on it cannot transfer; on this one the zero-shot path of M1 can be tested end to end.
+    """
+    out = build_tiny_nllb(out_dir, seed, d_model)
+    tokenizer = NllbTokenizer.from_pretrained(out)
+    model = M2M100ForConditionalGeneration.from_pretrained(out)
+    groups = [list(dict.fromkeys(f for lang in synthetic.DEMO_LANGUAGES
+                                 for word in [synthetic.lexicon(lang)[concept]] for f in (word, word[0].upper() + word[1:])))
+              for concept in synthetic.CONCEPTS]
+    tokenizer.add_tokens(sorted({f for group in groups for f in group}, key=len, reverse=True))
+    model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+    embeddings = model.get_input_embeddings().weight
+    with torch.no_grad():
+        for group in groups + [list(synthetic.DEMO_LANGUAGES), [".", "。"]]:
+            ids = tokenizer.convert_tokens_to_ids(group)
+            embeddings[ids] = embeddings[ids[0]].clone()
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
 def build_tiny(name: str, out_dir: str | os.PathLike) -> Path:
     """Build the tiny model called `name` (one of TINY_NAMES) into `out_dir`."""
     if name == "nllb":
         return build_tiny_nllb(out_dir)
+    if name == "nllb-aligned":
+        return build_tiny_nllb_aligned(out_dir)
     return build_tiny_llm(name, out_dir)
 
 
 __all__ = ["TINY_NAMES", "TINY_LLMS", "TINY_ENCODERS", "build_tiny", "build_tiny_llm", "build_tiny_nllb",
+           "build_tiny_nllb_aligned",
            "train_llm_tokenizer", "train_nllb_tokenizer"]
