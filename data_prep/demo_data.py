@@ -1,6 +1,6 @@
 """Every file the demo jobs and the demo sweep read, generated (no downloads):
 
-    python -m data_prep.demo_data     # -> data/demo/{shards,parallel/train,parallel/eval,task,task_dev,task_translated,tags,qa}
+    python -m data_prep.demo_data    # -> data/demo/{shards,parallel/{train,eval},task,task_dev,task_translated,tags,qa}
 
 - `shards/`: stage 1's English shards and manifest (`data_prep.demo_text`);
 - `parallel/train`: 2,000 (English, X) pairs per demo language (seed 0);

@@ -339,6 +339,7 @@ def test_two_zero3_ranks_give_the_one_rank_losses(task, tmp_path):
 
 @pytest.mark.parametrize("change, key", [
     ({"task": {"benchmark": "belebele"}}, "task.benchmark"),
+    ({"task": {"benchmark": "topic_tags"}}, "task.benchmark"),
     ({"flare": {"languages": ["fra_Latn"]}}, "flare.languages"),
     ({"flare": {"fusion": "concat"}}, "flare.fusion"),
 ])

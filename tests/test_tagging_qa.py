@@ -97,30 +97,25 @@ def test_every_new_benchmark_language_is_a_flores_code_of_the_table_or_flores_st
     assert wikiann["nl"] == "nld_Latn" and wikiann["am"] == "amh_Ethi" and "xx" not in wikiann   # via the table
 
 
-def test_a_tag_or_language_that_does_not_map_names_file_row_and_value(tmp_path):
-    bad = tmp_path / "yor.jsonl"
-    bad.write_text('{"id": "0", "tokens": ["a", "b"], "upos": [0, 0]}\n{"id": "1", "tokens": ["a", "b"], "upos": [0, 13]}\n')
-    with pytest.raises(DataError, match=rf"{bad}: row 2: tag 13 of word 2 \('b'\) does not map to 0 ADJ, 1 ADP"):
-        load_benchmark("masakhapos", "yor", "test", files=[str(bad)])      # 13 is the hub's "_" (no tag)
-    bad.write_text('{"tokens": ["a", "b"], "ner_tags": [0, 7], "langs": ["en", "en"]}\n')
-    with pytest.raises(DataError, match=r"row 1: tag 7 of word 2 \('b'\) does not map to 0 O, 1 B-PER"):
-        load_benchmark("wikiann", "en", "test", files=[str(bad)])          # WikiANN has no DATE
-    bad.write_text('{"tokens": ["a", "b"], "ner_tags": [0, 1], "langs": ["en", "de"]}\n')
-    with pytest.raises(DataError, match=r"row 1: language 'de' in column 'langs', but this is the 'en' set"):
-        load_benchmark("wikiann", "en", "test", files=[str(bad)])
-    bad.write_text('{"tokens": ["a", "b", "c"], "ner_tags": [0, 1], "langs": ["en", "en", "en"]}\n')
-    with pytest.raises(DataError, match=r"row 1: 3 words but tags \[0, 1\]"):
-        load_benchmark("wikiann", "en", "test", files=[str(bad)])
-    conll = tmp_path / "hau.txt"
-    conll.write_text("Kano B-LOC\nta B-MISC\n")
-    with pytest.raises(DataError, match=r"hau.txt: row 1: tag 'B-MISC' of word 2 \('ta'\)"):
-        load_benchmark("masakhaner", "hau", "test", files=[str(conll)])
-    qa = tmp_path / "qa.jsonl"
-    qa.write_text('{"id": "thai-1-0", "context": "c", "question": "q", "answers": {"text": ["c"], "answer_start": [0]}}\n')
-    with pytest.raises(DataError, match=r"row 1: id 'thai-1-0': language 'thai' is not a TyDiQA-GoldP language"):
-        load_benchmark("tydiqa", "sw", "test", files=[str(qa)])
-    with pytest.raises(DataError, match=r"udpos: language 'Klingon' is not one of its languages \(Afrikaans"):
-        load_benchmark("udpos", "Klingon", "test", files=[str(qa)])
+@pytest.mark.parametrize("file, content, name, language, message", [
+    ("yor.jsonl", '{"id": "0", "tokens": ["a"], "upos": [0]}\n{"id": "1", "tokens": ["a", "b"], "upos": [0, 13]}',
+     "masakhapos", "yor", r"yor.jsonl: row 2: tag 13 of word 2 \('b'\) does not map to 0 ADJ, 1 ADP"),  # the hub's "_"
+    ("en.jsonl", '{"tokens": ["a", "b"], "ner_tags": [0, 7], "langs": ["en", "en"]}',
+     "wikiann", "en", r"row 1: tag 7 of word 2 \('b'\) does not map to 0 O, 1 B-PER"),             # WikiANN: no DATE
+    ("en.jsonl", '{"tokens": ["a", "b"], "ner_tags": [0, 1], "langs": ["en", "de"]}',
+     "wikiann", "en", r"row 1: language 'de' in column 'langs', but this is the 'en' set"),
+    ("en.jsonl", '{"tokens": ["a", "b", "c"], "ner_tags": [0, 1], "langs": ["en", "en", "en"]}',
+     "wikiann", "en", r"row 1: 3 words but tags \[0, 1\]"),
+    ("hau.txt", "Kano B-LOC\nta B-MISC\n", "masakhaner", "hau", r"hau.txt: row 1: tag 'B-MISC' of word 2 \('ta'\)"),
+    ("qa.jsonl", '{"id": "thai-1-0", "context": "c", "question": "q", "answers": {"text": ["c"], "answer_start": [0]}}',
+     "tydiqa", "sw", r"row 1: id 'thai-1-0': language 'thai' is not a TyDiQA-GoldP language"),
+    ("qa.jsonl", "{}", "udpos", "Klingon", r"udpos: language 'Klingon' is not one of its languages \(Afrikaans"),
+])
+def test_a_tag_or_language_that_does_not_map_names_file_row_and_value(tmp_path, file, content, name, language,
+                                                                      message):
+    (tmp_path / file).write_text(content + "\n")
+    with pytest.raises(DataError, match=message):
+        load_benchmark(name, language, "test", files=[str(tmp_path / file)])
 
 
 @pytest.mark.parametrize("name, language, file", [
@@ -192,7 +187,8 @@ def test_tagging_scorer_counts_words_and_entities_split_across_subwords(tiny_pat
     assert counts.tolist() == [1, 2, 2]                                    # 1 right, 2 predicted, 2 gold
     assert entity.scores(counts) == {"": pytest.approx(2 * 1 / (2 + 2))}
     accuracy = TaggingScorer(predict, collate, NER_TAGS[:7], "accuracy")
-    assert accuracy.count([gold], keep=1) == [4, 5] and accuracy.scores(torch.tensor([4.0, 5.0], dtype=torch.float64)) == {"": 0.8}
+    assert accuracy.count([gold], keep=1) == [4, 5]
+    assert accuracy.scores(torch.tensor([4.0, 5.0], dtype=torch.float64)) == {"": 0.8}
 
 
 # --- QA windows and span decoding ----------------------------------------------------------------------------------
@@ -408,3 +404,27 @@ def test_entity_types_read_as_o_in_gold_and_prediction(tmp_path):
     assert names[:7] == list(NER_TAGS[:7]) and names[7:] == ["O", "O"]
     first = tasks.examples(job, "masakhaner", "hau", "test")[0]
     assert list(first.tags) == [3, 4, 4, 0, 0, 0, 0, 0, 0]                  # ranar Litinin (DATE) read as O
+
+
+def test_the_source_languages_dev_and_test_sets_come_from_the_training_benchmark_when_the_benchmark_lacks_it(
+        monkeypatch):
+    from trainer.recipes import tasks
+
+    job = _validate({"benchmark": "masakhaner", "train_benchmark": "wikiann", "target_languages": ["hau"]})
+    calls = []
+    monkeypatch.setattr(tasks, "examples", lambda job, benchmark, language, split:
+                        calls.append((benchmark, language, split)) or [])
+    tasks.evaluation_sets(job)
+    assert sorted(calls) == sorted([("wikiann", "eng_Latn", "validation"), ("masakhaner", "hau", "validation"),
+                                    ("wikiann", "eng_Latn", "test"), ("masakhaner", "hau", "test")])
+
+
+def test_tagging_and_qa_examples_whose_texts_no_longer_hold_their_targets_are_not_written_back():
+    from dataclasses import replace
+
+    example = load_benchmark("wikiann", "en", "train", files=[str(FIXTURES / "wikiann_en_train.jsonl")])[0]
+    with pytest.raises(DataError, match="tags cannot follow a translation"):
+        benchmark_rows("wikiann", [replace(example, texts=("übersetzt",))])
+    qa = load_benchmark("tydiqa", "sw", "test", files=[str(FIXTURES / "tydiqa_validation.jsonl")])[1]
+    with pytest.raises(DataError, match="not at its offset"):
+        benchmark_rows("tydiqa", [replace(qa, texts=("Nairobi has more than four million people.", qa.texts[1]))])

@@ -686,9 +686,10 @@ class FlareJob(JobBase):
     def _flare_fits(self) -> "FlareJob":
         from trainer.data.benchmarks import BENCHMARKS
 
-        if BENCHMARKS[self.task.benchmark].task == "multiple_choice":
-            raise ValueError(f"task.benchmark: {self.task.benchmark!r} is multiple choice; flare trains "
-                             f"classification benchmarks (NLI, sentiment, topic)")
+        kind = BENCHMARKS[self.task.benchmark].task
+        if kind not in ("nli", "sentiment", "classification"):
+            raise ValueError(f"task.benchmark: {self.task.benchmark!r} is a {kind} benchmark; flare trains "
+                             f"sequence classification (NLI, sentiment, topic)")
         if not self.task.target_languages:
             raise ValueError("task.target_languages: flare needs at least one target language")
         unknown = sorted(set(self.flare.languages or []) - set(self.task.target_languages))

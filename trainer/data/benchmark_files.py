@@ -57,6 +57,9 @@ def _myanmar_xnli(e: TaskExample) -> dict:
 
 def _tagging(benchmark: str, tag_column: str, id_column: bool = True) -> Callable[[TaskExample], dict]:
     def row(e: TaskExample) -> dict:
+        if e.texts != (" ".join(e.words),):   # e.g. translated text: the words' tags would not follow it
+            raise DataError(f"{benchmark}: {e.id} has texts other than its words; a tagging example is written as "
+                            f"its words and their tags (tags cannot follow a translation)")
         b = BENCHMARKS[benchmark]
         native = b.native_tags or b.labels
         record = {"tokens": list(e.words), tag_column: [native.index(b.labels[t]) for t in e.tags]}
@@ -65,6 +68,9 @@ def _tagging(benchmark: str, tag_column: str, id_column: bool = True) -> Callabl
 
 
 def _squad(e: TaskExample) -> dict:
+    if any(e.texts[0][start:start + len(text)] != text for text, start in e.answers):
+        raise DataError(f"{e.id}: an answer is not at its offset in the context (a translated context: translate QA "
+                        f"with data_prep.translate --benchmark squad, which projects the answer spans)")
     return {"id": native_id(e), "context": e.texts[0], "question": e.texts[1],
             "answers": {"text": [text for text, _ in e.answers], "answer_start": [start for _, start in e.answers]}}
 

@@ -249,13 +249,13 @@ class _TableCodes(_FloresCodes):
     """The listed codes, and any other ISO 639 code the language table resolves (WikiANN's 176 configs)."""
 
     def __missing__(self, code: str) -> str:
-        from trainer.languages.table import language_table
+        from trainer.languages.table import UnknownLanguageError, language_table
 
         if not isinstance(code, str) or "_" in code:
             raise KeyError(code)
         try:
             return language_table().flores(code)
-        except Exception:   # an unknown code: not one of the benchmark's languages
+        except UnknownLanguageError:   # not one of the benchmark's languages
             raise KeyError(code) from None
 
 
@@ -396,6 +396,12 @@ def _example(benchmark: Benchmark, flores: str, split: str, raw: dict, where: st
         return TaskExample(example_id, flores, split, texts, NO_LABEL, answers=_answers(raw["answers"], where))
     return TaskExample(example_id, flores, split, texts, _label_id(raw["label"], benchmark.labels, where),
                        tuple(str(c) for c in raw.get("choices", ())))
+
+
+def has_language(name: str, language: str) -> bool:
+    """Whether benchmark `name` has `language` (its own code or its FLORES code)."""
+    languages = BENCHMARKS[name].languages
+    return language in languages or language in languages.values()
 
 
 def load_benchmark(name: str, language: str, split: str, files: list[str] | None = None) -> list[TaskExample]:

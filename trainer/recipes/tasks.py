@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from trainer import distributed
-from trainer.data.benchmarks import BENCHMARKS, QA, TAGGING, load_benchmark
+from trainer.data.benchmarks import BENCHMARKS, QA, TAGGING, has_language, load_benchmark
 from trainer.data.qa import QACollator
 from trainer.data.tagging import TaggingCollator
 from trainer.data.task import TaskExampleCollator
@@ -51,7 +51,7 @@ def examples(job, benchmark: str, language: str, split: str) -> list:
     template = t.files.get(split)
     rows = load_benchmark(benchmark, language, split, files=[template.format(language=language)] if template else None)
     rows = rows if split == "train" or not t.max_eval_examples else rows[:t.max_eval_examples]
-    if getattr(t, "entity_types_as_o", None):
+    if t.entity_types_as_o:
         names = tag_names(job, benchmark)
         outside = names.index("O")
         rows = [replace(e, tags=tuple(outside if names[tag] == "O" else tag for tag in e.tags)) for e in rows]
@@ -60,7 +60,7 @@ def examples(job, benchmark: str, language: str, split: str) -> list:
 
 def tag_names(job, benchmark: str | None = None) -> list[str]:
     """The tag names of a tagging benchmark, those of `task.entity_types_as_o` renamed O (read as outside)."""
-    dropped = set(getattr(job.task, "entity_types_as_o", None) or ())
+    dropped = set(job.task.entity_types_as_o)
     return ["O" if name.partition("-")[2] in dropped else name
             for name in BENCHMARKS[benchmark or job.task.benchmark].labels]
 
@@ -70,9 +70,16 @@ def languages(job) -> list[str]:
 
 
 def evaluation_sets(job) -> dict[str, dict[str, list]]:
-    """split (validation, test, and translate_test when `task.files` has it) -> language -> examples."""
+    """split (validation, test, and translate_test when `task.files` has it) -> language -> examples.
+
+    The source language's sets come from `task.train_benchmark` when `task.benchmark` lacks that language
+    (WikiANN English for MasakhaNER, UDPOS English for MasakhaPOS); `task.files` templates apply all the same.
+    """
     t, langs = job.task, languages(job)
-    sets = {split: {lang: examples(job, t.benchmark, lang, split) for lang in langs}
+    source = (t.train_benchmark if t.train_benchmark and not has_language(t.benchmark, t.source_language)
+              else t.benchmark)
+    sets = {split: {lang: examples(job, source if lang == t.source_language else t.benchmark, lang, split)
+                    for lang in langs}
             for split in ("validation", "test")}
     if "translate_test" in t.files:   # target test sets translated to English: read as English (NLLB: eng code)
         sets["translate_test"] = {lang: [replace(e, language=t.source_language)

@@ -201,7 +201,8 @@ def synthetic_qa(lang: str, n: int, seed: int, sentences_per_context: int = 4) -
     words = lambda concepts: join.join(w for c in concepts for w in concept_words(c, lang))  # noqa: E731
     rows = []
     for i in range(n):
-        contexts = [[rng.choice(SUBJECTS), verb, rng.choice(OBJECTS)] for verb in rng.sample(VERBS, sentences_per_context)]
+        verbs = rng.sample(VERBS, sentences_per_context)
+        contexts = [[rng.choice(SUBJECTS), verb, rng.choice(OBJECTS)] for verb in verbs]
         texts = [render(concepts, lang) for concepts in contexts]
         asked = rng.randrange(sentences_per_context)
         start = sum(len(t) + len(join) for t in texts[:asked]) + len(words(contexts[asked][:2])) + len(join)

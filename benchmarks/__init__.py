@@ -1,0 +1,1 @@
+"""Speed measurements (results in docs/benchmarks.md); run each as python -m benchmarks.NAME."""
