@@ -67,6 +67,13 @@ class TaskFormat:
     """A benchmark adapter's examples: every text and every choice is one segment."""
 
     def __init__(self, benchmark: str):
+        kind = BENCHMARKS[benchmark].task
+        if kind in ("pos", "ner"):
+            raise DataError(f"--benchmark {benchmark}: a tagging benchmark; its word tags would not follow the words "
+                            f"through translation (the studies evaluate tagging zero-shot, untranslated)")
+        if kind == "qa":
+            raise DataError(f"--benchmark {benchmark}: extractive QA; translate it as --benchmark {QA} (its files "
+                            f"are in the SQuAD layout), which moves the answer spans with marker tokens")
         self.name = benchmark
 
     def flores(self, code: str) -> str:

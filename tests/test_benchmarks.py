@@ -82,10 +82,22 @@ def test_a_label_or_language_that_does_not_map_names_file_row_and_value(tmp_path
         load_benchmark("mlqa", "de", "test")
 
 
+def test_race_is_belebeles_english_training_data_in_its_format():
+    """RACE (the English multiple-choice training data, as in Belebele's assembled training set): four options,
+    the answer letter as the choice index, one id per question even where questions share an article."""
+    examples = load_benchmark("race", "en", "train", files=[str(FIXTURES / "race_train.jsonl")])
+    assert [e.label for e in examples] == [2, 0, 3] and all(len(e.choices) == 4 for e in examples)
+    assert examples[0].id == "race/eng_Latn/train/high10001.txt#1" and examples[1].id.endswith("#2")
+    assert examples[0].texts[1] == "What did the writer talk about?"
+    assert examples[0].choices[2] == "The lake near the village"
+    assert BENCHMARKS["race"].labels == BENCHMARKS["belebele"].labels   # train_benchmark: race for belebele
+
+
 def test_every_benchmark_states_its_task_and_label_count():
     assert {b.name: (b.task, b.num_labels) for b in BENCHMARKS.values()} == {
         "mnli": ("nli", 3), "xnli": ("nli", 3), "americasnli": ("nli", 3), "kardes_nli": ("nli", 3),
         "nusax_senti": ("sentiment", 3), "belebele": ("multiple_choice", 4), "topic": ("classification", 3),
+        "race": ("multiple_choice", 4),
         "indonli": ("nli", 3), "myanmar_xnli": ("nli", 3), "afrixnli": ("nli", 3), "udpos": ("pos", 17),
         "masakhapos": ("pos", 17), "wikiann": ("ner", 7), "masakhaner": ("ner", 9), "topic_tags": ("ner", 11),
         "tydiqa": ("qa", 0), "topic_qa": ("qa", 0)}

@@ -347,7 +347,7 @@ def test_benchmark_rows_round_trip_through_every_adapter(tmp_path):
              ("americasnli", "quy", "test", "americasnli_quy_test.jsonl"),
              ("kardes_nli", "kk", "validation", "xnli.dev.kk.csv"),
              ("nusax_senti", "ace", "train", "nusax_ace_train.csv"),
-             ("belebele", "eng_Latn", "test", "belebele_eng_Latn.jsonl")]
+             ("belebele", "eng_Latn", "test", "belebele_eng_Latn.jsonl"), ("race", "en", "train", "race_train.jsonl")]
     for benchmark, code, split, fixture in cases:
         examples = load_benchmark(benchmark, code, split, files=[str(FIXTURES / fixture)])
         out = tmp_path / f"{benchmark}.jsonl"

@@ -260,11 +260,12 @@ def train(run: Run, model: torch.nn.Module, data: Stateful, step_fn: Callable[[i
         row |= {f"{key}_per_second": n / elapsed for key, n in tokens.items() if n}
         losses.append(row["loss"])
         steps.write({"step": done, **row})
-        progress.set_postfix({k: f"{row[k]:.4f}" for k in ("loss", "fvu") if k in row})
+        progress.set_postfix({k: f"{row[k]:.4f}" for k in ("loss", "fvu") if k in row}, refresh=False)
         if done % job.tracking.log_every == 0 or done == max_steps:
             tracker.log_metrics(row, step=done)
         kept |= evaluate(hooks.after_step, done, step=done)
         if checkpoints.due(done, max_steps):
+            tracker.flush()   # the steps a resume skips are in the store
             checkpoints.save(done, engine, data, metrics={**row, **kept}, evaluations=kept, run_id=tracker.run_id)
         faults.maybe_kill("after_step", done)
 

@@ -171,13 +171,21 @@ class Tracker:
             mlflow.set_tags(tags)
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        """Log a metric row at `step`. MLflow's asynchronous logging: the row is queued and sent by a background
+        thread, so a slow store or server does not hold up training; `flush` (before every checkpoint) and
+        `end` wait for the queue."""
         metrics = {k: float(v) for k, v in metrics.items()}
         if self.buffer is not None:
             self.buffer.add(event="metrics", metrics=metrics, step=step)
         elif self.enabled:
-            mlflow.log_metrics(metrics, step=step)
+            mlflow.log_metrics(metrics, step=step, synchronous=False)
         if self.report is not None:
             self.report(metrics, step)
+
+    def flush(self) -> None:
+        """Wait until every metric row logged so far is in the store (a checkpoint's steps are never lost)."""
+        if self.enabled and self.buffer is None and self.run_id is not None:
+            mlflow.flush_async_logging()
 
     def log_artifacts(self, local_dir: str, artifact_path: str | None = None) -> None:
         if self.buffer is not None:
@@ -208,6 +216,7 @@ class Tracker:
             self.buffer.add(event="end", status=status)
             return
         if self.enabled and self.run_id is not None:
+            self.flush()
             mlflow.end_run(status=status)
 
 

@@ -67,6 +67,12 @@ def _tagging(benchmark: str, tag_column: str, id_column: bool = True) -> Callabl
     return row
 
 
+def _race(e: TaskExample) -> dict:
+    example_id = native_id(e).rsplit("#", 1)[0]
+    return {"example_id": example_id, "article": e.texts[0], "question": e.texts[1], "options": list(e.choices),
+            "answer": "ABCD"[e.label]}
+
+
 def _squad(e: TaskExample) -> dict:
     if any(e.texts[0][start:start + len(text)] != text for text, start in e.answers):
         raise DataError(f"{e.id}: an answer is not at its offset in the context (a translated context: translate QA "
@@ -84,6 +90,7 @@ WRITERS: dict[str, Callable[[TaskExample], dict]] = {
     "nusax_senti": _single,
     "topic": _single,
     "belebele": _belebele,
+    "race": _race,
     "indonli": _nli("premise", "hypothesis", "label"),
     "myanmar_xnli": _myanmar_xnli,
     "afrixnli": _nli("premise", "hypothesis", "label"),

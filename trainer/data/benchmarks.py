@@ -151,6 +151,14 @@ def _belebele(record: dict, row: int, code: str) -> dict:
             "texts": (record["flores_passage"], record["question"]), "label": label, "choices": choices}
 
 
+def _race(record: dict, row: int, code: str) -> dict:
+    # several questions share an article's example_id: the row keeps each question's id apart
+    answer = str(record["answer"]).strip()
+    label = "ABCD".index(answer) if answer in ("A", "B", "C", "D") else answer   # else: reported as it is
+    return {"id": f"{record['example_id']}#{row}", "texts": (record["article"], record["question"]),
+            "label": label, "choices": tuple(record["options"])}
+
+
 def _tagging(tag_column: str, id_column: str | None = None, langs: bool = False):
     """`tokens` + `tag_column` (CoNLL files: `tags`); `langs`: WikiANN's per-token language column must be `code`."""
     def convert(record: dict, row: int, code: str) -> dict:
@@ -277,7 +285,9 @@ BENCHMARKS: dict[str, Benchmark] = {b.name: b for b in [
               hub="masakhane/afrixnli"),
     Benchmark("nusax_senti", "sentiment", NUSAX_LANGUAGES, _sentiment, SENTIMENT_LABELS, hub="indonlp/NusaX-senti"),
     Benchmark("belebele", "multiple_choice", _FloresCodes(), _belebele, ("1", "2", "3", "4"),
-              hub="facebook/belebele", splits={"test": "test"}),
+              hub="facebook/belebele", splits={"validation": "test", "test": "test"}),   # no dev split: test
+    Benchmark("race", "multiple_choice", {"en": "eng_Latn"}, _race, ("1", "2", "3", "4"), hub="ehovy/race",
+              hub_config=lambda code: "all"),
     Benchmark("topic", "classification", _FloresCodes(), _sentiment, ("perception", "commerce", "making")),
     Benchmark("udpos", "pos", UDPOS_LANGUAGES, _tagging("pos_tags"), UPOS_TAGS, hub="google/xtreme",
               hub_config=lambda code: f"udpos.{code}"),
