@@ -12,9 +12,10 @@ optimizer (AdamW, the same hyper-parameters, warm-up then linear decay, clipping
   metrics.jsonl, progress bar, MLflow logging every step to a local SQLite store; no checkpoints);
 - bare: `for step: for micro-batch: loss.backward(); clip; AdamW.step(); schedule.step(); loss.item()`.
 
-Per side, the seconds of the steps after `--warmup` are timed (the project's from its metrics.jsonl `seconds`,
-the same clock the loop logs), and the ratio project / bare is reported (the mean of the bare runs
-before and after, to bracket the machine's load). The per-step losses of both sides are compared as a check
+Per side, each step after `--warmup` is timed (the project's from its metrics.jsonl `seconds`, the clock the
+loop logs), and the ratio project / bare of the median step is reported (medians, because other jobs share the
+machine: a step they slow down does not move them much), with the ratio of the means beside it; bare runs
+bracket the project runs. The per-step losses of both sides are compared as a check
 that both did the same work.
 """
 
@@ -24,6 +25,7 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -85,8 +87,8 @@ def project(job_raw: dict, warmup: int) -> dict:
     out = Path(job_raw["output_dir"])
     shutil.rmtree(out, ignore_errors=True)
     summary = run_job(validate(job_raw))
-    rows = [json.loads(line) for line in (out / METRICS_FILE).read_text().splitlines()]
-    return {"losses": summary["losses"], "seconds": rows[-1]["seconds"] - rows[warmup - 1]["seconds"]}
+    ends = [json.loads(line)["seconds"] for line in (out / METRICS_FILE).read_text().splitlines()]
+    return timed(summary["losses"], ends, warmup)
 
 
 def bare(job_raw: dict, warmup: int) -> dict:
@@ -122,7 +124,12 @@ def bare(job_raw: dict, warmup: int) -> dict:
         optimizer.zero_grad(set_to_none=True)
         losses.append(total.item() / o.grad_accum)
         ends.append(time.perf_counter() - start)
-    return {"losses": losses, "seconds": ends[-1] - ends[warmup - 1]}
+    return timed(losses, ends, warmup)
+
+
+def timed(losses: list[float], ends: list[float], warmup: int) -> dict:
+    """Losses, and the durations of the steps after `warmup` from each step's end time."""
+    return {"losses": losses, "steps": [b - a for a, b in zip(ends[warmup - 1:], ends[warmup:])]}
 
 
 def load_average() -> str:
@@ -156,20 +163,24 @@ def main(argv: list[str] | None = None) -> dict:
         for _ in range(args.repeats):
             runs.append(("project", project(job, args.warmup), load_average()))
             runs.append(("bare", bare(job, args.warmup), load_average()))
-    bare_s = [r["seconds"] for kind, r, _ in runs if kind == "bare"]
-    project_s = [r["seconds"] for kind, r, _ in runs if kind == "project"]
-    ratio = (sum(project_s) / len(project_s)) / (sum(bare_s) / len(bare_s))
+    steps = {kind: [d for k, r, _ in runs if k == kind for d in r["steps"]] for kind in ("bare", "project")}
+    median = {kind: statistics.median(d) for kind, d in steps.items()}
+    mean = {kind: statistics.fmean(d) for kind, d in steps.items()}
     reference = runs[0][1]["losses"]
     max_diff = max(abs(a - b) / abs(b) for _, r, _ in runs for a, b in zip(r["losses"], reference))
     print(f"stage-1 steps, LLM hidden {args.hidden} x {args.layers} blocks, {args.seq} tokens per view, micro-batch "
           f"{args.micro_batch} x grad_accum {args.grad_accum}, {args.steps} timed steps after {args.warmup}; "
           f"torch {torch.__version__}, {args.threads} thread(s), {os.cpu_count()} cores")
-    print("| run | seconds per step | load average after (1, 5, 15 min) |\n|---|---|---|")
+    print("| run | median s/step | mean s/step | load average after (1, 5, 15 min) |\n|---|---|---|---|")
     for kind, r, load in runs:
-        print(f"| {kind} | {r['seconds'] / args.steps:.4f} | {load} |")
-    print(f"project / bare = {ratio:.3f}; per-step losses agree to {max_diff:.1e} (relative)")
-    result = {"ratio": ratio, "max_relative_loss_difference": max_diff, "args": vars(args),
-              "runs": [{"kind": k, "seconds_per_step": r["seconds"] / args.steps, "load": load} for k, r, load in runs]}
+        print(f"| {kind} | {statistics.median(r['steps']):.4f} | {statistics.fmean(r['steps']):.4f} | {load} |")
+    ratio = median["project"] / median["bare"]
+    print(f"project / bare: {ratio:.3f} (medians of every timed step), {mean['project'] / mean['bare']:.3f} (means); "
+          f"per-step losses agree to {max_diff:.1e} (relative)")
+    result = {"ratio": ratio, "ratio_of_means": mean["project"] / mean["bare"], "max_relative_loss_difference": max_diff,
+              "args": vars(args), "runs": [{"kind": k, "median_seconds_per_step": statistics.median(r["steps"]),
+                                           "mean_seconds_per_step": statistics.fmean(r["steps"]), "load": load}
+                                          for k, r, load in runs]}
     if args.json:
         Path(args.json).write_text(yaml.safe_dump(result) if args.json.endswith(".yaml") else json.dumps(result))
     return result

@@ -56,6 +56,7 @@ NLLB_600M = dict(model_type="m2m_100", vocab_size=256206, d_model=1024, encoder_
                  encoder_attention_heads=16, decoder_attention_heads=16, encoder_ffn_dim=4096, decoder_ffn_dim=4096,
                  max_position_embeddings=1024, scale_embedding=True, activation_function="relu", pad_token_id=1,
                  bos_token_id=0, eos_token_id=2, decoder_start_token_id=2)
+LAUNCHER_VARIABLES = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 PEAK_BF16_TFLOPS = [("H100 PCIe", 756.0), ("H100", 989.0), ("H200", 989.0), ("H800", 989.0), ("GH200", 989.0),
                     ("A100", 312.0), ("A800", 312.0), ("L40S", 362.0)]   # dense, first match of the device name
 
@@ -272,7 +273,8 @@ def run_row(setting: Setting, llm_dir: Path, nllb_dir: Path, args) -> dict:
         inner += ["--tiny"] if args.tiny else []
         cmd = ([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={args.gpus}"]
                if args.gpus > 1 else [sys.executable]) + inner
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=args.row_timeout,
+        env = {k: v for k, v in os.environ.items() if k not in LAUNCHER_VARIABLES}   # a fresh world per row
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=args.row_timeout, env=env,
                               cwd=Path(__file__).resolve().parents[1])
         if result.is_file():
             return json.loads(result.read_text())

@@ -206,3 +206,20 @@ def test_zero3_loads_the_checkpoint_weights_not_a_fresh_init(workdir, tiny_path)
             assert checked >= 3, (kind, list(on_disk)[:6], list(live)[:6])
     finally:
         engine.close()
+
+
+def test_torch_adam_unless_deepspeeds_fused_adam_can_run(monkeypatch):
+    """`torch_adam: auto`: DeepSpeed's fused Adam only where it is built ahead or can be compiled (nvcc)."""
+    import deepspeed.git_version_info as info
+    import torch.utils.cpp_extension as cpp
+
+    from trainer import engine
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert not engine.fused_adam_ready()
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setitem(info.installed_ops, "fused_adam", True)
+    assert engine.fused_adam_ready()                                   # built ahead (docker/Dockerfile)
+    monkeypatch.setitem(info.installed_ops, "fused_adam", False)
+    monkeypatch.setattr(cpp, "CUDA_HOME", None)
+    assert not engine.fused_adam_ready()                               # no compiler: torch's AdamW

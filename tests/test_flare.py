@@ -307,11 +307,8 @@ def test_every_fusion_function_beats_zero_shot(task, tmp_path):
     zero = run_job(write({**with_(raw, tmp_path / "zs", method="zero_shot"),
                           "optim": {**raw["optim"], "max_steps": 1}}, tmp_path / "zs.yaml"))["metrics"]
     table = {"zero_shot": zero["target_mean_sdev"]}
-    for name, settings in {"add": {"fusion": "add"}, "mul": {"fusion": "mul"}, "add_relu": {"fusion": "add_relu"},
-                           "cross_attention": {"fusion": "cross_attention"},
-                           "flare_mt": {"method": "fusion_mt", "fusion": "add_relu"},
-                           "translate_train": {"method": "translate_train"},
-                           "input_fusion": {"method": "input_fusion"}}.items():
+    for name in ("add", "mul", "add_relu", "cross_attention"):   # the baselines' table: docs/flare.md
+        settings = {"fusion": name}
         out = tmp_path / name
         table[name] = run_job(write(with_(raw, out, **settings), tmp_path / f"{name}.yaml"))["metrics"][
             "target_mean_sdev"]

@@ -335,3 +335,26 @@ def test_data_section_passes_every_stream_option_to_the_reader(corpus):
     stream = StreamConfig(**cfg.stream_options())
     assert stream.model_dump(exclude={"epochs", "drop_last", "return_text"}) == cfg.model_dump(
         exclude={"files", "text_column"})
+
+
+def test_stage1_buckets_by_length_by_default_same_examples_less_padding(corpus, tokenizers):
+    """A stage-1 data section streams length-bucketed batches unless told not to: one epoch holds exactly the
+    examples (and texts) of the unbucketed epoch, in batches with fewer padded cells."""
+    docs, manifest = corpus
+    data = TextDataConfig(manifest=manifest, max_length=MAX_LENGTH, shuffle_window=16, pool_batches=3)
+    assert data.length_bucketing is None and data.stream_options()["length_bucketing"] is True
+    assert TextDataConfig(manifest=manifest, length_bucketing=False).stream_options()["length_bucketing"] is False
+
+    def epoch(bucketing: bool):
+        cfg = StreamConfig(**data.stream_options(), return_text=True, epochs=1).model_copy(
+            update={"length_bucketing": bucketing})
+        seen, padded = [], 0
+        for batch in StreamLoader(cfg, *tokenizers, batch_size=4, seed=0):
+            seen += [(d, c, t) for (d, c), t in zip(keys(batch), batch["text"])]
+            padded += int((batch["llm_attention_mask"] == 0).sum() + (batch["nllb_attention_mask"] == 0).sum())
+        return seen, padded
+
+    (bucketed, bucketed_pad), (plain, plain_pad) = epoch(True), epoch(False)
+    check_exact_cover(bucketed, docs)
+    assert sorted(bucketed) == sorted(plain)
+    assert bucketed_pad < plain_pad

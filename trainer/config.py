@@ -164,9 +164,15 @@ class TextDataConfig(StreamOptions):
                                                    "included. files: each view truncated; manifest: documents cut "
                                                    "into spans that fit both views, nothing truncated")
 
+    length_bucketing: bool | None = Field(None, description=(
+        "Sort each pool by length before cutting it into batches (less padding), then shuffle the batches; "
+        "null = on with data.manifest (stage 1's default; data.files keep their own order)"))
+
     def stream_options(self) -> dict[str, Any]:
-        """The settings of the streaming reader (`trainer.data.stream.StreamConfig` keys)."""
-        return self.model_dump(include={"manifest", "max_length", *StreamOptions.model_fields})
+        """The settings of the streaming reader (`trainer.data.stream.StreamConfig` keys); length bucketing on
+        unless the job turns it off."""
+        options = self.model_dump(include={"manifest", "max_length", *StreamOptions.model_fields})
+        return options | {"length_bucketing": options["length_bucketing"] is not False}
 
     @model_validator(mode="after")
     def _one_source(self) -> "TextDataConfig":
@@ -179,7 +185,7 @@ class TextDataConfig(StreamOptions):
         if self.manifest is None:
             # a dumped-and-reloaded config sets every field, so only a non-default value is a mistake
             streaming = sorted(name for name in set(StreamOptions.model_fields) - {"shuffle"}
-                               if getattr(self, name) != StreamOptions.model_fields[name].get_default())
+                               if getattr(self, name) != type(self).model_fields[name].get_default())
             if streaming:
                 raise ValueError(f"data.{streaming[0]}: a streaming option, used with data.manifest only "
                                  f"(data.files is read into memory)")

@@ -14,7 +14,7 @@
 DeepSpeed config: `engine.deepspeed` names a file in `ds_configs/` at the top of the checkout
 (zero2, zero3, zero3_offload; installed with the package as data) or gives a path. Its `"auto"` values are filled from the job
 (micro batch, accumulation, global batch, clipping, precision, AdamW
-hyper-parameters, `torch_adam` = no CUDA); an explicit value that contradicts the
+hyper-parameters, `torch_adam` = no fused Adam here: `fused_adam_ready`); an explicit value that contradicts the
 job is an error. Without a `"scheduler"` block the schedule is warm-up then
 linear decay (M1), passed to DeepSpeed as a torch LambdaLR.
 
@@ -83,6 +83,19 @@ def ds_config_path(name_or_path: str) -> Any:
                       f"({', '.join(sorted(shipped_ds_configs()))}) nor a JSON file")
 
 
+def fused_adam_ready() -> bool:
+    """DeepSpeed's fused CUDA Adam can run here: CUDA, and the op built ahead (DS_BUILD_FUSED_ADAM=1, as
+    docker/Dockerfile does) or nvcc and ninja to compile it on first use. Otherwise `torch_adam` ("auto")
+    is true: torch's AdamW, which is as fast for LoRA's few parameters, instead of a failed compile."""
+    if not torch.cuda.is_available():
+        return False
+    from deepspeed.git_version_info import installed_ops
+    if installed_ops.get("fused_adam"):
+        return True
+    from torch.utils.cpp_extension import CUDA_HOME, is_ninja_available
+    return CUDA_HOME is not None and Path(CUDA_HOME, "bin", "nvcc").exists() and is_ninja_available()
+
+
 def auto_values(job: JobBase, world_size: int) -> dict[str, Any]:
     """Dotted DeepSpeed key -> the value the job implies."""
     o = job.optim
@@ -97,7 +110,7 @@ def auto_values(job: JobBase, world_size: int) -> dict[str, Any]:
         "optimizer.params.lr": o.lr,
         "optimizer.params.betas": list(o.betas),
         "optimizer.params.weight_decay": o.weight_decay,
-        "optimizer.params.torch_adam": not torch.cuda.is_available(),
+        "optimizer.params.torch_adam": not fused_adam_ready(),
         "scheduler.params.warmup_min_lr": 0.0,
         "scheduler.params.warmup_max_lr": o.lr,
         "scheduler.params.warmup_num_steps": o.warmup_steps,

@@ -37,7 +37,7 @@ def run(r: Run) -> dict:
                            world_size=engine.world_size)
 
     def fit(batch: dict, sums: Sums):
-        sums.count_tokens(float(batch["attention_mask"].sum()))
+        sums.count_tokens(batch["attention_mask"].sum())
         return loss(engine(**batch), batch)
 
     predict = lambda batch: engine(**engine.to_device(batch)).logits  # noqa: E731

@@ -44,7 +44,7 @@ def run(r: Run) -> dict:
                            rank=engine.rank, world_size=engine.world_size)
 
     def fit(batch: dict, sums: Sums):
-        sums.count_tokens(float(batch["attention_mask"].sum()))
+        sums.count_tokens(batch["attention_mask"].sum())
         return classification_loss(engine(**batch).logits, batch["labels"])
 
     def measure(step: int) -> Sums:   # zero_shot: the same batches, no update
