@@ -324,13 +324,13 @@ def test_two_zero3_ranks_give_the_one_rank_losses(task, tmp_path):
     for nproc, accum in ((1, 2), (2, 1)):
         job = {**with_(raw, tmp_path / f"r{nproc}", method="fusion", fusion="cross_attention"),
                "engine": {"deepspeed": "zero3"},
-               "optim": {**raw["optim"], "max_steps": 6, "micro_batch_size": 8, "grad_accum": accum},
-               "task": {**raw["task"], "eval_every": 0, "max_eval_examples": 16}}
+               "optim": {**raw["optim"], "max_steps": 4, "micro_batch_size": 8, "grad_accum": accum},
+               "task": {**raw["task"], "eval_every": 0, "max_eval_examples": 8}}
         path = tmp_path / f"r{nproc}.yaml"
         path.write_text(yaml.safe_dump(job))
         ok(launch(path, nproc))
         losses[nproc] = [row["loss"] for row in step_rows(tmp_path / f"r{nproc}")]
-    assert len(losses[1]) == 6
+    assert len(losses[1]) == 4
     torch.testing.assert_close(torch.tensor(losses[2]), torch.tensor(losses[1]), rtol=1e-5, atol=1e-6)
 
 
