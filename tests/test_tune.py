@@ -207,7 +207,7 @@ def test_export_adapter_uploads_no_frozen_weight(asha_run, tiny_cache):
     frozen = sum(p.numel() * p.element_size() for p in model.parameters() if not p.requires_grad)
     assert sum(uploaded.values()) <= 2 * trainable + 64 * 1024 < frozen, (uploaded, trainable, frozen)
     local = Path(finished.data.params["output_dir"]) / "export"
-    adapter = load_file(str(local / "adapter" / "adapter_model.safetensors"))   # gathered from ZeRO-3 partitions
+    adapter = load_file(str(local / "adapter" / "adapter_model.safetensors"))   # gathered from the ZeRO partitions
     exported = load_file(str(local / "trainable.safetensors"))
     assert adapter and all(t.numel() > 0 for t in adapter.values())
     for name, tensor in adapter.items():   # PEFT drops the adapter's name: lora_A.weight is lora_A.default.weight
