@@ -117,6 +117,7 @@ def dev_test_hooks(r: Run, collate: Callable[[list], dict], predict: Callable[[d
             history.parent.mkdir(parents=True, exist_ok=True)
             with history.open("a") as f:
                 f.write(json.dumps({"step": done, **scores}) + "\n")
+        distributed.barrier()   # every rank reads the history at the end: rank 0's row must be on disk first
         return scores
 
     def fresh() -> dict[str, float]:
