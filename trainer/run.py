@@ -110,6 +110,9 @@ def _run(job: JobBase, out: Path, config_yaml: str, checkpoints: Checkpointer, b
         tracker.end("FAILED")
         raise
     tracker.end()
+    # every rank leaves together: a rank that tears its process group down while rank 0 still exports and
+    # closes the MLflow run can abort at exit (gloo: "terminate called without an active exception")
+    distributed.barrier()
     summary["run_id"] = tracker.run_id
     summary["resumed_from"] = str(checkpoints.resume_from) if checkpoints.resume_from else None
     return summary
