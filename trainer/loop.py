@@ -72,21 +72,24 @@ def global_micro_batch(run: Run, step: int, j: int) -> int:
     return (step * run.job.optim.grad_accum + j) * run.engine.world_size + run.engine.rank
 
 
-def accumulate(run: "Run", batches, forward: Callable[[dict, "Sums"], torch.Tensor]) -> "Sums":
+def accumulate(run: "Run", batches, forward: Callable[[dict, "Sums"], torch.Tensor], update: bool = True) -> "Sums":
     """One optimizer step over `optim.grad_accum` micro-batches of `batches` -> this rank's `Sums`.
 
     Each micro-batch is moved to the device and the RNG re-seeded from its global index
     (`batches.last_index`); `forward(batch, sums)` returns its loss (and may add metrics to `sums`);
     the loss is back-propagated, the engine steps (an optimizer step at the accumulation boundary)
     and the loss is summed under `loss` on the device (no host sync: `Sums.reduce` reads the step once).
+    `update=False` only measures: the same micro-batches under no grad, no backward, no step.
     """
     sums = Sums()
     for _ in range(run.job.optim.grad_accum):
         batch = run.engine.to_device(next(batches))
         seed_micro_batch(run.job.seed, batches.last_index)
-        loss = forward(batch, sums)
-        run.engine.backward(loss)
-        run.engine.step()
+        with torch.set_grad_enabled(update and torch.is_grad_enabled()):
+            loss = forward(batch, sums)
+        if update:
+            run.engine.backward(loss)
+            run.engine.step()
         sums.add("loss", loss)
     return sums
 

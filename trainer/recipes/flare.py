@@ -16,8 +16,6 @@ The source language itself is scored with English as both sides.
 
 from __future__ import annotations
 
-import torch
-
 from trainer.config import ConfigError, FlareJob
 from trainer.data.batches import MicroBatches
 from trainer.data.benchmarks import BENCHMARKS
@@ -47,14 +45,8 @@ def run(r: Run) -> dict:
         sums.count_tokens(batch["attention_mask"].sum())
         return classification_loss(engine(**batch).logits, batch["labels"])
 
-    def measure(step: int) -> Sums:   # zero_shot: the same batches, no update
-        sums = Sums()
-        with torch.no_grad():
-            for _ in range(job.optim.grad_accum):
-                sums.add("loss", fit(engine.to_device(next(batches)), sums).item())
-        return sums
-
-    step = measure if method == "zero_shot" else (lambda step: accumulate(r, batches, fit))
+    update = method != "zero_shot"   # zero_shot: the same batches, measured only
+    step = lambda step: accumulate(r, batches, fit, update=update)  # noqa: E731
     predict = lambda batch: engine(**engine.to_device(batch)).logits  # noqa: E731
     return train(r, model, batches, step, tasks.dev_test_hooks(r, collate, predict, sets=evaluation_pairs(job)))
 
