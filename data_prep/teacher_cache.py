@@ -1,9 +1,16 @@
-"""Build MT-LLM stage 2's teacher cache ahead of the run: `python -m data_prep.teacher_cache JOB.yaml [key=value ...]`.
+"""Build a teacher cache ahead of the run: `python -m data_prep.teacher_cache JOB.yaml [key=value ...]`.
 
-JOB.yaml is a `stage2` job: its `model.task_export` (the fine-tuned teacher), `task` (the training
-examples) and `teacher_cache` (the folder; default OUTPUT_DIR/teacher_cache). The cache holds the
-teacher's pooled vector of every training example with its id; a stage2 run reuses it when it
-matches the teacher and the data (needed under ZeRO-3, where the run cannot load the teacher itself).
+A `stage1` job: the frozen teacher's pooled vector of every text chunk of `data` (the manifest's
+shards, or `data.files`), written to the job's `teacher_cache` folder, one part per text shard
+(`trainer.data.teacher_targets`). `--shards A:B` computes only shards A..B-1, so several processes
+(one per GPU: `CUDA_VISIBLE_DEVICES=i ... --shards ...`) can share the work; every run of the
+same job writes the same meta.json. Stage-1 runs and sweep trials with `teacher_cache: FOLDER`
+then skip the teacher forward.
+
+A `stage2` job: its `model.task_export` (the fine-tuned teacher), `task` (the training examples) and
+`teacher_cache` (the folder; default OUTPUT_DIR/teacher_cache). The cache holds the teacher's pooled
+vector of every training example with its id; a stage2 run reuses it when it matches the teacher
+and the data (needed under ZeRO-3, where the run cannot load the teacher itself).
 """
 
 from __future__ import annotations
@@ -20,14 +27,20 @@ from trainer.errors import UserError, report
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m data_prep.teacher_cache", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("job", help="a stage2 job YAML")
+    parser.add_argument("job", help="a stage1 or stage2 job YAML")
     parser.add_argument("overrides", nargs="*", help="dotted overrides")
     parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda when there is one)")
+    parser.add_argument("--shards", default=None, metavar="A:B",
+                        help="stage1: compute text shards A..B-1 only (default: all)")
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="stage1: chunks per teacher forward (default: optim.micro_batch_size)")
     args = parser.parse_args(argv)
     try:
         job = load_job(args.job, args.overrides)
+        if job.recipe == "stage1":
+            return stage1(job, args)
         if job.recipe != "stage2":
-            raise ConfigError(f"{args.job}: recipe {job.recipe}; the teacher cache belongs to a stage2 job")
+            raise ConfigError(f"{args.job}: recipe {job.recipe}; a teacher cache belongs to a stage1 or stage2 job")
         from trainer.recipes import tasks   # torch and the models load only for a valid job
 
         start = time.perf_counter()
@@ -39,6 +52,25 @@ def main(argv: list[str] | None = None) -> int:
         return report(e)
     print(f"teacher cache: {len(cache.ids)} vectors of dimension {cache.vectors.shape[1]} in {folder} "
           f"({time.perf_counter() - start:.1f}s)")
+    return 0
+
+
+def stage1(job, args) -> int:
+    """Stage 1's teacher targets of the chosen text shards, into the job's `teacher_cache`."""
+    if not job.teacher_cache:
+        raise ConfigError("teacher_cache: set the folder the stage-1 teacher targets go to (teacher_cache=PATH)")
+    parts = None
+    if args.shards:
+        try:
+            first, _, end = args.shards.partition(":")
+            parts = range(int(first), int(end))
+        except ValueError:
+            raise ConfigError(f"--shards: {args.shards!r} is not A:B (e.g. 0:8)") from None
+    from trainer.recipes.stage1 import build_teacher_targets   # torch and the models load only for a valid job
+
+    start = time.perf_counter()
+    done = build_teacher_targets(job, job.teacher_cache, parts, args.device, args.batch_size)
+    print(f"teacher targets: {len(done)} text shard(s) in {job.teacher_cache} ({time.perf_counter() - start:.1f}s)")
     return 0
 
 

@@ -571,6 +571,11 @@ class Stage1Job(JobBase):
     recipe: Literal["stage1"] = Field(description="stage1: MT-LLM self-distillation (M1)")
     model: MTLLMConfig = Field(MTLLMConfig(), description="Encoder, projection, LLM and LoRA")
     data: TextDataConfig = Field(description="The English text (required)")
+    teacher_cache: str | None = Field(None, description=(
+        "Folder of precomputed teacher targets (python -m data_prep.teacher_cache JOB.yaml builds it): the "
+        "teacher forward is skipped and each chunk's pooled vector is read instead (METHODS M1: the frozen "
+        "teacher's targets are constant). It must match the LLM, its dtype, the pooling, the tokenizers, "
+        "max_length and the text, else the run fails naming the difference. null = the live teacher"))
 
 
 class AlignmentJob(JobBase):

@@ -218,11 +218,11 @@ class StreamDataset(IterableDataset):
         llm_ids, llm_mask = pad_batch([c.llm_ids for c in chunks], *self.pad["llm"])
         nllb_ids, nllb_mask = pad_batch([c.nllb_ids for c in chunks], *self.pad["nllb"])
         batch: dict[str, Any] = {"llm_input_ids": llm_ids, "llm_attention_mask": llm_mask,
-                                 "nllb_input_ids": nllb_ids, "nllb_attention_mask": nllb_mask}
+                                 "nllb_input_ids": nllb_ids, "nllb_attention_mask": nllb_mask,
+                                 "doc_index": torch.tensor([d for _, d, _, _ in items], dtype=torch.long),
+                                 "chunk_index": torch.tensor([j for _, _, j, _ in items], dtype=torch.long)}
         if self.cfg.return_text:
             batch["text"] = [c.text for c in chunks]
-            batch["doc_index"] = torch.tensor([d for _, d, _, _ in items], dtype=torch.long)
-            batch["chunk_index"] = torch.tensor([j for _, _, j, _ in items], dtype=torch.long)
         return batch
 
     def consumer_batches(self, consumer: int, state: dict | None, cache: _ShardCache) -> Iterator[tuple[dict, dict]]:
@@ -323,12 +323,13 @@ class StreamLoader:
 
     An iterator (`next(loader)`, `for batch in loader`) of dicts with `llm_input_ids`,
     `llm_attention_mask`, `nllb_input_ids`, `nllb_attention_mask` ([batch, seq] LongTensors,
-    seq = the longest in the batch per view, <= max_length), plus `text`, `doc_index`,
-    `chunk_index` with `cfg.return_text`. Endless unless `cfg.epochs` is set. After each batch
-    `last_index` is its global micro-batch index k (k % world_size == rank). `state_dict()`
-    describes the position after the last batch handed out; `load_state_dict()` on a new loader
-    (same config, manifest, seed, rank, world size, worker count) continues with the very next
-    batch. The same interface as `trainer.data.text.MicroBatches`.
+    seq = the longest in the batch per view, <= max_length), `doc_index` and `chunk_index` ([batch]: each
+    span's global document id and its index among the document's spans: the teacher cache's keys), plus
+    `text` with `cfg.return_text`. Endless unless `cfg.epochs` is set. After each batch `last_index`
+    is its global micro-batch index k (k % world_size == rank). `state_dict()` describes the position
+    after the last batch handed out; `load_state_dict()` on a new loader (same config, manifest, seed,
+    rank, world size, worker count) continues with the very next batch. The same interface as
+    `trainer.data.text.MicroBatches`.
     """
 
     def __init__(self, cfg: StreamConfig, llm_tokenizer: PreTrainedTokenizerBase,

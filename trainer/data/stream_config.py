@@ -43,8 +43,8 @@ class StreamConfig(StreamOptions):
                                                "batch_size - 1 chunks per consumer per epoch)")
     epochs: int | None = Field(None, gt=0, description="Stop after this many epochs; null streams forever "
                                                        "(epoch e+1 reshuffles with seed and epoch)")
-    return_text: bool = Field(False, description="Add text (list of spans), doc_index and chunk_index ([batch] "
-                                                 "LongTensors) to each batch, for tests and debugging")
+    return_text: bool = Field(False, description="Add text (the list of spans) to each batch, for tests and "
+                                                 "debugging")
 
     def sequence_key(self) -> dict[str, Any]:
         """The settings that determine the batch sequence (a resume state must match them)."""

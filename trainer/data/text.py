@@ -14,17 +14,26 @@ that fit both views). Both hand out global micro-batch k to rank k % world_size.
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Callable
 from pathlib import Path
 
 import datasets
+import numpy as np
 import torch
 from transformers import PreTrainedTokenizerBase
 
 from trainer.config import TextDataConfig
 from trainer.data.batches import MicroBatches
+from trainer.data.chunking import DualChunker
 from trainer.data.files import expand_files
+from trainer.data.shards import load_manifest, read_shard_texts
 from trainer.data.stream import StreamConfig, StreamLoader
+from trainer.data.teacher_targets import Part
 from trainer.errors import DataError
+from trainer.fsutil import sha256_file
+
+ROW_COLUMN = "_row"   # data.files: each row's index, the teacher cache's document id
 
 
 def load_text_dataset(cfg: TextDataConfig) -> datasets.Dataset:
@@ -69,8 +78,12 @@ class DualViewCollator:
                                  return_tensors="pt")
         nllb = self.nllb_tokenizer(texts, padding=True, truncation=True, max_length=self.max_length,
                                    return_tensors="pt")
-        return {"llm_input_ids": llm["input_ids"], "llm_attention_mask": llm["attention_mask"],
-                "nllb_input_ids": nllb["input_ids"], "nllb_attention_mask": nllb["attention_mask"]}
+        batch = {"llm_input_ids": llm["input_ids"], "llm_attention_mask": llm["attention_mask"],
+                 "nllb_input_ids": nllb["input_ids"], "nllb_attention_mask": nllb["attention_mask"]}
+        if ROW_COLUMN in rows[0]:   # the teacher cache's keys: the row is the document, one chunk each
+            batch["doc_index"] = torch.tensor([row[ROW_COLUMN] for row in rows], dtype=torch.long)
+            batch["chunk_index"] = torch.zeros(len(rows), dtype=torch.long)
+        return batch
 
 
 def text_batches(cfg: TextDataConfig, micro_batch_size: int, llm_tokenizer: PreTrainedTokenizerBase,
@@ -88,5 +101,47 @@ def text_batches(cfg: TextDataConfig, micro_batch_size: int, llm_tokenizer: PreT
         return StreamLoader(StreamConfig(**cfg.stream_options()), llm_tokenizer, nllb_tokenizer, micro_batch_size,
                             rank=rank, world_size=world_size, seed=seed)
     collate = DualViewCollator(llm_tokenizer, nllb_tokenizer, cfg.max_length, cfg.text_column)
-    return MicroBatches(load_text_dataset(cfg), micro_batch_size, collate, seed=seed, shuffle=cfg.shuffle,
+    dataset = load_text_dataset(cfg)
+    dataset = dataset.add_column(ROW_COLUMN, list(range(len(dataset))))
+    return MicroBatches(dataset, micro_batch_size, collate, seed=seed, shuffle=cfg.shuffle,
                         rank=rank, world_size=world_size)
+
+
+def text_identity(cfg: TextDataConfig) -> str:
+    """What the text is, for the teacher cache's fingerprint: the manifest's shard-list hash, or a hash of
+    the files' names and bytes (`data.files`)."""
+    if cfg.manifest is not None:
+        return f"manifest:{load_manifest(cfg.manifest).fingerprint()}"
+    digest = hashlib.sha256()
+    for path in expand_files(cfg.files):
+        digest.update(f"{Path(path).name}:{sha256_file(path)};".encode())
+    return f"files:{digest.hexdigest()[:16]}:{cfg.text_column}"
+
+
+def teacher_chunks(cfg: TextDataConfig, llm_tokenizer: PreTrainedTokenizerBase,
+                   nllb_tokenizer: PreTrainedTokenizerBase) -> tuple[list[Part], Callable[[int], list[list[np.ndarray]]]]:
+    """The text as the teacher cache stores it: its parts, and `llm_ids(part)` -> per document of the part,
+    the LLM view ([n] int64 ids, special tokens included) of each of its chunks.
+
+    `data.manifest`: part i = shard i, chunked by `DualChunker` exactly as the stream cuts it (so both
+    tokenizers matter). `data.files`: one part, each row one chunk, truncated at max_length as
+    `DualViewCollator` does.
+    """
+    if cfg.manifest is not None:
+        manifest = load_manifest(cfg.manifest)
+        firsts = np.concatenate([[0], np.cumsum([s.rows for s in manifest.shards], dtype=np.int64)])
+        parts = [Part(int(firsts[i]), s.rows) for i, s in enumerate(manifest.shards)]
+        chunker = DualChunker(llm_tokenizer, nllb_tokenizer, cfg.max_length)
+
+        def shard_ids(part: int) -> list[list[np.ndarray]]:
+            texts = read_shard_texts(manifest, part, cfg.verify_checksums)
+            return [[c.llm_ids for c in chunks] for chunks in chunker.chunk_documents(texts)]
+
+        return parts, shard_ids
+    texts = list(load_text_dataset(cfg)[cfg.text_column])
+
+    def row_ids(part: int) -> list[list[np.ndarray]]:
+        encoded = llm_tokenizer(texts, truncation=True, max_length=cfg.max_length)["input_ids"]
+        return [[np.asarray(ids, dtype=np.int64)] for ids in encoded]
+
+    return [Part(0, len(texts))], row_ids

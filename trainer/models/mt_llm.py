@@ -87,8 +87,14 @@ class MTLLM(nn.Module):
         return pool(out.last_hidden_state, llm_attention_mask, self.pooling)
 
     def forward(self, llm_input_ids: torch.Tensor, llm_attention_mask: torch.Tensor,
-                nllb_input_ids: torch.Tensor, nllb_attention_mask: torch.Tensor, **_) -> Stage1Output:
-        teacher = self.teacher(llm_input_ids, llm_attention_mask)
+                nllb_input_ids: torch.Tensor, nllb_attention_mask: torch.Tensor,
+                teacher_targets: torch.Tensor | None = None, **_) -> Stage1Output:
+        """Both pooled vectors; `teacher_targets` [batch, d_llm] (stage 1's teacher cache) replaces the teacher
+        forward."""
+        if teacher_targets is not None:
+            teacher = teacher_targets.float()
+        else:
+            teacher = self.teacher(llm_input_ids, llm_attention_mask)
         student = self.student(nllb_input_ids, nllb_attention_mask)
         return Stage1Output(teacher=teacher, student=student)
 
