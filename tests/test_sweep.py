@@ -5,7 +5,7 @@ import yaml
 
 from trainer.config import ConfigError, JobConfig, validate
 from trainer.sweep import grid_points, load_sweep
-from trainer.tune import format_table, param_space, trial_job, trial_tags
+from trainer.tune import format_table, param_space, process_group_timeout, trial_job, trial_tags
 
 JOB = {"recipe": "stage1", "data": {"files": ["x.jsonl"]}, "optim": {"max_steps": 10}}
 
@@ -68,6 +68,10 @@ def test_trial_job_applies_settings_subset_and_child_run_tags(tmp_path):
     assert tags == {"sweep": "t", "subset": "s1", "languages": "a.jsonl,b.jsonl", "subset_heuristic": "random",
                     "subset_size": "2", "subset_seed": "17", "setting.optim.lr": "0.01"}
     assert job.tracking.tags == tags
+    # the trial's process group (made by Ray's TorchConfig) waits as long as the job's engine says
+    assert process_group_timeout(raw) == 3600
+    raw["engine"] = {**raw.get("engine", {}), "timeout_minutes": 90}
+    assert process_group_timeout(raw) == 5400
 
 
 def test_summary_table_formats_every_column():

@@ -210,7 +210,7 @@ def run_trial(trial_config: dict[str, Any], ctx: TrialContext) -> None:
         train_loop_config={"raw": raw, "workdir": ctx.workdir, "crash_at_step": ctx.crash_at_step,
                            "crash_loses_disk": ctx.crash_loses_disk},
         scaling_config=ScalingConfig(num_workers=res.workers, use_gpu=use_gpu, resources_per_worker=resources),
-        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
+        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo", timeout_s=process_group_timeout(raw)),
         run_config=RunConfig(name=f"train-{trial_name}", storage_path=storage_root(sweep, Path(ctx.sweep_dir)),
                              checkpoint_config=CheckpointConfig(num_to_keep=2),   # the newest two in storage
                              callbacks=[TuneReportCallback()],
@@ -218,6 +218,12 @@ def run_trial(trial_config: dict[str, Any], ctx: TrialContext) -> None:
                              failure_config=FailureConfig(max_failures=sweep.config.max_failures)),
     )
     trainer.fit()
+
+
+def process_group_timeout(raw: dict) -> int:
+    """The trial job's `engine.timeout_minutes` in seconds: Ray's TorchConfig makes the process group, so the
+    timeout that lets the slowest rank save a checkpoint must reach it (Ray's own default is 30 minutes)."""
+    return round(validate(raw, JobConfig, source="trial job").engine.timeout_minutes * 60)
 
 
 def storage_root(sweep: Sweep, sweep_dir: Path) -> str:
