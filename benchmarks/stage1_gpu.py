@@ -18,7 +18,9 @@ What it does:
    memory, seconds per step and the ratio to the baseline row measured in the same run.
 
 Rows (one change each from the baseline: ZeRO-2, sdpa, activation checkpointing on, micro-batch 8):
-`zero3`, `flash_attention_2`, `no_checkpointing`, `micro_batch_16`, `micro_batch_32`. A row whose requirement
+`zero3`, `flash_attention_2`, `no_checkpointing`, `micro_batch_16`, `micro_batch_32`, `teacher_cache` (the
+batches carry teacher targets, as `teacher_cache: FOLDER` makes them: no teacher forward; the host-side
+lookup from the memory-mapped cache is not timed). A row whose requirement
 is missing prints `skipped: reason` (no CUDA, flash-attn not installed); a row that runs out of memory says so.
 On GPUs each row runs in its own process (`--gpus N`: under torchrun), so one row's memory or ZeRO-3 state
 cannot leak into the next. On one GPU, ZeRO-3 vs ZeRO-2 shows ZeRO-3's bookkeeping only; its gathers cost
@@ -70,10 +72,11 @@ class Setting:
     attn: str = "sdpa"
     checkpointing: bool = True
     micro_batch: int = 8
+    teacher_cache: bool = False   # teacher targets come with the batch (stage 1's `teacher_cache`)
 
     def describe(self) -> str:
         return (f"ZeRO-{self.deepspeed[4:]}, {self.attn}, checkpointing {'on' if self.checkpointing else 'off'}, "
-                f"micro-batch {self.micro_batch}")
+                f"micro-batch {self.micro_batch}" + (", teacher cache" if self.teacher_cache else ""))
 
 
 BASELINE = Setting("baseline")
@@ -81,7 +84,8 @@ ROWS = [BASELINE, replace(BASELINE, name="zero3", deepspeed="zero3"),
         replace(BASELINE, name="flash_attention_2", attn="flash_attention_2"),
         replace(BASELINE, name="no_checkpointing", checkpointing=False),
         replace(BASELINE, name="micro_batch_16", micro_batch=16),
-        replace(BASELINE, name="micro_batch_32", micro_batch=32)]
+        replace(BASELINE, name="micro_batch_32", micro_batch=32),
+        replace(BASELINE, name="teacher_cache", teacher_cache=True)]
 
 
 # --- models ------------------------------------------------------------------------------------------
@@ -136,13 +140,16 @@ class SyntheticBatches:
     """
 
     def __init__(self, micro_batch: int, seq: int, llm_vocab: int, nllb_vocab: int, rank: int = 0,
-                 world_size: int = 1, distinct: int = 4):
+                 world_size: int = 1, distinct: int = 4, teacher_dim: int | None = None):
         g = torch.Generator().manual_seed(rank)
         mask = torch.ones(micro_batch, seq, dtype=torch.long)
         self.batches = [{"llm_input_ids": torch.randint(3, llm_vocab, (micro_batch, seq), generator=g),
                          "llm_attention_mask": mask,
                          "nllb_input_ids": torch.randint(3, nllb_vocab, (micro_batch, seq), generator=g),
                          "nllb_attention_mask": mask} for _ in range(distinct)]
+        if teacher_dim:   # what `WithTeacherTargets` adds: fp32 targets, so the step skips the teacher forward
+            for batch in self.batches:
+                batch["teacher_targets"] = torch.randn(micro_batch, teacher_dim, generator=g)
         self.rank, self.world_size, self.count = rank, world_size, 0
         self.last_index = -1
 
@@ -227,7 +234,8 @@ def measure(setting: Setting, llm_dir: Path, nllb_dir: Path, args) -> dict:
             model = build_mt_llm(resolve_dtypes(job).model).train()
             engine.prepare(model)
             batches = SyntheticBatches(setting.micro_batch, args.seq, model.llm.config.vocab_size,
-                                       model.encoder.config.vocab_size, engine.rank, engine.world_size)
+                                       model.encoder.config.vocab_size, engine.rank, engine.world_size,
+                                       teacher_dim=model.llm.config.hidden_size if setting.teacher_cache else None)
             step = stage1.step_function(Run(job, engine, tracker=None, checkpoints=None), batches)
             for i in range(args.warmup):
                 step(i).reduce(engine)
@@ -237,7 +245,8 @@ def measure(setting: Setting, llm_dir: Path, nllb_dir: Path, args) -> dict:
                 llm_tokens, loss = llm_tokens + tokens[LLM_TOKENS], means["loss"]
             seconds = time.perf_counter() - start
             world = engine.world_size
-            flops = model_flops(model, llm_tokens, llm_tokens, llm_tokens, args.seq, args.seq) / world
+            teacher_tokens = 0.0 if setting.teacher_cache else llm_tokens    # a cached teacher costs no FLOPs
+            flops = model_flops(model, teacher_tokens, llm_tokens, llm_tokens, args.seq, args.seq) / world
             peak = peak_flops(torch.cuda.get_device_name() if cuda else "cpu", args.peak_tflops)
             row = {"row": setting.name, "setting": setting.describe(), "gpus": world,
                    "llm_tokens_per_second_per_gpu": llm_tokens / seconds / world,

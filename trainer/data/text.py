@@ -118,8 +118,11 @@ def text_identity(cfg: TextDataConfig) -> str:
     return f"files:{digest.hexdigest()[:16]}:{cfg.text_column}"
 
 
+ChunkIds = Callable[[int], list[list[np.ndarray]]]   # part -> per document, each chunk's LLM ids
+
+
 def teacher_chunks(cfg: TextDataConfig, llm_tokenizer: PreTrainedTokenizerBase,
-                   nllb_tokenizer: PreTrainedTokenizerBase) -> tuple[list[Part], Callable[[int], list[list[np.ndarray]]]]:
+                   nllb_tokenizer: PreTrainedTokenizerBase) -> tuple[list[Part], ChunkIds]:
     """The text as the teacher cache stores it: its parts, and `llm_ids(part)` -> per document of the part,
     the LLM view ([n] int64 ids, special tokens included) of each of its chunks.
 
