@@ -1,6 +1,7 @@
 """Every file the demo jobs and the demo sweep read, generated (no downloads):
 
-    python -m data_prep.demo_data    # -> data/demo/{shards,parallel/{train,eval},task,task_dev,task_translated,tags,qa}
+    python -m data_prep.demo_data    # -> data/demo/{shards,parallel/{train,eval},task,task_dev,task_translated,tags,qa,
+                                     #               slots,mt}
 
 - `shards/`: stage 1's English shards and manifest (`data_prep.demo_text`);
 - `parallel/train`: 2,000 (English, X) pairs per demo language (seed 0);
@@ -11,7 +12,10 @@
   same ids): FLARE's stand-in for machine-translated training data (translate-train);
 - `tags/`: the generated tagging task (`topic_tags`: each word's concept role, IOB2), `train/` in English,
   `dev/` and `test/` per language;
-- `qa/`: the generated extractive QA task (`topic_qa`, SQuAD layout), the same three folders.
+- `qa/`: the generated extractive QA task (`topic_qa`, SQuAD layout), the same three folders;
+- `slots/`: the generated slot filling task (`topic_slots`, MASSIVE's format), `train/`, `dev/` and `test/`
+  in every language (M2 trains on several);
+- `mt/`: generated multi-way parallel sentences (`topic_mt`, FLORES+'s `id`/`text`), the same three folders.
 
 Each part is written to a temporary folder and renamed when complete, so an interrupted run
 leaves nothing half-written, and a part that exists is kept: re-running costs nothing. The
@@ -29,7 +33,8 @@ from data_prep.demo_text import write_demo_shards
 from data_prep.make_parallel_data import DEFAULT_LANGUAGES, write_parallel_data
 from data_prep.make_task_data import write_task_data
 from trainer.fsutil import temp_dir_beside
-from trainer.tiny.text import write_qa_files, write_tagging_files, write_task_files
+from trainer.tiny.text import (write_qa_files, write_sentence_files, write_slot_files, write_tagging_files,
+                               write_task_files)
 
 TRAIN_PAIRS, EVAL_SENTENCES, TASK_TRAIN, TASK_EVAL = 2000, 200, 2000, 200
 
@@ -45,12 +50,15 @@ def parts(languages: list[str]) -> dict[str, Callable[[Path], object]]:
         "task_translated": lambda out: write_task_files(out, languages, TASK_TRAIN, seed=0),
         "tags": lambda out: write_splits(out, write_tagging_files, languages),
         "qa": lambda out: write_splits(out, write_qa_files, languages),
+        "slots": lambda out: write_splits(out, write_slot_files, languages, train=["eng_Latn", *languages]),
+        "mt": lambda out: write_splits(out, write_sentence_files, languages, train=["eng_Latn", *languages]),
     }
 
 
-def write_splits(out: Path, write: Callable, languages: list[str]) -> None:
-    """A generated task's English `train/` and per-language `dev/` and `test/` folders of `{language}.jsonl`."""
-    write(out / "train", ["eng_Latn"], TASK_TRAIN, seed=0)
+def write_splits(out: Path, write: Callable, languages: list[str], train: list[str] | None = None) -> None:
+    """A generated task's `train/` (English, or the `train` languages) and per-language `dev/` and `test/` folders
+    of `{language}.jsonl`."""
+    write(out / "train", train or ["eng_Latn"], TASK_TRAIN, seed=0)
     write(out / "dev", ["eng_Latn", *languages], TASK_EVAL, seed=1)
     write(out / "test", ["eng_Latn", *languages], TASK_EVAL, seed=2)
 

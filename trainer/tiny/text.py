@@ -220,3 +220,44 @@ def write_tagging_files(out_dir: str | Path, languages: list[str], n: int, seed:
 def write_qa_files(out_dir: str | Path, languages: list[str], n: int, seed: int) -> dict[str, Path]:
     """`synthetic_qa` as `{lang}.jsonl` per language (the `topic_qa` benchmark's files)."""
     return _write_per_language(out_dir, languages, lambda lang: synthetic_qa(lang, n, seed))
+
+
+# --- the generated generative tasks (topic_slots, topic_mt; M2) ------------------------------------------
+
+SLOT_TYPES = {"SUBJ": "person", "OBJ": "object", "PLACE": "place", "TIME": "time"}   # concept role -> slot type
+
+
+def synthetic_slots(lang: str, n: int, seed: int) -> list[dict]:
+    """`n` utterances in MASSIVE's format ({"id", "locale", "utt", "annot_utt", "intent"}) in `lang`: the
+    subject, object, place and time concepts are slots (`[person : the farmer] sees [object : a red apple]`),
+    the verb is not; the intent is the verb's topic class. Lower case, no final stop, as MASSIVE's utterances;
+    Chinese-like scripts write the words without spaces (the annotation keeps spaces around brackets, as
+    MASSIVE's zh-CN does). The same seed gives translations across languages."""
+    join = "" if script_of(lang) == "Hans" else " "
+    rows = []
+    for i, concepts in enumerate(concept_sentences(n, seed)):
+        plain, annotated = [], []
+        for concept in concepts:
+            words = join.join(concept_words(concept, lang))
+            plain.append(words)
+            slot = SLOT_TYPES.get(CONCEPT_ROLES[concept])
+            annotated.append(f"[{slot} : {words}]" if slot else words)
+        rows.append({"id": str(i), "locale": lang, "utt": join.join(plain), "annot_utt": " ".join(annotated),
+                     "intent": LABEL_OF_VERB[concepts[1]]})
+    return rows
+
+
+def synthetic_sentences(lang: str, n: int, seed: int) -> list[dict]:
+    """`n` sentences in FLORES+'s layout ({"id", "text"}) in `lang`; sentence `id` k translates sentence k of every
+    other language with the same seed (multi-way parallel, as FLORES)."""
+    return [{"id": i, "text": render(concepts, lang)} for i, concepts in enumerate(concept_sentences(n, seed))]
+
+
+def write_slot_files(out_dir: str | Path, languages: list[str], n: int, seed: int) -> dict[str, Path]:
+    """`synthetic_slots` as `{lang}.jsonl` per language (the `topic_slots` benchmark's files)."""
+    return _write_per_language(out_dir, languages, lambda lang: synthetic_slots(lang, n, seed))
+
+
+def write_sentence_files(out_dir: str | Path, languages: list[str], n: int, seed: int) -> dict[str, Path]:
+    """`synthetic_sentences` as `{lang}.jsonl` per language (the `topic_mt` benchmark's files)."""
+    return _write_per_language(out_dir, languages, lambda lang: synthetic_sentences(lang, n, seed))
