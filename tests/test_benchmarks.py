@@ -100,7 +100,8 @@ def test_every_benchmark_states_its_task_and_label_count():
         "race": ("multiple_choice", 4),
         "indonli": ("nli", 3), "myanmar_xnli": ("nli", 3), "afrixnli": ("nli", 3), "udpos": ("pos", 17),
         "masakhapos": ("pos", 17), "wikiann": ("ner", 7), "masakhaner": ("ner", 9), "topic_tags": ("ner", 11),
-        "tydiqa": ("qa", 0), "topic_qa": ("qa", 0)}
+        "tydiqa": ("qa", 0), "topic_qa": ("qa", 0), "massive": ("slot_filling", 0), "flores": ("translation", 0),
+        "topic_slots": ("slot_filling", 0), "topic_mt": ("translation", 0)}
 
 
 # --- heads ----------------------------------------------------------------------------------------
