@@ -18,7 +18,7 @@ What it does:
    memory, seconds per step and the ratio to the baseline row measured in the same run.
 
 Rows (one change each from the baseline: ZeRO-2, sdpa, activation checkpointing on, micro-batch 8):
-`zero3`, `flash_attention_2`, `no_checkpointing`, `micro_batch_16`, `micro_batch_32`, `teacher_cache` (the
+`zero3`, `flash_attention_2`, `no_checkpointing`, `checkpoint_every_2nd`, `micro_batch_16`, `micro_batch_32`, `teacher_cache` (the
 batches carry teacher targets, as `teacher_cache: FOLDER` makes them: no teacher forward; the host-side
 lookup from the memory-mapped cache is not timed). A row whose requirement
 is missing prints `skipped: reason` (no CUDA, flash-attn not installed); a row that runs out of memory says so.
@@ -71,11 +71,14 @@ class Setting:
     deepspeed: str = "zero2"
     attn: str = "sdpa"
     checkpointing: bool = True
+    checkpoint_every: int = 1     # checkpoint every n-th block (model.llm.checkpoint_every_n_layers)
     micro_batch: int = 8
     teacher_cache: bool = False   # teacher targets come with the batch (stage 1's `teacher_cache`)
 
     def describe(self) -> str:
-        return (f"ZeRO-{self.deepspeed[4:]}, {self.attn}, checkpointing {'on' if self.checkpointing else 'off'}, "
+        checkpointing = ("off" if not self.checkpointing else "every block" if self.checkpoint_every == 1
+                         else f"every {self.checkpoint_every} blocks")
+        return (f"ZeRO-{self.deepspeed[4:]}, {self.attn}, checkpointing {checkpointing}, "
                 f"micro-batch {self.micro_batch}" + (", teacher cache" if self.teacher_cache else ""))
 
 
@@ -83,6 +86,7 @@ BASELINE = Setting("baseline")
 ROWS = [BASELINE, replace(BASELINE, name="zero3", deepspeed="zero3"),
         replace(BASELINE, name="flash_attention_2", attn="flash_attention_2"),
         replace(BASELINE, name="no_checkpointing", checkpointing=False),
+        replace(BASELINE, name="checkpoint_every_2nd", checkpoint_every=2),
         replace(BASELINE, name="micro_batch_16", micro_batch=16),
         replace(BASELINE, name="micro_batch_32", micro_batch=32),
         replace(BASELINE, name="teacher_cache", teacher_cache=True)]
@@ -170,7 +174,8 @@ def stage1_job(llm_dir: Path, nllb_dir: Path, setting: Setting, seq: int, out: P
     return validate({
         "recipe": "stage1", "seed": 0, "output_dir": str(out),
         "model": {"llm": {"name_or_path": str(llm_dir), "dtype": dtype, "attn_implementation": setting.attn,
-                          "gradient_checkpointing": setting.checkpointing},
+                          "gradient_checkpointing": setting.checkpointing,
+                          "checkpoint_every_n_layers": setting.checkpoint_every},
                   "encoder": {"name_or_path": str(nllb_dir), "dtype": dtype},
                   "lora": {"r": 16, "alpha": 32, "dropout": 0.05}, "pooling": "mean"},
         "data": {"files": ["synthetic (benchmarks.stage1_gpu)"], "max_length": seq},

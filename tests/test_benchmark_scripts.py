@@ -39,7 +39,7 @@ def test_stage1_gpu_without_cuda_or_tiny_says_every_row_is_skipped(capsys):
     if __import__("torch").cuda.is_available():
         pytest.skip("a CUDA machine measures the rows")
     rows = main(["--rows", "baseline", "micro_batch_32"])
-    assert [r["row"] for r in rows] == ["baseline", "micro_batch_32"] and len(ROWS) == 7
+    assert [r["row"] for r in rows] == ["baseline", "micro_batch_32"] and len(ROWS) == 8
     assert all(r["skipped"].startswith("no CUDA") for r in rows)
 
 

@@ -167,8 +167,8 @@ def test_a_run_abandoned_before_its_first_checkpoint_is_closed_by_the_next_attem
 
 
 def test_activation_checkpointing_leaves_the_losses_unchanged(tmp_path, tiny_cache):
-    """Checkpointing on vs off, dropout on: the recomputed blocks replay the same masks, so every step's
-    loss and the exported weights agree."""
+    """Checkpointing off, on every block, on every 2nd block, dropout on: the recomputed blocks replay the same
+    masks, so every step's loss and the exported weights agree."""
     import json
 
     from safetensors.torch import load_file
@@ -178,9 +178,10 @@ def test_activation_checkpointing_leaves_the_losses_unchanged(tmp_path, tiny_cac
     docs = tmp_path / "docs.jsonl"
     docs.write_text("".join(json.dumps({"text": d}) + "\n" for d in english_documents(48, seed=4)))
     runs = {}
-    for flag in (False, True):
+    for flag, every in ((False, 1), (True, 1), ("every_2", 2)):
         raw = {"recipe": "stage1", "seed": 1, "output_dir": str(tmp_path / f"ckpt_{flag}"),
-               "model": {"llm": {"name_or_path": "tiny:llama", "gradient_checkpointing": flag},
+               "model": {"llm": {"name_or_path": "tiny:llama", "gradient_checkpointing": bool(flag),
+                                 "checkpoint_every_n_layers": every},
                          "encoder": {"name_or_path": "tiny:nllb"}, "lora": {"r": 4, "alpha": 8, "dropout": 0.1},
                          "cache_dir": tiny_cache},
                "data": {"files": [str(docs)], "max_length": 32},
@@ -192,6 +193,7 @@ def test_activation_checkpointing_leaves_the_losses_unchanged(tmp_path, tiny_cac
         path.write_text(yaml.safe_dump(raw))
         runs[flag] = run_job(load_job(path))
     assert runs[True]["losses"] == pytest.approx(runs[False]["losses"], rel=1e-6)
+    assert runs["every_2"]["losses"] == pytest.approx(runs[False]["losses"], rel=1e-6)
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")   # tracking.log_export: false
     assert not client.list_artifacts(runs[True]["run_id"], "export")
     assert (Path(runs[True]["export_dir"]) / "trainable.safetensors").is_file()
@@ -206,7 +208,12 @@ def test_activation_checkpointing_leaves_the_losses_unchanged(tmp_path, tiny_cac
     from trainer.config import LLMConfig
     from trainer.models.loading import load_llm
 
-    assert load_llm(LLMConfig(name_or_path="tiny:llama", gradient_checkpointing=True), tiny_cache).is_gradient_checkpointing
-    assert not load_llm(LLMConfig(name_or_path="tiny:llama"), tiny_cache).is_gradient_checkpointing
+    def checkpointed_blocks(**llm) -> list[bool]:
+        model = load_llm(LLMConfig(name_or_path="tiny:llama", **llm), tiny_cache)
+        return [block.gradient_checkpointing for block in model.layers]
+
+    assert checkpointed_blocks() == [False] * 4                        # tiny:llama has 4 blocks
+    assert checkpointed_blocks(gradient_checkpointing=True) == [True] * 4
+    assert checkpointed_blocks(gradient_checkpointing=True, checkpoint_every_n_layers=2) == [True, False] * 2
     on, off = (load_file(str(Path(runs[f]["export_dir"]) / "trainable.safetensors")) for f in (True, False))
     assert on.keys() == off.keys() and all(torch.allclose(on[k], off[k], rtol=1e-5, atol=1e-7) for k in on)

@@ -48,6 +48,10 @@ class LLMConfig(Section):
         "Activation checkpointing: keep only each block's input and recompute the block in the backward pass "
         "(transformers' non-reentrant checkpointing; dropout masks are replayed, so losses are unchanged). "
         "Memory for compute: what lets an 8B model train at 32 x 512 tokens per micro-batch"))
+    checkpoint_every_n_layers: int = Field(1, gt=0, description=(
+        "With gradient_checkpointing: checkpoint every n-th block only (transformers' every_n_layers); the "
+        "others keep their activations. 1 = every block (least memory); 2 = half the recomputation for about "
+        "half the saved memory back"))
 
 
 class EncoderConfig(Section):

@@ -141,7 +141,8 @@ def load_llm(cfg: LLMConfig, cache_dir: str = ".cache/tiny-models", causal_lm: b
     if cfg.gradient_checkpointing:
         # non-reentrant: gradients reach LoRA weights inside the checkpointed blocks even though the
         # frozen embeddings' outputs need no gradient (the reentrant variant would drop them)
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False},
+                                              every_n_layers=cfg.checkpoint_every_n_layers)
     return model
 
 
