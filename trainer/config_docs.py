@@ -8,6 +8,8 @@ type, default, meaning.
 
 - A field whose type is a model, or a model or null, is a section: a table of its own
   (an optional one says so). A model met again is referred to its first table.
+- A field whose type is a union of models (`trainer.config.section_by_key`: realign's `task` is a
+  benchmark's or task files') gets one table per member, under the same key.
 - A model inside another type (`list[str | HubSource]`, `dict[str, Axis]`) gets a table
   too, keyed `parallel.hub[]` or `search.<key>`.
 - Literal types list their allowed values; constraints (`> 0`, ...) follow the type.
@@ -69,6 +71,14 @@ def section_model(annotation: Any) -> tuple[type[BaseModel], bool] | None:
         if len(args) == 1 and _is_model(args[0]):
             return args[0], True
     return None
+
+
+def union_sections(annotation: Any) -> list[type[BaseModel]]:
+    """The members of a union of two or more models (each maybe `Annotated` with a pydantic `Tag`); else []."""
+    if not _is_union(annotation):
+        return []
+    members = [get_args(a)[0] if get_origin(a) is Annotated else a for a in get_args(annotation)]
+    return members if len(members) > 1 and all(_is_model(m) for m in members) else []
 
 
 def nested_models(annotation: Any, suffix: str = "") -> list[tuple[str, type[BaseModel]]]:
@@ -180,6 +190,12 @@ def walk(model: type[BaseModel], path: str = "", intro: list[str] | None = None,
             continue
         key = f"{path}.{name}" if path else name
         description = info.description or ""
+        members = union_sections(info.annotation)
+        if members:
+            names = " or ".join(f"`{m.__name__}`" for m in members)
+            subs += [(key, sub, [p for p in [description, f"One of {names}: this table is `{sub.__name__}`."] if p])
+                     for sub in members]
+            continue
         section = section_model(info.annotation)
         if section is not None:
             sub, optional = section

@@ -1,6 +1,6 @@
-"""What the task recipes (M1 `finetune`, `stage2`) share: benchmark examples, the dev/test evaluation every
-N% of steps with S-DEV / T-DEV selection (and translate-test, when `task.files.translate_test` names the
-target test sets translated to English), and stage 2's teacher cache.
+"""What the task recipes (M1 `finetune`, `stage2`; `flare`, and `realign` on a benchmark) share: benchmark
+examples, the dev/test evaluation every N% of steps with S-DEV / T-DEV selection (and translate-test, when
+`task.files.translate_test` names the target test sets translated to English), and stage 2's teacher cache.
 
 Choice: the test sets are scored at every evaluation step, so a selection reads its step's test
 scores instead of reloading a checkpoint (the same numbers, no extra checkpoints kept). Scores are
@@ -42,13 +42,14 @@ from trainer.models.weights import load_trainable
 from trainer.objectives.task import classification_loss, span_loss, token_classification_loss
 
 
-def examples(job, benchmark: str, language: str, split: str) -> list:
-    """`TaskExample`s of a benchmark's language and split, from `task.files` or the hub (eval sets capped).
+def examples(job, benchmark: str, language: str, split: str, files: dict[str, str] | None = None) -> list:
+    """`TaskExample`s of a benchmark's language and split, from `files` (default `task.files`: split -> template
+    with {language}) or the hub (eval sets capped at `task.max_eval_examples`).
 
     NER: the tags of `task.entity_types_as_o` are read as O (e.g. MasakhaNER's DATE when training on WikiANN).
     """
     t = job.task
-    template = t.files.get(split)
+    template = (t.files if files is None else files).get(split)
     rows = load_benchmark(benchmark, language, split, files=[template.format(language=language)] if template else None)
     rows = rows if split == "train" or not t.max_eval_examples else rows[:t.max_eval_examples]
     if t.entity_types_as_o:
@@ -74,6 +75,7 @@ def evaluation_sets(job) -> dict[str, dict[str, list]]:
 
     The source language's sets come from `task.train_benchmark` when `task.benchmark` lacks that language
     (WikiANN English for MasakhaNER, UDPOS English for MasakhaPOS); `task.files` templates apply all the same.
+    realign's `task.also_evaluate` benchmarks add their dev and test sets keyed `<benchmark>_<language>`.
     """
     t, langs = job.task, languages(job)
     source = (t.train_benchmark if t.train_benchmark and not has_language(t.benchmark, t.source_language)
@@ -85,6 +87,10 @@ def evaluation_sets(job) -> dict[str, dict[str, list]]:
         sets["translate_test"] = {lang: [replace(e, language=t.source_language)
                                          for e in examples(job, t.benchmark, lang, "translate_test")]
                                   for lang in langs if lang != t.source_language}
+    for extra in getattr(t, "also_evaluate", ()):
+        for split in ("validation", "test"):
+            sets[split] |= {f"{extra.benchmark}_{lang}": examples(job, extra.benchmark, lang, split, extra.files)
+                            for lang in extra.target_languages}
     return sets
 
 
@@ -95,11 +101,13 @@ def dev_test_hooks(r: Run, collate: Callable[[list], dict], predict: Callable[[d
 
     `predict(batch) -> scores [b, C]` scores a classification batch of `collate`; `scorer` (a
     `trainer.eval.task_scores` scorer: tagging, QA) replaces both. `before` adds metrics to the fresh
-    run's first row. `sets`: split -> language -> examples (default `evaluation_sets(job)`).
+    run's first row. `sets`: split -> language -> examples (default `evaluation_sets(job)`); every test set is
+    reported, the target mean is over `task.target_languages`.
     """
     job, engine, t = r.job, r.engine, r.job.task
-    benchmark, langs = BENCHMARKS[t.benchmark], languages(job)
+    benchmark = BENCHMARKS[t.benchmark]
     sets = sets if sets is not None else evaluation_sets(job)
+    langs, targets = list(sets["test"]), [lang for lang in languages(job) if lang != t.source_language]
     scorer = scorer or ClassificationScorer(predict, collate, benchmark.num_labels, METRICS[t.resolved_metric])
     history = r.out_dir / "eval" / "history.jsonl"
     every = max(1, round(t.eval_every * job.optim.max_steps)) if t.eval_every else job.optim.max_steps
@@ -128,22 +136,24 @@ def dev_test_hooks(r: Run, collate: Callable[[list], dict], predict: Callable[[d
     def at_end() -> dict[str, float]:
         if job.optim.max_steps % every:
             evaluate(job.optim.max_steps)
-        return select_and_report(r, history, t.source_language, langs, t.resolved_metric, scorer.extras)
+        return select_and_report(r, history, t.source_language, langs, t.resolved_metric, scorer.extras, targets)
 
     return Hooks(before=fresh, after_step=lambda done: evaluate(done) if done % every == 0 else {}, at_end=at_end)
 
 
-def task_head(r: Run, tokenizer, set_language: bool = False):
+def task_head(r: Run, tokenizer, set_language: bool = False, forward: Callable[[dict], object] | None = None):
     """(training collator, loss(output, batch), evaluation scorer) for the kind of task `task.benchmark` is.
 
     Classification and multiple choice: `TaskExampleCollator` (NLLB `src_lang` per batch with
     `set_language`), `classification_loss`, the default scorer (None). Tagging: `TaggingCollator`,
     `token_classification_loss`, `TaggingScorer`. QA: `QACollator` (windows of `task.max_length` tokens
     sharing `task.doc_stride`), `span_loss`, `QAScorer` (answers of at most `task.max_answer_length` tokens).
+    `forward(batch) -> output` runs the model in evaluation (default: the engine on the batch moved to the
+    device; realign's `AlignedModel` takes its mode first).
     """
     job, engine, t = r.job, r.engine, r.job.task
     task = BENCHMARKS[t.benchmark].task
-    forward = lambda batch: engine(**engine.to_device(batch))  # noqa: E731
+    forward = forward or (lambda batch: engine(**engine.to_device(batch)))
     if task in TAGGING:
         collate = TaggingCollator(tokenizer, t.max_length)
         scorer = TaggingScorer(lambda batch: forward(batch).logits, collate, tag_names(job), t.resolved_metric)
@@ -163,10 +173,11 @@ def task_head(r: Run, tokenizer, set_language: bool = False):
 
 
 def select_and_report(r: Run, history_path, source: str, languages: list[str], metric: str,
-                      extras: list[str] | tuple[str, ...] = ()) -> dict[str, float]:
+                      extras: list[str] | tuple[str, ...] = (), targets: list[str] | None = None) -> dict[str, float]:
     """S-DEV and T-DEV over the dev history -> per-language test scores, averages over the targets; the table
     (eval/task_test.csv) and a bar chart go to the run directory and MLflow. `extras`: further test scores in
-    the history (`test_<extra>_<lang>`, e.g. QA's exact match) reported at the steps the metric selects."""
+    the history (`test_<extra>_<lang>`, e.g. QA's exact match) reported at the steps the metric selects.
+    `targets`: the languages averaged into `target_mean_*` (default: every language but the source)."""
     rows = {}
     for line in history_path.read_text().splitlines():   # a step evaluated again after a resume: the last counts
         row = json.loads(line)
@@ -175,7 +186,7 @@ def select_and_report(r: Run, history_path, source: str, languages: list[str], m
     chosen = select_checkpoints(dev, source)
     s_dev = {lang: rows[chosen["s_dev"]][f"test_{lang}"] for lang in languages}
     t_dev = {lang: rows[chosen["t_dev"][lang]][f"test_{lang}"] for lang in languages}
-    targets = [lang for lang in languages if lang != source]
+    targets = [lang for lang in languages if lang != source] if targets is None else targets
     final = {f"test_sdev_{lang}": s_dev[lang] for lang in languages} | {f"test_tdev_{lang}": t_dev[lang]
                                                                         for lang in languages}
     extra = {(x, lang): (rows[chosen["s_dev"]][f"test_{x}_{lang}"], rows[chosen["t_dev"][lang]][f"test_{x}_{lang}"])
