@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Discriminator, Field, Tag, TypeAdapter, ValidationError, field_validator,
+                      model_validator)
 
 from trainer.data.parallel_config import ParallelDataConfig
 from trainer.data.stream_config import StreamOptions
@@ -40,6 +41,11 @@ class LLMConfig(Section):
         "float32 weights fails at start-up"))
     attn_implementation: Literal["auto", "flash_attention_2", "sdpa", "eager"] = Field(
         "auto", description="auto = flash_attention_2 if flash_attn imports and CUDA is present, else sdpa, else eager")
+    quantization: Literal["none", "nf4"] = Field("none", description=(
+        "nf4 = QLoRA, as the MT-LLM study trained: the frozen LLM loads in 4-bit NormalFloat with double "
+        "quantization through bitsandbytes, computing in `dtype`; LoRA stays in 16 bits. Needs a CUDA GPU and "
+        "bitsandbytes (the gpu extra) and ZeRO-2 or no ZeRO (4-bit weights cannot be partitioned); not yet "
+        "measured on a GPU (docs/benchmarks.md)"))
     bidirectional: bool = Field(False, description="LLM2Vec-style: every token attends to every non-pad token")
     padding_side: Literal["left", "right"] = Field(
         "right", description="Side the LLM tokenizer pads batches on; position ids are counted over real tokens "
@@ -209,6 +215,10 @@ class OptimConfig(Section):
     micro_batch_size: int = Field(8, gt=0, description="Examples per forward pass per process")
     grad_accum: int = Field(1, gt=0, description="Micro-batches per optimizer step")
     max_grad_norm: float | None = Field(1.0, gt=0, description="Gradient clipping; null turns it off")
+    optimizer: Literal["adamw", "adamw_8bit"] = Field("adamw", description=(
+        "adamw = DeepSpeed's AdamW (fused on CUDA when built); adamw_8bit = bitsandbytes' 8-bit AdamW, as the "
+        "MT-LLM study trained (moments in 8 bits: needs a CUDA GPU, bitsandbytes and checkpoint.portable: "
+        "false, since portable checkpoints store fp32 Adam moments)"))
 
     @model_validator(mode="after")
     def _warmup_within_run(self) -> "OptimConfig":
@@ -340,6 +350,17 @@ class PromptTaskConfig(TaskDataConfig):
         return self
 
 
+def known_benchmark(name: str | None) -> str | None:
+    """`name` when it is a benchmark of `trainer.data.benchmarks` (or None); else a ValueError with the closest one."""
+    from trainer.data.benchmarks import BENCHMARKS
+
+    if name is not None and name not in BENCHMARKS:
+        close = difflib.get_close_matches(name, list(BENCHMARKS), n=1)
+        raise ValueError(f"unknown benchmark {name!r}{f' (did you mean {close[0]}?)' if close else ''}; "
+                         f"choose one of {', '.join(BENCHMARKS)}")
+    return name
+
+
 class BenchmarkTaskConfig(Section):
     """A benchmark of `trainer.data.benchmarks`: English training data, dev and test sets per language."""
 
@@ -383,19 +404,16 @@ class BenchmarkTaskConfig(Section):
     @field_validator("benchmark", "train_benchmark")
     @classmethod
     def _known(cls, v: str | None) -> str | None:
-        from trainer.data.benchmarks import BENCHMARKS
-
-        if v is not None and v not in BENCHMARKS:
-            close = difflib.get_close_matches(v, list(BENCHMARKS), n=1)
-            raise ValueError(f"unknown benchmark {v!r}{f' (did you mean {close[0]}?)' if close else ''}; "
-                             f"choose one of {', '.join(BENCHMARKS)}")
-        return v
+        return known_benchmark(v)
 
     @model_validator(mode="after")
     def _fits_the_task(self) -> "BenchmarkTaskConfig":
-        from trainer.data.benchmarks import BENCHMARKS, QA, TAGGING
+        from trainer.data.benchmarks import BENCHMARKS, GENERATIVE, QA, TAGGING
 
         task, labels = BENCHMARKS[self.benchmark].task, BENCHMARKS[self.benchmark].labels
+        if task in GENERATIVE:
+            raise ValueError(f"task.benchmark: {self.benchmark!r} is generative ({task}); the align recipe trains it "
+                             f"(recipe: align with task.benchmark)")
         kind = "tagging" if task in TAGGING else "qa" if task in QA else "classification"
         allowed = {"classification": ("accuracy", "macro_f1"), "qa": ("squad_f1",),
                    "tagging": ("accuracy", "entity_f1") if task == "ner" else ("accuracy",)}[kind]
@@ -410,14 +428,21 @@ class BenchmarkTaskConfig(Section):
             if kind != "qa" and train.labels != labels[:len(train.labels)]:
                 raise ValueError(f"task.train_benchmark: {self.train_benchmark}'s labels {list(train.labels)} are "
                                  f"not the first of {self.benchmark}'s {list(labels)}")
-        types = {name.partition("-")[2] for name in labels if name != "O"}
+        types = {name.partition("-")[2] for scored in self.scored_benchmarks for name in BENCHMARKS[scored].labels
+                 if name != "O"}
         unknown = sorted(set(self.entity_types_as_o) - types) if task == "ner" else self.entity_types_as_o
         if unknown:
-            raise ValueError(f"task.entity_types_as_o: {unknown} are not entity types of {self.benchmark}"
+            raise ValueError(f"task.entity_types_as_o: {unknown} are not entity types of "
+                             f"{', '.join(self.scored_benchmarks)}"
                              f"{f' ({sorted(types)})' if task == 'ner' else ' (not an NER benchmark)'}")
         if kind == "qa" and self.resolved_doc_stride >= self.max_length:
             raise ValueError(f"task.doc_stride: {self.doc_stride} must be below task.max_length {self.max_length}")
         return self
+
+    @property
+    def scored_benchmarks(self) -> list[str]:
+        """The benchmarks whose dev and test sets are scored (realign adds `task.also_evaluate`'s)."""
+        return [self.benchmark]
 
     @property
     def resolved_doc_stride(self) -> int:
@@ -432,6 +457,86 @@ class BenchmarkTaskConfig(Section):
         if self.benchmark == "nusax_senti":
             return "macro_f1"
         return {"ner": "entity_f1", "qa": "squad_f1"}.get(BENCHMARKS[self.benchmark].task, "accuracy")
+
+
+class EvalBenchmarkConfig(Section):
+    """Another benchmark of the trained task, scored with the same model (realign): its dev and test sets per language,
+    reported as `<benchmark>_<language>` (e.g. `test_sdev_masakhapos_yor`)."""
+
+    benchmark: str = Field(description=(
+        "A benchmark of the same task as task.benchmark whose labels start with task.benchmark's (or whose extra "
+        "entity types are in task.entity_types_as_o), e.g. masakhapos beside udpos, masakhaner beside wikiann, "
+        "indonli, myanmar_xnli, afrixnli or americasnli beside xnli"))
+    target_languages: list[str] = Field(min_length=1, description=(
+        "Its languages evaluated zero-shot; FLORES codes or the benchmark's own codes"))
+    files: dict[Literal["validation", "test"], str] = Field(default_factory=dict, description=(
+        "Per split, a local file template with {language}; a split without one loads from the hub"))
+
+    @field_validator("benchmark")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        return known_benchmark(v)
+
+
+REALIGN_TASKS = ("nli", "sentiment", "classification", "pos", "ner")   # what realign's heads train
+
+
+class RealignTaskConfig(BenchmarkTaskConfig):
+    """realign (M3) on a benchmark (`task.benchmark` given): a classification head (NLI, sentiment) or a
+    token-classification head (POS, NER) trained on the source language after realignment; dev and test sets of
+    every target language (and of `task.also_evaluate`) scored at the end. Without `task.benchmark` the task
+    section is `TaskDataConfig`'s (generated task files)."""
+
+    eval_every: float = Field(0.0, ge=0, le=1, description=(
+        "Evaluate dev and test sets every this fraction of optim.max_steps; 0 = the final model only (the "
+        "realignment study reports the final model's test scores)"))
+    also_evaluate: list[EvalBenchmarkConfig] = Field(default_factory=list, description=(
+        "More benchmarks of the same task scored with the same model, e.g. MasakhaPOS beside UDPOS, or IndoNLI, "
+        "Myanmar-XNLI, AfriXNLI and AmericasNLI (out of distribution) beside XNLI"))
+
+    @property
+    def scored_benchmarks(self) -> list[str]:
+        return [self.benchmark, *(extra.benchmark for extra in self.also_evaluate)]
+
+    @model_validator(mode="after")
+    def _realign_trains_it(self) -> "RealignTaskConfig":
+        from trainer.data.benchmarks import BENCHMARKS
+
+        task, labels = BENCHMARKS[self.benchmark].task, BENCHMARKS[self.benchmark].labels
+        if task not in REALIGN_TASKS:
+            raise ValueError(f"task.benchmark: {self.benchmark!r} is {task}; realign trains classification (NLI, "
+                             f"sentiment, topic) and tagging (POS, NER) heads")
+        read_as_o = set(self.entity_types_as_o)
+        for i, extra in enumerate(self.also_evaluate):
+            other = BENCHMARKS[extra.benchmark]
+            beyond = [name for name in other.labels[len(labels):] if name.partition("-")[2] not in read_as_o]
+            where = f"task.also_evaluate.{i}.benchmark: {extra.benchmark}"
+            if other.task != task:
+                raise ValueError(f"{where} is {other.task}, {self.benchmark} (the trained head) is {task}")
+            if other.labels[:len(labels)] != labels:
+                raise ValueError(f"{where}'s labels {list(other.labels)} do not start with {self.benchmark}'s "
+                                 f"{list(labels)} (the trained head's)")
+            if beyond:
+                raise ValueError(f"{where}'s tags {beyond} are not in {self.benchmark}'s head: list their entity "
+                                 f"types in task.entity_types_as_o (read as O)")
+        return self
+
+
+SECTION_TAGS: dict[str, type[BaseModel]] = {}   # union tag -> section, for sections chosen by a key (`section_by_key`)
+
+
+def section_by_key(key: str, given: type[Section], absent: type[Section]) -> Any:
+    """A section whose schema is `given` when the mapping has `key`, else `absent` (e.g. realign's task: a benchmark
+    when `task.benchmark` is given, else task files). A pydantic union with a callable discriminator, tagged by class
+    name; `_describe` drops the tag from error paths, so errors name the keys as written."""
+    SECTION_TAGS.update({given.__name__: given, absent.__name__: absent})
+
+    def which(value: Any) -> str:
+        present = key in value if isinstance(value, dict) else isinstance(value, given)
+        return given.__name__ if present else absent.__name__
+
+    return Annotated[Union[Annotated[given, Tag(given.__name__)], Annotated[absent, Tag(absent.__name__)]],
+                     Discriminator(which)]
 
 
 class FlareTaskConfig(BenchmarkTaskConfig):
@@ -542,6 +647,97 @@ class EvalConfig(Section):
     batch_size: int = Field(32, gt=0, description="Sentences per forward pass in evaluation")
 
 
+class GenerativeTaskConfig(Section):
+    """align (M2) on a generative benchmark (`task.benchmark` given): causal LM on the study's prompt and answer,
+    greedy decoding at the end, scored per language (slot filling: MASSIVE's slot F1; translation: BLEU, chrF and
+    optionally COMET per direction). Without `task.benchmark` the task section is `PromptTaskConfig`'s."""
+
+    benchmark: str = Field(description=(
+        "Slot filling: massive (AmazonScience/massive), topic_slots (generated demo); translation: flores "
+        "(openlanguagedata/flores_plus: train and validation = dev, test = devtest), topic_mt (generated demo)"))
+    train_languages: list[str] = Field(min_length=1, description=(
+        "Languages of the training data (the study's MASSIVE setup: ar, en, es, ru, zh); translation: each is "
+        "paired with translation_pivot in translation_directions. Excluded from the zero-shot mean"))
+    eval_languages: list[str] = Field(default_factory=list, description=(
+        "Languages scored after training (training languages reported as source_<metric>, the others averaged "
+        "into zero_shot_<metric>); translation: every direction of each with translation_pivot"))
+    files: dict[Literal["train", "validation", "test"], str] = Field(default_factory=dict, description=(
+        "Per split, a local file template with {language} (the FLORES code), e.g. data/demo/slots/train/"
+        "{language}.jsonl, in the benchmark's format; a split without one loads from the hub"))
+    eval_split: Literal["validation", "test"] = Field("test", description="The split scored at the end")
+    max_length: int = Field(256, gt=0, description=(
+        "Tokens per training example, prompt and answer together (the prompt loses its beginning past it); "
+        "generation: prompt tokens"))
+    max_new_tokens: int = Field(128, gt=0, description=(
+        "Longest generated answer in tokens (the study: 128 for MASSIVE, 512 for translation)"))
+    eval_examples: int | None = Field(None, gt=0, description=(
+        "Score at most the first N examples per language (translation: N sentences per direction)"))
+    train_examples: int | None = Field(None, gt=0, description=(
+        "Train on at most the first N examples per training language (null: all)"))
+    system_prompt: str | None = Field(None, description=(
+        "Replaces the study's system prompt (translation: may use {source} and {target}, the language names); "
+        "null = the study's"))
+    chat_template: Literal["auto", "plain"] = Field("auto", description=(
+        "auto: the tokenizer's chat template when it has one (Llama 3 Instruct, the study's model), else the "
+        "plain format of trainer/data/prompts.py; plain: always the plain format"))
+    translation_pivot: str = Field("eng_Latn", description=(
+        "Translation: the language every other one is paired with (English in the study)"))
+    translation_directions: list[Literal["to_pivot", "from_pivot"]] = Field(
+        ["to_pivot", "from_pivot"], min_length=1, description=(
+            "Translation: X -> pivot (to_pivot) and/or pivot -> X (from_pivot), for training and scoring"))
+    comet_model: str | None = Field(None, description=(
+        "Translation: also score COMET with this model (e.g. Unbabel/wmt22-comet-da); needs unbabel-comet "
+        "installed (pip install unbabel-comet): the run stops before training without it. null = BLEU and chrF"))
+
+    @field_validator("benchmark")
+    @classmethod
+    def _generative(cls, v: str) -> str:
+        from trainer.data.benchmarks import BENCHMARKS, GENERATIVE
+
+        known_benchmark(v)
+        if BENCHMARKS[v].task not in GENERATIVE:
+            generative = [name for name, b in BENCHMARKS.items() if b.task in GENERATIVE]
+            raise ValueError(f"{v!r} is {BENCHMARKS[v].task}: align trains generative benchmarks "
+                             f"({', '.join(generative)}); for a classification task give task.train_files instead")
+        return v
+
+    @field_validator("train_languages", "eval_languages")
+    @classmethod
+    def _languages(cls, v: list[str], info) -> list[str]:
+        from trainer.data.benchmarks import BENCHMARKS
+
+        own = BENCHMARKS[info.data["benchmark"]].languages if "benchmark" in info.data else {}
+        own_codes = [code for code in v if code in own and "_" not in code]   # MASSIVE's locales (en-US)
+        return [own[code] if code in own_codes else language_table().flores(code, info.field_name) for code in v]
+
+    @field_validator("translation_pivot")
+    @classmethod
+    def _pivot(cls, v: str) -> str:
+        return language_table().flores(v, "translation_pivot")
+
+    @model_validator(mode="after")
+    def _languages_of_the_benchmark(self) -> "GenerativeTaskConfig":
+        from trainer.data.benchmarks import BENCHMARKS, has_language
+
+        for key in ("train_languages", "eval_languages"):
+            missing = [lang for lang in getattr(self, key) if not has_language(self.benchmark, lang)]
+            if missing:
+                raise ValueError(f"task.{key}: {missing} are not languages of {self.benchmark} "
+                                 f"({', '.join(sorted(BENCHMARKS[self.benchmark].languages.values()))})")
+        if self.is_translation and self.translation_pivot in self.train_languages:
+            raise ValueError(f"task.train_languages: {self.translation_pivot} is task.translation_pivot; list the "
+                             f"languages paired with it")
+        if not self.is_translation and self.comet_model:
+            raise ValueError(f"task.comet_model: COMET scores translation; {self.benchmark} is slot filling")
+        return self
+
+    @property
+    def is_translation(self) -> bool:
+        from trainer.data.benchmarks import BENCHMARKS
+
+        return BENCHMARKS[self.benchmark].task == "translation"
+
+
 # --- jobs ---------------------------------------------------------------------------------------
 
 class JobBase(Section):
@@ -567,6 +763,14 @@ class JobBase(Section):
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+    @model_validator(mode="after")
+    def _eight_bit_moments_are_not_portable(self) -> "JobBase":
+        if self.optim.optimizer == "adamw_8bit" and self.checkpoint.portable:
+            raise ValueError("optim.optimizer=adamw_8bit keeps 8-bit Adam moments, which checkpoint.portable (fp32 "
+                             "moments for resuming on another number of ranks) cannot hold: set "
+                             "checkpoint.portable: false")
+        return self
 
 
 class Stage1Job(JobBase):
@@ -601,6 +805,8 @@ class AlignmentJob(JobBase):
         if a.enabled and self.parallel is None:
             raise ValueError(f"parallel: required key is missing (recipe {self.recipe} with alignment.enabled "
                              f"trains on translation pairs: give parallel.files or parallel.hub)")
+        if not isinstance(self.task, TaskDataConfig):   # a benchmark names its own data
+            return self
         if a.task and not self.task.train_files:
             raise ValueError(f"task.train_files: recipe {self.recipe} with alignment.task needs labelled "
                              f"source-language data")
@@ -613,8 +819,11 @@ class AlignJob(AlignmentJob):
     """M2: task and alignment micro-batches alternate; the export is a task or an alignment adapter."""
 
     recipe: Literal["align"] = Field(description="align: task + middle-layer alignment (M2)")
-    task: PromptTaskConfig = Field(default_factory=PromptTaskConfig, description="The labelled task, as a prompt "
-                                                                                  "and an answer")
+    task: section_by_key("benchmark", GenerativeTaskConfig, PromptTaskConfig) = Field(
+        default_factory=PromptTaskConfig, description=(
+            "The task as a prompt and an answer: a generative benchmark (task.benchmark given: GenerativeTaskConfig, "
+            "slot filling or translation, greedy decoding, per-language scores) or labelled task files "
+            "(PromptTaskConfig: classification, evaluated by answer likelihood)"))
     alignment: AlignObjectiveConfig = Field(default_factory=AlignObjectiveConfig, description="The objectives")
 
 
@@ -622,7 +831,11 @@ class RealignJob(AlignmentJob):
     """M3: a realignment phase on a language subset, then task fine-tuning on English."""
 
     recipe: Literal["realign"] = Field(description="realign: realignment then task fine-tuning (M3)")
-    task: TaskDataConfig = Field(default_factory=TaskDataConfig, description="The labelled task (classification head)")
+    task: section_by_key("benchmark", RealignTaskConfig, TaskDataConfig) = Field(
+        default_factory=TaskDataConfig, description=(
+            "The labelled task: a benchmark (task.benchmark given: RealignTaskConfig, classification or tagging "
+            "head, per-language dev/test scores) or generated task files (TaskDataConfig: classification head, "
+            "accuracy per language)"))
     alignment: RealignObjectiveConfig = Field(default_factory=RealignObjectiveConfig, description="The objectives "
                                                                                                   "and the phases")
 
@@ -786,6 +999,24 @@ def check_precision(job: JobBase) -> None:
                 f"engine.precision: fp32")
 
 
+def check_gpu_options(job: JobBase, cuda: bool | None = None) -> None:
+    """Refuse GPU-only options where they cannot run (`ConfigError` naming the key): QLoRA's 4-bit LLM and 8-bit
+    AdamW need CUDA and bitsandbytes. `cuda`: whether CUDA is present (default: ask torch)."""
+    import importlib.util
+
+    import torch
+
+    cuda = torch.cuda.is_available() if cuda is None else cuda
+    asked = [key for key, on in (("model.llm.quantization=nf4", job.model.llm.quantization == "nf4"),
+                                 ("optim.optimizer=adamw_8bit", job.optim.optimizer == "adamw_8bit")) if on]
+    for key in asked:
+        if not cuda:
+            raise ConfigError(f"{key} needs a CUDA GPU (bitsandbytes' kernels); this machine has none. Leave it "
+                              f"out on CPU (model.llm.quantization: none, optim.optimizer: adamw)")
+        if importlib.util.find_spec("bitsandbytes") is None:
+            raise ConfigError(f"{key} needs bitsandbytes: pip install -e '.[gpu]'")
+
+
 def _uses_encoder(job: JobBase) -> bool:
     """Whether the job loads `model.encoder`: stage 1 and 2 always, S1+FT and FLARE-MT too."""
     model = job.model
@@ -803,7 +1034,7 @@ def _describe(err: dict[str, Any], model: type[BaseModel], raw: dict[str, Any]) 
     if model is JobConfig and err["loc"] and err["loc"][0] in RECIPE_SCHEMAS:
         model = RECIPE_SCHEMAS[err["loc"][0]]       # errors inside a recipe's schema start with its tag
         err = {**err, "loc": err["loc"][1:]}
-    path = ".".join(str(p) for p in err["loc"])
+    path = ".".join(str(p) for p in err["loc"] if p not in SECTION_TAGS)   # a section_by_key tag is no key
     msg = err["msg"]
     if err["type"] == "extra_forbidden":
         allowed = _fields_at(model, err["loc"][:-1])
@@ -822,14 +1053,17 @@ def _describe(err: dict[str, Any], model: type[BaseModel], raw: dict[str, Any]) 
 
 def _fields_at(model: type[BaseModel], loc: tuple) -> list[str]:
     for key in loc:
-        field = model.model_fields.get(str(key))
+        if key in SECTION_TAGS:   # a section_by_key union: its tag names the section that applied
+            model = SECTION_TAGS[key]
+            continue
+        if isinstance(key, int):  # an entry of a list of sections
+            continue
+        field = model.model_fields.get(str(key)) if model else None
         # a section may be optional (`ParallelDataConfig | None`): look inside the union
         candidates = get_args(field.annotation) or (field.annotation,) if field else ()
         sections = [a for a in candidates if isinstance(a, type) and issubclass(a, BaseModel)]
-        if not sections:
-            return []
-        model = sections[0]
-    return sorted(model.model_fields)
+        model = sections[0] if sections else None
+    return sorted(model.model_fields) if model else []
 
 
 def validate(raw: dict[str, Any], schema: Any = JobConfig, source: str = "job") -> Any:

@@ -28,6 +28,10 @@ Benchmarks (task; hub dataset; the benchmark's own language codes -> FLORES-200)
 | `topic_tags` | the generated tagging task (concept roles, IOB2) | none: `python -m data_prep.demo_data` | any FLORES code |
 | `tydiqa` | extractive QA (GoldP) | `google-research-datasets/tydiqa` config `secondary_task` (test = validation) | ar bn en fi id ko ru sw te |
 | `topic_qa` | the generated QA task (who did it) | none: `python -m data_prep.demo_data` | any FLORES code |
+| `massive` | slot filling, generative (M2) | `AmazonScience/massive`, one config per locale (`en-US`) | its 52 locales |
+| `flores` | translation sentences (M2), joined into pairs by `trainer.data.translation_pairs` | `openlanguagedata/flores_plus`, one config per FLORES code (train and validation = dev, test = devtest) | any FLORES code |
+| `topic_slots` | the generated slot filling task (MASSIVE's format) | none: `python -m data_prep.demo_data` | any FLORES code |
+| `topic_mt` | the generated parallel sentences (FLORES's layout) | none: `python -m data_prep.demo_data` | any FLORES code |
 
 Label ids follow the hub datasets: NLI 0 entailment, 1 neutral, 2 contradiction (label names
 in files are mapped the same way); NusaX 0 negative, 1 neutral, 2 positive; Belebele's
@@ -51,6 +55,14 @@ Languages without an NLLB code (several AmericasNLI and NusaX languages, Ghomál
 FLORES-style `<iso639-3>_<Script>` code all the same; translation falls back as the translation
 issue decides. A label, a tag or a language that does not map is a DataError naming the file (or
 hub dataset), the row and the value.
+
+Generative benchmarks (`GENERATIVE`; M2, the `align` recipe) give the gold output as `target`. Slot
+filling (`massive`, `topic_slots`): `texts` = (utt,), `target` the study's answer ("time: five am;
+date: friday", or "None"), `words` and `word_slots` MASSIVE's evaluation tokens and their slot types
+(`trainer.data.slots`). Translation (`flores`, `topic_mt`): one sentence per example (`texts` =
+(text,), FLORES's `text` column, or `sentence` as `facebook/flores` names it, or one line of the
+release's `<code>.dev`/`.devtest` files); `trainer.data.translation_pairs` joins two languages' sentences
+by id into (source, `target`) examples with a `target_language`.
 """
 
 from __future__ import annotations
@@ -79,6 +91,7 @@ TOPIC_TAGS = ("O", "B-SUBJ", "I-SUBJ", "B-VERB", "I-VERB", "B-OBJ", "I-OBJ", "B-
               "I-TIME")
 
 TAGGING = ("pos", "ner")   # tasks with a tag per word (token classification)
+GENERATIVE = ("slot_filling", "translation")   # tasks whose answer is generated text (M2)
 QA = ("qa",)               # extractive question answering (a span of the context)
 NO_LABEL = -1              # `TaskExample.label` of tagging and QA examples (their targets are tags / answers)
 CONLL_TAGS = "tags"        # the tag column of records read from CoNLL-style files
@@ -103,6 +116,9 @@ class TaskExample:
     words: tuple[str, ...] = ()                  # tagging: the benchmark's words
     tags: tuple[int, ...] = ()                   # tagging: one tag id per word (`Benchmark.labels` order)
     answers: tuple[tuple[str, int], ...] = ()    # QA: (answer text, its character start in texts[0])
+    target: str = ""                             # generative: the gold output text
+    target_language: str = ""                    # translation: the FLORES code of `target`
+    word_slots: tuple[str, ...] = ()             # slot filling: each of `words`' slot type ("Other" outside)
 
 
 @dataclass(frozen=True)
@@ -195,6 +211,39 @@ def _tydiqa(record: dict, row: int, code: str) -> dict | None:
     return _squad(record, row, code) if name == TYDIQA_NAMES[code] else None
 
 
+def _massive(record: dict, row: int, code: str) -> dict:
+    """MASSIVE's `id`, `utt`, `annot_utt` (inline `[type : value]` slots; `trainer.data.slots`)."""
+    from trainer.data.slots import annotated_words, slot_answer
+    from trainer.languages.segmentation import splits_by_character
+
+    flores = MASSIVE_LANGUAGES.get(code, code)
+    words, slots = annotated_words(record["annot_utt"], splits_by_character(flores), record["utt"])
+    return {"id": str(record["id"]), "texts": (record["utt"],), "target": slot_answer(record["annot_utt"]),
+            "words": words, "word_slots": slots}
+
+
+def _sentence(record: dict, row: int, code: str) -> dict:
+    """One FLORES sentence: `id` and `text` (FLORES+), `sentence` (facebook/flores); plain lines: the line number."""
+    text = record["sentence"] if "sentence" in record and "text" not in record else record["text"]
+    return {"id": str(record.get("id", row)), "texts": (text,)}
+
+
+# FLORES+ renamed Mandarin's configs (cmn_*); the other FLORES-200 codes are its config names
+FLORES_PLUS_CONFIGS = {"zho_Hans": "cmn_Hans", "zho_Hant": "cmn_Hant"}
+# MASSIVE 1.1's 52 locales
+MASSIVE_LANGUAGES = {"af-ZA": "afr_Latn", "am-ET": "amh_Ethi", "ar-SA": "arb_Arab", "az-AZ": "azj_Latn",
+                     "bn-BD": "ben_Beng", "ca-ES": "cat_Latn", "cy-GB": "cym_Latn", "da-DK": "dan_Latn",
+                     "de-DE": "deu_Latn", "el-GR": "ell_Grek", "en-US": "eng_Latn", "es-ES": "spa_Latn",
+                     "fa-IR": "pes_Arab", "fi-FI": "fin_Latn", "fr-FR": "fra_Latn", "he-IL": "heb_Hebr",
+                     "hi-IN": "hin_Deva", "hu-HU": "hun_Latn", "hy-AM": "hye_Armn", "id-ID": "ind_Latn",
+                     "is-IS": "isl_Latn", "it-IT": "ita_Latn", "ja-JP": "jpn_Jpan", "jv-ID": "jav_Latn",
+                     "ka-GE": "kat_Geor", "km-KH": "khm_Khmr", "kn-IN": "kan_Knda", "ko-KR": "kor_Hang",
+                     "lv-LV": "lvs_Latn", "ml-IN": "mal_Mlym", "mn-MN": "khk_Cyrl", "ms-MY": "zsm_Latn",
+                     "my-MM": "mya_Mymr", "nb-NO": "nob_Latn", "nl-NL": "nld_Latn", "pl-PL": "pol_Latn",
+                     "pt-PT": "por_Latn", "ro-RO": "ron_Latn", "ru-RU": "rus_Cyrl", "sl-SL": "slv_Latn",
+                     "sq-AL": "als_Latn", "sv-SE": "swe_Latn", "sw-KE": "swh_Latn", "ta-IN": "tam_Taml",
+                     "te-IN": "tel_Telu", "th-TH": "tha_Thai", "tl-PH": "tgl_Latn", "tr-TR": "tur_Latn",
+                     "ur-PK": "urd_Arab", "vi-VN": "vie_Latn", "zh-CN": "zho_Hans", "zh-TW": "zho_Hant"}
 XNLI_LANGUAGES = {"ar": "arb_Arab", "bg": "bul_Cyrl", "de": "deu_Latn", "el": "ell_Grek", "en": "eng_Latn",
                   "es": "spa_Latn", "fr": "fra_Latn", "hi": "hin_Deva", "ru": "rus_Cyrl", "sw": "swh_Latn",
                   "th": "tha_Thai", "tr": "tur_Latn", "ur": "urd_Arab", "vi": "vie_Latn", "zh": "zho_Hans"}
@@ -301,6 +350,12 @@ BENCHMARKS: dict[str, Benchmark] = {b.name: b for b in [
     Benchmark("tydiqa", "qa", TYDIQA_LANGUAGES, _tydiqa, (), hub="google-research-datasets/tydiqa",
               hub_config=lambda code: "secondary_task", splits={"test": "validation"}),
     Benchmark("topic_qa", "qa", _FloresCodes(), _squad, ()),
+    Benchmark("massive", "slot_filling", MASSIVE_LANGUAGES, _massive, (), hub="AmazonScience/massive"),
+    Benchmark("flores", "translation", _FloresCodes(), _sentence, (), hub="openlanguagedata/flores_plus",
+              hub_config=lambda code: FLORES_PLUS_CONFIGS.get(code, code),
+              splits={"train": "dev", "validation": "dev", "test": "devtest"}),
+    Benchmark("topic_slots", "slot_filling", _FloresCodes(), _massive, ()),
+    Benchmark("topic_mt", "translation", _FloresCodes(), _sentence, ()),
 ]}
 
 
@@ -385,7 +440,11 @@ def _read_records(path: str) -> list[dict]:
             return list(csv.DictReader(f))
     if path.endswith((".txt", ".conll")):
         return _read_conll(path)
-    raise DataError(f"{path}: a benchmark file is .jsonl, .parquet, .csv, .tsv or (tagging) CoNLL .txt/.conll")
+    if path.endswith((".dev", ".devtest")):   # the FLORES-200 release: one sentence a line, the line number its id
+        with open(path, encoding="utf-8") as f:
+            return [{"id": str(n), "text": line.rstrip("\n")} for n, line in enumerate(f, 1)]
+    raise DataError(f"{path}: a benchmark file is .jsonl, .parquet, .csv, .tsv, (tagging) CoNLL .txt/.conll or "
+                    f"(FLORES) .dev/.devtest")
 
 
 def _hub_records(benchmark: Benchmark, code: str, split: str) -> Iterable[dict]:
@@ -402,6 +461,9 @@ def _example(benchmark: Benchmark, flores: str, split: str, raw: dict, where: st
         return TaskExample(example_id, flores, split, (" ".join(words),), NO_LABEL, words=words,
                            tags=_tag_ids(benchmark, words, raw["tags"], where))
     texts = tuple(str(t) for t in raw["texts"])
+    if benchmark.task in GENERATIVE:
+        return TaskExample(example_id, flores, split, texts, NO_LABEL, target=raw.get("target", ""),
+                           words=tuple(raw.get("words", ())), word_slots=tuple(raw.get("word_slots", ())))
     if benchmark.task in QA:
         return TaskExample(example_id, flores, split, texts, NO_LABEL, answers=_answers(raw["answers"], where))
     return TaskExample(example_id, flores, split, texts, _label_id(raw["label"], benchmark.labels, where),

@@ -14,7 +14,8 @@ from collections.abc import Callable
 import torch
 
 from trainer import distributed
-from trainer.config import AlignmentJob, ConfigError
+from trainer.config import AlignmentJob, ConfigError, TaskDataConfig
+from trainer.data.batches import MicroBatches
 from trainer.data.pairs import load_multiway, pair_batches
 from trainer.data.task import eval_sets, task_batches
 from trainer.eval.retrieval_by_layer import RetrievalByLayer
@@ -41,15 +42,24 @@ def build_model(job: AlignmentJob, task: TaskKind, num_labels: int) -> AlignedMo
     return model.train()
 
 
-def build_data(r: Run, tokenizer, collate, pairs: bool, task: bool) -> Streams:
-    """The pair stream (when `pairs`) and the task stream (when `task`), checkpointed as one."""
+def build_data(r: Run, tokenizer, collate, pairs: bool, task: bool, task_examples: list | None = None) -> Streams:
+    """The pair stream (when `pairs`) and the task stream (when `task`), checkpointed as one.
+
+    The task stream reads `task_examples` (a benchmark's, realign) or else the rows of `task.train_files`.
+    """
     job, engine = r.job, r.engine
     with distributed.main_first():  # hub sources: rank 0 fills the datasets cache first
         pair_stream = pair_batches(job.parallel, job.alignment_batch_size, tokenizer, job.alignment.max_length,
                                    engine.rank, engine.world_size) if pairs else None
     t = job.task
-    task_stream = task_batches(t.train_files, t.text_column, t.label_column, t.num_labels, collate,
-                               job.optim.micro_batch_size, job.seed, engine.rank, engine.world_size) if task else None
+    if not task:
+        task_stream = None
+    elif task_examples is not None:
+        task_stream = MicroBatches(task_examples, job.optim.micro_batch_size, collate, seed=job.seed,
+                                   rank=engine.rank, world_size=engine.world_size)
+    else:
+        task_stream = task_batches(t.train_files, t.text_column, t.label_column, t.num_labels, collate,
+                                   job.optim.micro_batch_size, job.seed, engine.rank, engine.world_size)
     return Streams(pairs=pair_stream, task=task_stream)
 
 
@@ -122,7 +132,7 @@ class Evaluations:
                 sentences, tokenizer, model.hidden_states, layers, model.align_layers, out_dir, subset, job.eval.k,
                 job.eval.batch_size, job.alignment.max_length, engine.rank, engine.world_size, job.eval.candidates)
         t = job.task
-        if t.eval_languages and job.alignment.task:
+        if isinstance(t, TaskDataConfig) and t.eval_languages and job.alignment.task:   # a benchmark: tasks.py
             rows = eval_sets(t.eval_dir, t.eval_languages, t.text_column, t.label_column, t.num_labels,
                              t.eval_examples)
             self.task_eval = TaskByLanguage(rows, collate, predict, t.source_language, out_dir, t.num_labels,
