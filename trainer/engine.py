@@ -96,6 +96,21 @@ def fused_adam_ready() -> bool:
     return CUDA_HOME is not None and Path(CUDA_HOME, "bin", "nvcc").exists() and is_ninja_available()
 
 
+def eight_bit_adamw(params: list[torch.nn.Parameter], optim) -> torch.optim.Optimizer:
+    """bitsandbytes' AdamW8bit with the job's lr, betas and weight decay (the MT-LLM study's optimizer), handed
+    to DeepSpeed as a client optimizer. `trainer.config.check_gpu_options` has checked CUDA and bitsandbytes."""
+    import bitsandbytes as bnb
+
+    return bnb.optim.AdamW8bit(params, lr=optim.lr, betas=tuple(optim.betas), weight_decay=optim.weight_decay)
+
+
+def check_zero_stage(job: JobBase, zero_stage: int) -> None:
+    """4-bit weights (model.llm.quantization=nf4) cannot be partitioned: ZeRO-3 refuses them (ConfigError)."""
+    if zero_stage == 3 and job.model.llm.quantization == "nf4":
+        raise ConfigError(f"model.llm.quantization=nf4 with engine.deepspeed={job.engine.deepspeed!r} (ZeRO-3): "
+                          f"4-bit weights cannot be partitioned; use zero2 (a 4-bit 8B LLM fits every GPU whole)")
+
+
 def auto_values(job: JobBase, world_size: int) -> dict[str, Any]:
     """Dotted DeepSpeed key -> the value the job implies."""
     o = job.optim
@@ -207,6 +222,7 @@ class Engine:
         self.precision = resolve_precision(job)
         self.config = build_ds_config(job, self.world_size)
         self.zero_stage = int(self.config.get("zero_optimization", {}).get("stage", 0))
+        check_zero_stage(job, self.zero_stage)
         # Kept referenced until close(): transformers holds only a weak reference to it.
         self._hf_ds_config = HfDeepSpeedConfig(copy.deepcopy(self.config)) if self.zero_stage == 3 else None
         self.ds = None
@@ -222,12 +238,16 @@ class Engine:
         params = [p for p in model.parameters() if p.requires_grad]
         if not params:
             raise ValueError("engine: the model has no trainable parameters")
-        kwargs = {}
+        kwargs, config = {}, copy.deepcopy(self.config)
         if "scheduler" not in self.config:
             factor = warmup_linear_decay(self.job.optim.warmup_steps, self.job.optim.max_steps)
             kwargs["lr_scheduler"] = lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, factor)
+        if self.job.optim.optimizer == "adamw_8bit":
+            kwargs["optimizer"] = eight_bit_adamw(params, self.job.optim)
+            config.pop("optimizer", None)                       # the client optimizer replaces the JSON's
+            config["zero_allow_untested_optimizer"] = True      # DeepSpeed's name for "not one of ours"
         self.ds, self.optimizer, _, self.scheduler = deepspeed.initialize(
-            model=model, model_parameters=params, config=copy.deepcopy(self.config), **kwargs)
+            model=model, model_parameters=params, config=config, **kwargs)
         self.module = model
         return self
 

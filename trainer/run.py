@@ -24,7 +24,7 @@ import yaml
 
 from trainer import distributed
 from trainer.checkpoint import Checkpointer
-from trainer.config import JobBase, check_precision, resolve_dtypes
+from trainer.config import JobBase, check_gpu_options, check_precision, resolve_dtypes
 from trainer.engine import Engine
 from trainer.errors import RunDirError, UserError
 from trainer.errors import report as report_error
@@ -66,6 +66,7 @@ def run_job(job: JobBase, report: Callable[[dict[str, float], int], None] | None
     in MLflow, continuing the checkpoint's MLflow run when resuming.
     """
     check_precision(job)   # a bf16 job with float32 weights, before anything starts (every rank alike)
+    check_gpu_options(job)   # QLoRA / 8-bit AdamW where there is no GPU or no bitsandbytes
     distributed.setup(job.engine.backend, job.engine.timeout_minutes)
     config_yaml = job.to_yaml()
     config_hash = distributed.check_same_config(config_yaml)

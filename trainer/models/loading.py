@@ -113,6 +113,19 @@ def choose_attn_implementation(requested: str) -> str:
     return attn_candidates(requested)[0]
 
 
+def quantization(cfg: LLMConfig) -> dict:
+    """`from_pretrained` arguments for `cfg.quantization`: nf4 = QLoRA's (Dettmers et al. 2023) 4-bit NormalFloat
+    with double quantization, computing in the LLM's dtype, placed on this rank's GPU; none = {}."""
+    if cfg.quantization == "none":
+        return {}
+    from transformers import BitsAndBytesConfig
+
+    return {"quantization_config": BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                                                      bnb_4bit_use_double_quant=True,
+                                                      bnb_4bit_compute_dtype=torch_dtype(cfg.dtype)),
+            "device_map": {"": torch.cuda.current_device()}}
+
+
 def load_llm_tokenizer(cfg: LLMConfig, cache_dir: str = ".cache/tiny-models") -> PreTrainedTokenizerBase:
     """The LLM's tokenizer with a pad token (Llama 3 has none: reuse EOS) and the configured padding side."""
     tok = AutoTokenizer.from_pretrained(resolve_model_path(cfg.name_or_path, cache_dir))
@@ -129,7 +142,8 @@ def load_llm(cfg: LLMConfig, cache_dir: str = ".cache/tiny-models", causal_lm: b
     candidates = attn_candidates(cfg.attn_implementation)
     for i, attn in enumerate(candidates):
         try:
-            model = auto.from_pretrained(path, dtype=torch_dtype(cfg.dtype), attn_implementation=attn)
+            model = auto.from_pretrained(path, dtype=torch_dtype(cfg.dtype), attn_implementation=attn,
+                                         **quantization(cfg))
             break
         except (ValueError, ImportError) as e:  # raised before weights load when unsupported
             if i + 1 == len(candidates) or "support" not in str(e).lower():
