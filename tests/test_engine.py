@@ -229,3 +229,18 @@ def test_torch_adam_unless_deepspeeds_fused_adam_can_run(monkeypatch):
     monkeypatch.setitem(info.installed_ops, "fused_adam", False)
     monkeypatch.setattr(cpp, "CUDA_HOME", None)
     assert not engine.fused_adam_ready()                               # no compiler: torch's AdamW
+
+
+def test_the_schedules_follow_their_formulas_and_transformers_inverse_sqrt():
+    from transformers import get_inverse_sqrt_schedule
+
+    from trainer.engine import warmup_inverse_sqrt, warmup_linear_decay
+
+    linear = warmup_linear_decay(4, 20)
+    assert [linear(s) for s in (0, 2, 4, 12, 20)] == [0.0, 0.5, 1.0, 0.5, 0.0]
+    inverse_sqrt = warmup_inverse_sqrt(4, 20)
+    assert [inverse_sqrt(s) for s in (0, 2, 4, 16, 64)] == [0.0, 0.5, 1.0, 0.5, 0.25]   # sqrt(4 / step) after 4
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    reference = get_inverse_sqrt_schedule(optimizer, num_warmup_steps=4)   # M2's reference schedule
+    for step in range(4, 40):
+        assert reference.lr_lambdas[0](step) == pytest.approx(inverse_sqrt(step)), step

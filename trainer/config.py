@@ -212,6 +212,9 @@ class OptimConfig(Section):
     warmup_steps: int = Field(0, ge=0, description="Optimizer steps of linear warm-up from 0 to lr (0 = none); "
                                                    "at most max_steps")
     max_steps: int = Field(100, gt=0, description="Optimizer steps")
+    schedule: Literal["linear", "inverse_sqrt"] = Field("linear", description=(
+        "After the warm-up: linear = decay to 0 at max_steps (M1, M3, M4); inverse_sqrt = lr x sqrt(warmup_steps "
+        "/ step) (M2's schedule). Ignored when the DeepSpeed JSON has its own scheduler"))
     micro_batch_size: int = Field(8, gt=0, description="Examples per forward pass per process")
     grad_accum: int = Field(1, gt=0, description="Micro-batches per optimizer step")
     max_grad_norm: float | None = Field(1.0, gt=0, description="Gradient clipping; null turns it off")

@@ -185,6 +185,19 @@ def warmup_linear_decay(warmup_steps: int, max_steps: int):
     return factor
 
 
+def warmup_inverse_sqrt(warmup_steps: int, max_steps: int):
+    """lr factor: 0 -> 1 over `warmup_steps`, then sqrt(warmup_steps / step) (M2's schedule: the inverse square
+    root of fairseq and transformers' `get_inverse_sqrt_schedule`, with its timescale = the warm-up)."""
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return step / max(1, warmup_steps)
+        return (max(1, warmup_steps) / max(1, step)) ** 0.5
+    return factor
+
+
+SCHEDULES = {"linear": warmup_linear_decay, "inverse_sqrt": warmup_inverse_sqrt}
+
+
 def torch_optimizer(optimizer: Any) -> torch.optim.Optimizer:
     """The torch optimizer inside DeepSpeed's wrappers (`.optimizer` chains)."""
     while not isinstance(optimizer, torch.optim.Optimizer) and hasattr(optimizer, "optimizer"):
@@ -240,7 +253,7 @@ class Engine:
             raise ValueError("engine: the model has no trainable parameters")
         kwargs, config = {}, copy.deepcopy(self.config)
         if "scheduler" not in self.config:
-            factor = warmup_linear_decay(self.job.optim.warmup_steps, self.job.optim.max_steps)
+            factor = SCHEDULES[self.job.optim.schedule](self.job.optim.warmup_steps, self.job.optim.max_steps)
             kwargs["lr_scheduler"] = lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, factor)
         if self.job.optim.optimizer == "adamw_8bit":
             kwargs["optimizer"] = eight_bit_adamw(params, self.job.optim)
