@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from trainer.data.benchmarks import BENCHMARKS, NLI_LABELS, TaskExample
+from trainer.data.benchmarks import BENCHMARKS, GENERATIVE, NLI_LABELS, TaskExample
 from trainer.errors import DataError
 
 ROW_NUMBERED = ("xnli", "americasnli", "indonli", "myanmar_xnli", "afrixnli", "udpos", "wikiann")   # id = 1-based row
@@ -107,9 +107,12 @@ WRITERS: dict[str, Callable[[TaskExample], dict]] = {
 def benchmark_rows(benchmark: str, examples: list[TaskExample]) -> list[dict]:
     """One record per example in `benchmark`'s own columns (JSONL-ready), in the given order."""
     if benchmark not in WRITERS:
-        raise DataError(f"benchmark {benchmark!r}: no file writer (known: {', '.join(WRITERS)})")
-    if set(WRITERS) != set(BENCHMARKS):   # a new adapter needs its writer here
-        raise DataError(f"benchmark file writers {sorted(WRITERS)} != adapters {sorted(BENCHMARKS)}")
+        why = (" (a generative task: its answers are text in one language, not translated)"
+               if benchmark in BENCHMARKS and BENCHMARKS[benchmark].task in GENERATIVE else "")
+        raise DataError(f"benchmark {benchmark!r}: no file writer{why} (known: {', '.join(WRITERS)})")
+    translatable = {name for name, b in BENCHMARKS.items() if b.task not in GENERATIVE}
+    if set(WRITERS) != translatable:   # a new classification, tagging or QA adapter needs its writer here
+        raise DataError(f"benchmark file writers {sorted(WRITERS)} != adapters {sorted(translatable)}")
     if benchmark in ROW_NUMBERED:
         ids = [native_id(e) for e in examples]
         expected = [str(i) for i in range(1, len(examples) + 1)]
