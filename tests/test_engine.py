@@ -244,3 +244,22 @@ def test_the_schedules_follow_their_formulas_and_transformers_inverse_sqrt():
     reference = get_inverse_sqrt_schedule(optimizer, num_warmup_steps=4)   # M2's reference schedule
     for step in range(4, 40):
         assert reference.lr_lambdas[0](step) == pytest.approx(inverse_sqrt(step)), step
+
+
+def test_bf16_gradients_accumulate_in_fp32_under_zero1_and_zero2_warns_that_they_do_not(workdir, tiny_cache, caplog):
+    """ds_configs/zero1.json sets data_types.grad_accum_dtype fp32: with bf16 weights and grad_accum > 1 the
+    step's gradient is summed in fp32; ZeRO-2 sums it in bf16 and says so, naming the way out."""
+    from trainer.config import resolve_dtypes
+    from trainer.engine import Engine
+    from trainer.models.mt_llm import build_mt_llm
+
+    found = {}
+    for stage in ("zero1", "zero2"):
+        job = load_job(workdir / "job.yaml", [f"engine.deepspeed={stage}", "engine.precision=bf16",
+                                              "optim.grad_accum=2"])
+        engine = Engine(job)
+        caplog.clear()
+        engine.prepare(build_mt_llm(resolve_dtypes(job).model))
+        found[stage] = (engine.gradient_accumulation_dtype, "accumulate in bfloat16" in caplog.text)
+        engine.close()
+    assert found == {"zero1": (torch.float32, False), "zero2": (torch.bfloat16, True)}

@@ -53,6 +53,7 @@ def test_mlflow_holds_one_run_with_config_metrics_and_export(demo_run):
     assert loss_by_step[job.optim.max_steps] == pytest.approx(summary["losses"][-1])
     assert run.data.tags["world_size"] == "1" and run.data.tags["precision"] == "fp32"
     assert run.data.tags["attn_implementation"] in ("sdpa", "eager") and run.data.tags["devices"] == "1 x cpu"
+    assert run.data.tags["grad_accum_dtype"] == "float32"
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "export")}
     assert {"export/trainable.safetensors", "export/config.yaml", "export/adapter"} <= artifacts
     assert {"version.torch", "version.transformers", "version.peft", "version.deepspeed", "version.mlflow",

@@ -273,8 +273,9 @@ class EngineConfig(Section):
     """The DeepSpeed engine: which ZeRO config, precision, process group."""
 
     deepspeed: str = Field(
-        "zero2", description="A config in ds_configs/ by name (zero2, zero3, zero3_offload) or a path to a "
-                             "DeepSpeed JSON; its \"auto\" values are filled from this job")
+        "zero2", description="A config in ds_configs/ by name (zero1: fp32 gradient accumulation; zero2; zero3; "
+                             "zero3_offload) or a path to a DeepSpeed JSON; its \"auto\" values are filled from this "
+                             "job")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
         "auto", description="Training precision; auto = the LLM's dtype (model.llm.dtype; both auto: bf16 where "
                             "CUDA supports it, else fp32)")

@@ -12,7 +12,8 @@
     engine.close()
 
 DeepSpeed config: `engine.deepspeed` names a file in `ds_configs/` at the top of the checkout
-(zero2, zero3, zero3_offload; installed with the package as data) or gives a path. Its `"auto"` values are filled from the job
+(zero1, zero2, zero3, zero3_offload; installed with the package as data) or gives a path. Its `"auto"`
+values are filled from the job
 (micro batch, accumulation, global batch, clipping, precision, AdamW
 hyper-parameters, `torch_adam` = no fused Adam here: `fused_adam_ready`); an explicit value that contradicts the
 job is an error. Without a `"scheduler"` block the schedule is warm-up then
@@ -262,7 +263,19 @@ class Engine:
         self.ds, self.optimizer, _, self.scheduler = deepspeed.initialize(
             model=model, model_parameters=params, config=config, **kwargs)
         self.module = model
+        if self.job.optim.grad_accum > 1 and self.gradient_accumulation_dtype in (torch.bfloat16, torch.float16):
+            log.warning("engine: gradients accumulate in %s over optim.grad_accum=%d micro-batches (ZeRO-%d); "
+                        "engine.deepspeed: zero1 accumulates them in fp32 (its data_types.grad_accum_dtype)",
+                        str(self.gradient_accumulation_dtype).removeprefix("torch."), self.job.optim.grad_accum,
+                        self.zero_stage)
         return self
+
+    @property
+    def gradient_accumulation_dtype(self) -> torch.dtype:
+        """The dtype gradients accumulate in over a step's micro-batches: the weights' dtype, unless the DeepSpeed
+        JSON sets `data_types.grad_accum_dtype` (ds_configs/zero1.json: fp32; DeepSpeed honours it with bf16
+        under ZeRO-1)."""
+        return self.ds.get_data_types()[1]
 
     def modifying(self, params: list[torch.nn.Parameter]):
         """A context in which `params` are whole and changes to them persist (before `prepare`).

@@ -277,12 +277,14 @@ def train(run: Run, model: torch.nn.Module, data: Stateful, step_fn: Callable[[i
 
 
 def run_environment(engine, model: torch.nn.Module) -> dict[str, str]:
-    """What a run ran on, as MLflow tags: world size, devices, precision, ZeRO stage, attention implementation."""
+    """What a run ran on, as MLflow tags: world size, devices, precision, ZeRO stage, the dtype gradients
+    accumulate in, attention implementation."""
     attention = sorted({m.config._attn_implementation for m in model.modules()       # every model inside
                         if getattr(getattr(m, "config", None), "_attn_implementation", None)})
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
     return {"world_size": str(engine.world_size), "devices": f"{engine.world_size} x {device}",
             "precision": engine.precision, "zero_stage": str(engine.zero_stage),
+            "grad_accum_dtype": str(engine.gradient_accumulation_dtype).removeprefix("torch."),
             "attn_implementation": ",".join(attention) or "unknown"}
 
 
