@@ -61,14 +61,14 @@ def teacher_fingerprint(job: Stage1Job, model: MTLLM) -> dict:
 
 def build_teacher_targets(job: Stage1Job, folder: str | Path, parts: range | None = None,
                           device: str | None = None, batch_size: int | None = None) -> list[int]:
-    """Compute and write the teacher targets of `parts` (default: every part) of the job's text -> the parts
-    written. Batches of `batch_size` chunks (default optim.micro_batch_size) sorted by length; progress on
+    """Compute and write the teacher targets of `parts` (default: every part; parts past the last text shard are
+    ignored, so ranges may overshoot) of the job's text -> the parts written. Batches of `batch_size` chunks (default optim.micro_batch_size) sorted by length; progress on
     stderr. The same `MTLLM.teacher` as the live step (adapters off, no grad)."""
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     model = build_mt_llm(job.model).to(device).eval()
     llm_tok = load_llm_tokenizer(job.model.llm, job.model.cache_dir)
     all_parts, llm_ids = teacher_chunks(job.data, llm_tok, load_nllb_tokenizer(job.model.encoder, job.model.cache_dir))
-    chosen = list(parts if parts is not None else range(len(all_parts)))
+    chosen = [part for part in (parts if parts is not None else range(len(all_parts))) if part < len(all_parts)]
     write_meta(folder, teacher_fingerprint(job, model), model.llm.config.hidden_size, all_parts)
     size = batch_size or job.optim.micro_batch_size
     for part in tqdm(chosen, desc="teacher targets (text shards)", unit="shard"):
