@@ -121,6 +121,31 @@ def test_bidirectional_attention_really_looks_ahead(tiny_path, kind, attn, batch
             torch.testing.assert_close(c[1, :3], a[1, :3], atol=1e-6, rtol=1e-5)
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available() or __import__("importlib").util.find_spec("flash_attn") is None,
+                    reason="needs a CUDA GPU and flash-attn")
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_flash_attention_2_attends_as_sdpa_does_both_ways_with_padding(tiny_path, bidirectional):
+    """FlashAttention 2 reads the attention modules' is_causal flag and the 2-D padding mask: its real tokens'
+    states equal sdpa's (bf16), and a later token changes earlier states iff bidirectional."""
+    ids = torch.tensor([[5, 17, 42, 99, 7, 11], [8, 9, 10, 2, 2, 2]], device="cuda")
+    mask = torch.tensor([[1, 1, 1, 1, 1, 1], [1, 1, 1, 0, 0, 0]], device="cuda")
+    states = {}
+    for attn in ("sdpa", "flash_attention_2"):
+        model = load_llm(LLMConfig(name_or_path=tiny_path("llama"), attn_implementation=attn, dtype="bfloat16",
+                                   bidirectional=bidirectional)).cuda().eval()
+        assert model.config._attn_implementation == attn
+        with torch.no_grad():
+            states[attn] = run_llm(model, mask, input_ids=ids).last_hidden_state.float()
+            perturbed = ids.clone()
+            perturbed[0, 4] = 300
+            moved = run_llm(model, mask, input_ids=perturbed).last_hidden_state.float()
+        looked_ahead = bool(((moved[0, :4] - states[attn][0, :4]).abs().amax(dim=-1) > 1e-3).all())
+        assert looked_ahead == bidirectional, attn
+    real = mask.bool()
+    torch.testing.assert_close(states["flash_attention_2"][real], states["sdpa"][real], atol=2e-2, rtol=2e-2)
+
+
 def test_bidirectional_rejects_model_without_attention_flag():
     with pytest.raises(ValueError, match="no attention module"):
         make_bidirectional(torch.nn.Linear(2, 2))
