@@ -18,9 +18,10 @@ What it does:
    memory, seconds per step and the ratio to the baseline row measured in the same run.
 
 Rows (one change each from the baseline: ZeRO-2, sdpa, activation checkpointing on, micro-batch 8):
-`zero3`, `flash_attention_2`, `no_checkpointing`, `checkpoint_every_2nd`, `micro_batch_16`, `micro_batch_32`, `teacher_cache` (the
-batches carry teacher targets, as `teacher_cache: FOLDER` makes them: no teacher forward; the host-side
-lookup from the memory-mapped cache is not timed). A row whose requirement
+`zero3`, `flash_attention_2`, `no_checkpointing`, `checkpoint_every_2nd`, `micro_batch_16`, `micro_batch_32`,
+`teacher_cache` (the batches carry teacher targets, as `teacher_cache: FOLDER` makes them: no teacher forward;
+the host-side lookup from the memory-mapped cache is not timed), `zero1` (ZeRO-1 with fp32 gradient
+accumulation) and `study_like` (the study's 4-bit NF4 LLM and 8-bit AdamW). A row whose requirement
 is missing prints `skipped: reason` (no CUDA, flash-attn not installed); a row that runs out of memory says so.
 On GPUs each row runs in its own process (`--gpus N`: under torchrun), so one row's memory or ZeRO-3 state
 cannot leak into the next. On one GPU, ZeRO-3 vs ZeRO-2 shows ZeRO-3's bookkeeping only; its gathers cost
@@ -74,12 +75,14 @@ class Setting:
     checkpoint_every: int = 1     # checkpoint every n-th block (model.llm.checkpoint_every_n_layers)
     micro_batch: int = 8
     teacher_cache: bool = False   # teacher targets come with the batch (stage 1's `teacher_cache`)
+    study: bool = False           # the study's QLoRA (4-bit NF4 LLM) and 8-bit AdamW
 
     def describe(self) -> str:
         checkpointing = ("off" if not self.checkpointing else "every block" if self.checkpoint_every == 1
                          else f"every {self.checkpoint_every} blocks")
         return (f"ZeRO-{self.deepspeed[4:]}, {self.attn}, checkpointing {checkpointing}, "
-                f"micro-batch {self.micro_batch}" + (", teacher cache" if self.teacher_cache else ""))
+                f"micro-batch {self.micro_batch}" + (", teacher cache" if self.teacher_cache else "")
+                + (", 4-bit LLM + 8-bit AdamW" if self.study else ""))
 
 
 BASELINE = Setting("baseline")
@@ -89,7 +92,9 @@ ROWS = [BASELINE, replace(BASELINE, name="zero3", deepspeed="zero3"),
         replace(BASELINE, name="checkpoint_every_2nd", checkpoint_every=2),
         replace(BASELINE, name="micro_batch_16", micro_batch=16),
         replace(BASELINE, name="micro_batch_32", micro_batch=32),
-        replace(BASELINE, name="teacher_cache", teacher_cache=True)]
+        replace(BASELINE, name="teacher_cache", teacher_cache=True),
+        replace(BASELINE, name="zero1", deepspeed="zero1"),
+        replace(BASELINE, name="study_like", study=True)]
 
 
 # --- models ------------------------------------------------------------------------------------------
@@ -175,14 +180,15 @@ def stage1_job(llm_dir: Path, nllb_dir: Path, setting: Setting, seq: int, out: P
         "recipe": "stage1", "seed": 0, "output_dir": str(out),
         "model": {"llm": {"name_or_path": str(llm_dir), "dtype": dtype, "attn_implementation": setting.attn,
                           "gradient_checkpointing": setting.checkpointing,
+                          "quantization": "nf4" if setting.study else "none",
                           "checkpoint_every_n_layers": setting.checkpoint_every},
                   "encoder": {"name_or_path": str(nllb_dir), "dtype": dtype},
                   "lora": {"r": 16, "alpha": 32, "dropout": 0.05}, "pooling": "mean"},
         "data": {"files": ["synthetic (benchmarks.stage1_gpu)"], "max_length": seq},
         "optim": {"micro_batch_size": setting.micro_batch, "grad_accum": 1, "max_steps": 10_000, "lr": 2e-4,
-                  "warmup_steps": 0, **optim},
+                  "warmup_steps": 0, "optimizer": "adamw_8bit" if setting.study else "adamw", **optim},
         "engine": {"deepspeed": setting.deepspeed, "precision": precision},
-        "checkpoint": {"every": 0}})
+        "checkpoint": {"every": 0, "portable": False}})
 
 
 def model_flops(model, llm_tokens: float, student_tokens: float, nllb_tokens: float, seq_llm: int,
@@ -215,6 +221,11 @@ def skip_reason(setting: Setting, tiny: bool) -> str | None:
             return "flash_attention_2 needs CUDA"
         if importlib.util.find_spec("flash_attn") is None:
             return "flash-attn not installed (pip install -e '.[gpu]')"
+    if setting.study:
+        if not torch.cuda.is_available():
+            return "4-bit weights and 8-bit AdamW need CUDA"
+        if importlib.util.find_spec("bitsandbytes") is None:
+            return "bitsandbytes not installed (pip install -e '.[gpu]')"
     return None
 
 

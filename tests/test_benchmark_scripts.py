@@ -17,7 +17,7 @@ def test_stage1_gpu_tiny_measures_rows_through_the_projects_step_and_skips_what_
                                                                                                 capsys):
     from benchmarks.stage1_gpu import main
 
-    rows = main(["--tiny", "--rows", "baseline", "zero3", "flash_attention_2", "teacher_cache",
+    rows = main(["--tiny", "--rows", "baseline", "zero3", "flash_attention_2", "teacher_cache", "study_like",
                  "--cache-dir", tiny_cache,
                  "--json", str(tmp_path / "rows.json")])
     by_name = {r["row"]: r for r in rows}
@@ -28,6 +28,7 @@ def test_stage1_gpu_tiny_measures_rows_through_the_projects_step_and_skips_what_
     assert zero3["loss"] == pytest.approx(base["loss"], rel=1e-5)     # the same work under either ZeRO stage
     assert "needs CUDA" in flash["skipped"]
     assert by_name["teacher_cache"]["llm_tokens_per_second_per_gpu"] > 0    # the step with targets in the batch
+    assert "need CUDA" in by_name["study_like"]["skipped"]
     out = capsys.readouterr().out
     assert "tiny:llama + tiny:nllb shapes" in out and "| flash_attention_2 |" in out and "skipped:" in out
     assert json.loads((tmp_path / "rows.json").read_text())["rows"] == rows
@@ -39,7 +40,7 @@ def test_stage1_gpu_without_cuda_or_tiny_says_every_row_is_skipped(capsys):
     if __import__("torch").cuda.is_available():
         pytest.skip("a CUDA machine measures the rows")
     rows = main(["--rows", "baseline", "micro_batch_32"])
-    assert [r["row"] for r in rows] == ["baseline", "micro_batch_32"] and len(ROWS) == 8
+    assert [r["row"] for r in rows] == ["baseline", "micro_batch_32"] and len(ROWS) == 10
     assert all(r["skipped"].startswith("no CUDA") for r in rows)
 
 
