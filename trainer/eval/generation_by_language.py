@@ -42,6 +42,8 @@ def generate_over_ranks(generate: Callable[[list], list[str]], examples: Sequenc
 
 
 class GenerationByLanguage:
+    """Greedy answers of every key's examples, scored per key; see the module doc for the metrics and files."""
+
     def __init__(self, examples_by_key: Mapping[str, Sequence], generate: Callable[[list], list[str]],
                  score: Callable[[Sequence, list[str]], dict[str, float]], source_keys: set[str], out_dir: Path,
                  batch_size: int = 16, rank: int = 0, world_size: int = 1):
