@@ -1,7 +1,7 @@
 """Every file the demo jobs and the demo sweep read, generated (no downloads):
 
     python -m data_prep.demo_data    # -> data/demo/{shards,parallel/{train,eval},task,task_dev,task_translated,tags,qa,
-                                     #               slots,mt}
+                                     #               qa_translated,slots,mt}
 
 - `shards/`: stage 1's English shards and manifest (`data_prep.demo_text`);
 - `parallel/train`: 2,000 (English, X) pairs per demo language (seed 0);
@@ -13,6 +13,8 @@
 - `tags/`: the generated tagging task (`topic_tags`: each word's concept role, IOB2), `train/` in English,
   `dev/` and `test/` per language;
 - `qa/`: the generated extractive QA task (`topic_qa`, SQuAD layout), the same three folders;
+- `qa_translated/`: `qa/train`'s English set rendered in every other language, row for row (the same ids and
+  answers): FLARE's translate-train data for QA;
 - `slots/`: the generated slot filling task (`topic_slots`, MASSIVE's format), `train/`, `dev/` and `test/`
   in every language (M2 trains on several);
 - `mt/`: generated multi-way parallel sentences (`topic_mt`, FLORES+'s `id`/`text`), the same three folders.
@@ -50,6 +52,7 @@ def parts(languages: list[str]) -> dict[str, Callable[[Path], object]]:
         "task_translated": lambda out: write_task_files(out, languages, TASK_TRAIN, seed=0),
         "tags": lambda out: write_splits(out, write_tagging_files, languages),
         "qa": lambda out: write_splits(out, write_qa_files, languages),
+        "qa_translated": lambda out: write_qa_files(out, languages, TASK_TRAIN, seed=0),
         "slots": lambda out: write_splits(out, write_slot_files, languages, train=["eng_Latn", *languages]),
         "mt": lambda out: write_splits(out, write_sentence_files, languages, train=["eng_Latn", *languages]),
     }

@@ -134,11 +134,15 @@ def test_tokenwise_fusion_refuses_unequal_lengths():
 @pytest.fixture(scope="module")
 def english_export(tmp_path_factory, tiny_cache):
     """An FT export (LoRA + head, random non-zero weights) and its model config, without training."""
-    out = tmp_path_factory.mktemp("english") / "export"
+    return untrained_export(tmp_path_factory.mktemp("english") / "export", tiny_cache, "classification", 3)
+
+
+def untrained_export(out: Path, tiny_cache: str, task: str, num_labels: int):
+    """(export folder, model config, the model in eval mode): a tiny Llama FT model of `task` with random LoRA B."""
     cfg = TaskModelConfig(llm={"name_or_path": "tiny:llama"}, lora={"r": 4, "alpha": 8, "dropout": 0.0},
                           cache_dir=tiny_cache)
     torch.manual_seed(0)
-    model = build_task_model(cfg, "classification", 3)
+    model = build_task_model(cfg, task, num_labels)
     with torch.no_grad():
         for name, p in model.named_parameters():
             if "lora_B" in name:

@@ -546,13 +546,16 @@ def section_by_key(key: str, given: type[Section], absent: type[Section]) -> Any
 class FlareTaskConfig(BenchmarkTaskConfig):
     """flare (M4): translate-train pairs (English example, its translation) and test inputs with their English."""
 
-    files: dict[Literal["train", "validation", "test", "translate_test", "translate_train"], str] = Field(
+    files: dict[Literal["train", "validation", "test", "translate_test", "translate_train", "translate_validation"],
+                str] = Field(
         default_factory=dict, description=(
             "Per split, a local file template with {language}; a split without one loads from the hub. "
             "translate_train: the English training data machine-translated into each target language (default: "
             "the train split in that language, e.g. the generated task); translate_test: each target test set "
             "translated to English, the English side of the test inputs (default: the source language's test set "
-            "with the same ids, as in multi-way parallel benchmarks such as XNLI)"))
+            "with the same ids, as in multi-way parallel benchmarks such as XNLI); translate_validation: the same "
+            "for the dev sets. TyDiQA-GoldP is not parallel across languages: flare.method fusion needs all three "
+            "(its test split is its validation split, so translate_validation may name the translate_test files)"))
 
 
 class FlareConfig(Section):
@@ -904,6 +907,9 @@ class Stage2Job(JobBase):
         return self
 
 
+FLARE_NOT_PARALLEL = ("tydiqa",)   # benchmarks whose languages hold different examples (no English by shared id)
+
+
 class FlareJob(JobBase):
     """M4: translate-train from the English fine-tuned model, English fused into the target's LoRA bottleneck."""
 
@@ -918,10 +924,20 @@ class FlareJob(JobBase):
     def _flare_fits(self) -> "FlareJob":
         from trainer.data.benchmarks import BENCHMARKS
 
-        kind = BENCHMARKS[self.task.benchmark].task
-        if kind not in ("nli", "sentiment", "classification"):
+        kind, method = BENCHMARKS[self.task.benchmark].task, self.flare.method
+        if kind not in ("nli", "sentiment", "classification", "qa"):
             raise ValueError(f"task.benchmark: {self.task.benchmark!r} is a {kind} benchmark; flare trains "
-                             f"sequence classification (NLI, sentiment, topic)")
+                             f"sequence classification (NLI, sentiment, topic) and extractive QA (tydiqa, topic_qa)")
+        if kind == "qa" and method == "input_fusion":
+            raise ValueError(f"flare.method: input_fusion is not defined for extractive QA ({self.task.benchmark}): "
+                             f"the English question and context would share the target's window and its answer "
+                             f"positions; use fusion, fusion_mt, translate_train or zero_shot")
+        missing = [f"task.files.{split}" for split in ("translate_train", "translate_validation", "translate_test")
+                   if split not in self.task.files]
+        if self.task.benchmark in FLARE_NOT_PARALLEL and method == "fusion" and missing:
+            raise ValueError(f"{missing[0]}: flare.method fusion on {self.task.benchmark} needs {', '.join(missing)} "
+                             f"(its languages do not share example ids: each target example's English side is its "
+                             f"translation)")
         if not self.task.target_languages:
             raise ValueError("task.target_languages: flare needs at least one target language")
         unknown = sorted(set(self.flare.languages or []) - set(self.task.target_languages))

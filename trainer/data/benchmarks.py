@@ -93,6 +93,9 @@ TOPIC_TAGS = ("O", "B-SUBJ", "I-SUBJ", "B-VERB", "I-VERB", "B-OBJ", "I-OBJ", "B-
 TAGGING = ("pos", "ner")   # tasks with a tag per word (token classification)
 GENERATIVE = ("slot_filling", "translation")   # tasks whose answer is generated text (M2)
 QA = ("qa",)               # extractive question answering (a span of the context)
+# benchmarks whose own ids name the example's language (TyDiQA-GoldP: `swahili-123-0`; one split holds every
+# language): a translation keeps its original's id, so a translated file is read under the original's language
+IDS_NAME_LANGUAGE = ("tydiqa",)
 NO_LABEL = -1              # `TaskExample.label` of tagging and QA examples (their targets are tags / answers)
 CONLL_TAGS = "tags"        # the tag column of records read from CoNLL-style files
 

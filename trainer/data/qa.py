@@ -43,10 +43,13 @@ class QACollator:
     """QA `TaskExample`s -> one row per context window (see the module docstring), and `ids` per example.
 
     `targets`: compute start/end positions from each example's first answer (training); its text must be
-    the context's characters at its start, else a DataError names the example.
+    the context's characters at its start, else a DataError names the example. `padding`: "longest" (the
+    batch's longest window) or "max_length" (every window `max_length` tokens: FLARE pairs them token by token
+    with a source view of that length, `trainer.data.translated_pairs.FlareQACollator`).
     """
 
-    def __init__(self, tokenizer: PreTrainedTokenizerBase, max_length: int, stride: int, targets: bool = True):
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, max_length: int, stride: int, targets: bool = True,
+                 padding: str = "longest"):
         if not getattr(tokenizer, "is_fast", False):
             raise DataError(f"extractive QA needs a fast tokenizer (offsets); {type(tokenizer).__name__} is not one")
         if stride >= max_length:
@@ -55,12 +58,13 @@ class QACollator:
         self.max_length = max_length
         self.stride = stride
         self.targets = targets
+        self.padding = padding
 
     def __call__(self, examples: list) -> dict:
         self._check_room(examples)
         enc = self.tokenizer([e.texts[1] for e in examples], [e.texts[0] for e in examples],
                              truncation="only_second", max_length=self.max_length, stride=self.stride,
-                             return_overflowing_tokens=True, return_offsets_mapping=True, padding=True,
+                             return_overflowing_tokens=True, return_offsets_mapping=True, padding=self.padding,
                              return_tensors="pt")
         example_index = enc["overflow_to_sample_mapping"].long()
         offsets = enc["offset_mapping"].long()

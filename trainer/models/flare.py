@@ -2,6 +2,7 @@
 
     model = build_flare_model(job.model, english_cfg, method, fusion, query, source_state, task, num_labels)
     logits = model(input_ids, attention_mask, source_ids, source_mask).logits     # [b, num_labels]
+    out = model(**qa_batch)     # task "qa": the English model's span head; start_logits, end_logits [windows, s]
 
 `input_ids` is the target-language text; `source_ids` its English side (`fusion`) or the same
 target text in NLLB tokens (`fusion_mt`), padded to the same length as the target (token-wise
@@ -14,7 +15,9 @@ fusion). One forward holds both passes, so ZeRO-3's parameter hooks see every us
                 one source for every block
     translate_train, input_fusion, zero_shot    plain LoRA on the target input (no source)
 
-The head reads the pooled last layer of the target pass, as the English model's head did.
+The head reads the pooled last layer of the target pass, as the English model's head did; for extractive QA
+(`task="qa"`) the English model's span head reads every token of the target window (one source view per
+window: `trainer.data.translated_pairs.FlareQACollator`).
 """
 
 from __future__ import annotations
@@ -31,14 +34,15 @@ from trainer.models.fusion import FusionContext
 from trainer.models.llm_forward import run_llm
 from trainer.models.loading import load_nllb_encoder
 from trainer.models.lora import add_fusion_lora, add_lora
-from trainer.models.task_model import TaskOutput, build_task_model
+from trainer.models.task_model import TaskOutput, build_task_model, head_output
 from trainer.models.weights import load_trainable
 
 FUSED_METHODS = ("fusion", "fusion_mt")
 
 
 class FlareModel(nn.Module):
-    """`forward(input_ids, attention_mask, source_ids=None, source_mask=None)` -> `TaskOutput(logits [b, C])`."""
+    """`forward(input_ids, attention_mask, source_ids=None, source_mask=None)` -> `TaskOutput`: logits [b, C], or
+    QA's start_logits, end_logits [windows, s] (`trainer.models.task_model.head_output`)."""
 
     def __init__(self, llm: nn.Module, head: nn.Module, context: FusionContext | None, method: str,
                  source_state: str = "input", encoder: nn.Module | None = None, projection: nn.Module | None = None):
@@ -81,7 +85,7 @@ class FlareModel(nn.Module):
         elif self.context is not None:
             self.context.start("plain")
         hidden = run_llm(self.llm, attention_mask, input_ids=input_ids).last_hidden_state
-        return TaskOutput(logits=self.head(hidden, attention_mask))
+        return head_output(self.head, hidden, attention_mask)
 
 
 def build_flare_model(cfg, english_cfg, method: str, fusion: str, query: str, source_state: str, task: str,

@@ -65,16 +65,23 @@ class TaskModel(nn.Module):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, choice_mask: torch.Tensor | None = None,
                 mode: str = "logits", **_) -> TaskOutput:
         hidden = self.hidden(input_ids, attention_mask)
-        if isinstance(self.head, TokenClassificationHead):
-            return TaskOutput(logits=self.head(hidden))
-        if isinstance(self.head, SpanHead):
-            start, end = self.head(hidden)
-            return TaskOutput(start_logits=start, end_logits=end)
-        if mode == "pooled":
+        per_token = isinstance(self.head, (TokenClassificationHead, SpanHead))
+        if mode == "pooled" and not per_token:
             return TaskOutput(pooled=pool(hidden, attention_mask, self.head.pooling))
         if self.num_choices:
             return TaskOutput(logits=self.head(hidden, attention_mask, choice_mask.shape[1], choice_mask))
-        return TaskOutput(logits=self.head(hidden, attention_mask))
+        return head_output(self.head, hidden, attention_mask)
+
+
+def head_output(head: nn.Module, hidden: torch.Tensor, attention_mask: torch.Tensor) -> TaskOutput:
+    """A classification, tagging or span head on the last hidden states [b, s, d]: `logits` [b, C] (pooled over
+    `attention_mask` [b, s]) or [b, s, T] (every token), or `start_logits`, `end_logits` [b, s] (QA)."""
+    if isinstance(head, TokenClassificationHead):
+        return TaskOutput(logits=head(hidden))
+    if isinstance(head, SpanHead):
+        start, end = head(hidden)
+        return TaskOutput(start_logits=start, end_logits=end)
+    return TaskOutput(logits=head(hidden, attention_mask))
 
 
 def build_task_model(cfg, task: str, num_labels: int) -> TaskModel:

@@ -8,7 +8,10 @@
              translate_train / input_fusion    plain LoRA on the target (input_fusion: target + English text)
              zero_shot      no update: the English model on the target text (the step only measures the loss)
              -> head on the pooled last layer -> cross-entropy
-    every 10%   dev and test score of every language, each input with its English side
+             extractive QA (TyDiQA): the target (question, context) in `QACollator`'s windows, each window with
+             one source view (`FlareQACollator`) -> the English model's span head -> `span_loss`
+    every 10%   dev and test score of every language, each input with its English side (QA: `QAScorer`, the
+                best span over the windows, SQuAD F1 and EM)
     at the end  S-DEV / T-DEV selection as `finetune` (`trainer.recipes.tasks`)
 
 The source language itself is scored with English as both sides.
@@ -16,10 +19,12 @@ The source language itself is scored with English as both sides.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from trainer.config import ConfigError, FlareJob
 from trainer.data.batches import MicroBatches
-from trainer.data.benchmarks import BENCHMARKS
-from trainer.data.translated_pairs import FlareCollator, pair_by_id, unpaired
+from trainer.data.benchmarks import BENCHMARKS, IDS_NAME_LANGUAGE, QA
+from trainer.data.translated_pairs import FlareCollator, FlareQACollator, pair_by_id, unpaired
 from trainer.loop import Run, Sums, accumulate, train
 from trainer.models.flare import build_flare_model
 from trainer.models.loading import load_llm_tokenizer, load_nllb_tokenizer
@@ -37,18 +42,25 @@ def run(r: Run) -> dict:
                               job.flare.source_state, benchmark.task, benchmark.num_labels,
                               engine.modifying).train()
     nllb = load_nllb_tokenizer(job.model.encoder, job.model.cache_dir) if method == "fusion_mt" else None
-    collate = FlareCollator(load_llm_tokenizer(job.model.llm, job.model.cache_dir), t.max_length, method, nllb)
+    tokenizer = load_llm_tokenizer(job.model.llm, job.model.cache_dir)
+    if benchmark.task in QA:   # finetune's QA windows, span loss and scorer, each window with its source view
+        collate, loss, scorer = tasks.task_head(
+            r, tokenizer, views=lambda windows: FlareQACollator(windows, method, tokenizer, nllb))
+    else:
+        collate, scorer = FlareCollator(tokenizer, t.max_length, method, nllb), None
+        loss = lambda out, batch: classification_loss(out.logits, batch["labels"])  # noqa: E731
     batches = MicroBatches(training_pairs(job), job.optim.micro_batch_size, collate, seed=job.seed,
                            rank=engine.rank, world_size=engine.world_size)
 
     def fit(batch: dict, sums: Sums):
         sums.count_tokens(batch["attention_mask"].sum())
-        return classification_loss(engine(**batch).logits, batch["labels"])
+        return loss(engine(**batch), batch)
 
     update = method != "zero_shot"   # zero_shot: the same batches, measured only
     step = lambda step: accumulate(r, batches, fit, update=update)  # noqa: E731
     predict = lambda batch: engine(**engine.to_device(batch)).logits  # noqa: E731
-    return train(r, model, batches, step, tasks.dev_test_hooks(r, collate, predict, sets=evaluation_pairs(job)))
+    return train(r, model, batches, step,
+                 tasks.dev_test_hooks(r, collate, predict, sets=evaluation_pairs(job), scorer=scorer))
 
 
 def english_config(job: FlareJob):
@@ -67,15 +79,25 @@ def training_pairs(job: FlareJob) -> list:
     english = tasks.examples(job, t.train_benchmark or t.benchmark, t.source_language, "train")
     pairs = []
     for language in job.flare.languages or t.target_languages:
-        targets = tasks.examples(job, t.benchmark, language, split)
+        targets = translated_examples(job, language, split)
         pairs += (pair_by_id(targets, english, f"{t.benchmark} {language} {split}")
                   if job.flare.method in NEEDS_ENGLISH else unpaired(targets))
     return pairs
 
 
+def translated_examples(job: FlareJob, language: str, split: str) -> list:
+    """`language`'s training examples of `split`. A translate_train file of a benchmark whose ids name their language
+    (TyDiQA: the English original's `english-...` ids) is read under the source language and marked `language`."""
+    t = job.task
+    if split != "translate_train" or t.benchmark not in IDS_NAME_LANGUAGE:
+        return tasks.examples(job, t.benchmark, language, split)
+    files = {split: t.files[split].replace("{language}", language)}
+    return [replace(e, language=language) for e in tasks.examples(job, t.benchmark, t.source_language, split, files)]
+
+
 def evaluation_pairs(job: FlareJob) -> dict[str, dict[str, list]]:
-    """split -> language -> dev/test examples with their English side (translate_test files, or the source
-    language's set of the same split by id)."""
+    """split -> language -> dev/test examples with their English side (the `translate_validation` /
+    `translate_test` file of the split, or the source language's set of the same split by id)."""
     t = job.task
     sets = {}
     for split in ("validation", "test"):
@@ -86,7 +108,8 @@ def evaluation_pairs(job: FlareJob) -> dict[str, dict[str, list]]:
             if job.flare.method not in NEEDS_ENGLISH:
                 sets[split][language] = unpaired(targets)
                 continue
-            side = (tasks.examples(job, t.benchmark, language, "translate_test")
-                    if split == "test" and "translate_test" in t.files and language != t.source_language else english)
+            translated = f"translate_{split}"
+            side = (tasks.examples(job, t.benchmark, language, translated)
+                    if translated in t.files and language != t.source_language else english)
             sets[split][language] = pair_by_id(targets, side, f"{t.benchmark} {language} {split}")
     return sets

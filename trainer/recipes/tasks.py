@@ -44,14 +44,14 @@ from trainer.objectives.task import classification_loss, span_loss, token_classi
 
 def examples(job, benchmark: str, language: str, split: str, files: dict[str, str] | None = None) -> list:
     """`TaskExample`s of a benchmark's language and split, from `files` (default `task.files`: split -> template
-    with {language}) or the hub (eval sets capped at `task.max_eval_examples`).
+    with {language}) or the hub (eval sets capped at `task.max_eval_examples`; train and translate_train never).
 
     NER: the tags of `task.entity_types_as_o` are read as O (e.g. MasakhaNER's DATE when training on WikiANN).
     """
     t = job.task
     template = (t.files if files is None else files).get(split)
     rows = load_benchmark(benchmark, language, split, files=[template.format(language=language)] if template else None)
-    rows = rows if split == "train" or not t.max_eval_examples else rows[:t.max_eval_examples]
+    rows = rows if split in ("train", "translate_train") or not t.max_eval_examples else rows[:t.max_eval_examples]
     if t.entity_types_as_o:
         names = tag_names(job, benchmark)
         outside = names.index("O")
@@ -141,7 +141,8 @@ def dev_test_hooks(r: Run, collate: Callable[[list], dict], predict: Callable[[d
     return Hooks(before=fresh, after_step=lambda done: evaluate(done) if done % every == 0 else {}, at_end=at_end)
 
 
-def task_head(r: Run, tokenizer, set_language: bool = False, forward: Callable[[dict], object] | None = None):
+def task_head(r: Run, tokenizer, set_language: bool = False, forward: Callable[[dict], object] | None = None,
+              views: Callable[[QACollator], Callable[[list], dict]] | None = None):
     """(training collator, loss(output, batch), evaluation scorer) for the kind of task `task.benchmark` is.
 
     Classification and multiple choice: `TaskExampleCollator` (NLLB `src_lang` per batch with
@@ -149,7 +150,9 @@ def task_head(r: Run, tokenizer, set_language: bool = False, forward: Callable[[
     `token_classification_loss`, `TaggingScorer`. QA: `QACollator` (windows of `task.max_length` tokens
     sharing `task.doc_stride`), `span_loss`, `QAScorer` (answers of at most `task.max_answer_length` tokens).
     `forward(batch) -> output` runs the model in evaluation (default: the engine on the batch moved to the
-    device; realign's `AlignedModel` takes its mode first).
+    device; realign's `AlignedModel` takes its mode first). `views(windows)` (QA only) wraps both QA collators,
+    which then pad every window to `task.max_length`: FLARE's target windows with their source views
+    (`trainer.data.translated_pairs.FlareQACollator`).
     """
     job, engine, t = r.job, r.engine, r.job.task
     task = BENCHMARKS[t.benchmark].task
@@ -163,11 +166,13 @@ def task_head(r: Run, tokenizer, set_language: bool = False, forward: Callable[[
             out = forward(batch)
             return out.start_logits, out.end_logits
 
-        scorer = QAScorer(predict, QACollator(tokenizer, t.max_length, t.resolved_doc_stride, targets=False),
-                          t.max_answer_length)
+        wrap, padding = (views, "max_length") if views else ((lambda windows: windows), "longest")
+        windows = lambda targets: wrap(QACollator(tokenizer, t.max_length, t.resolved_doc_stride,  # noqa: E731
+                                                  targets=targets, padding=padding))
+        scorer = QAScorer(predict, windows(False), t.max_answer_length)
         loss = lambda out, batch: span_loss(out.start_logits, out.end_logits,  # noqa: E731
                                             batch["start_positions"], batch["end_positions"])
-        return QACollator(tokenizer, t.max_length, t.resolved_doc_stride), loss, scorer
+        return windows(True), loss, scorer
     collate = TaskExampleCollator(tokenizer, t.max_length, set_language=set_language)
     return collate, lambda out, batch: classification_loss(out.logits, batch["labels"]), None
 
