@@ -103,8 +103,8 @@ def test_two_ranks_equal_one_rank_with_the_same_global_batch(workdir, two_ranks)
 
 @pytest.mark.slow
 def test_killed_twice_and_during_a_checkpoint_write_resumes_to_the_same_losses(workdir, two_ranks):
-    """Also the teacher cache's equivalence: these launches read cached teacher targets, the reference
-    (`two_ranks`) ran the live teacher."""
+    """Also two equivalences under 2 ZeRO-3 ranks: these launches read cached teacher targets and checkpoint
+    every block's activations; the reference (`two_ranks`) ran the live teacher without checkpointing."""
     from trainer.recipes.stage1 import build_teacher_targets
 
     cache = workdir / "teacher_cache"
@@ -112,18 +112,19 @@ def test_killed_twice_and_during_a_checkpoint_write_resumes_to_the_same_losses(w
     name = "killed"
     ckpts = workdir / name / "checkpoints"
     # 1. SIGKILL after step 5: the newest checkpoint is step 4.
-    first = launch(workdir, name, 2, f"teacher_cache={cache}", fault="after_step:5")
+    variant = (f"teacher_cache={cache}", "model.llm.gradient_checkpointing=true")
+    first = launch(workdir, name, 2, *variant, fault="after_step:5")
     assert first.returncode != 0
     assert (ckpts / LATEST).read_text().strip() == "step-00000004"
     # 2. Resume from 4; SIGKILL while writing the step-8 checkpoint (DeepSpeed files written,
     #    no manifest yet): step 6 must stay the newest usable checkpoint.
-    second = launch(workdir, name, 2, f"teacher_cache={cache}", fault="in_checkpoint:8")
+    second = launch(workdir, name, 2, *variant, fault="in_checkpoint:8")
     assert second.returncode != 0
     assert "resuming from" in second.stderr and "step-00000004" in second.stderr
     assert (ckpts / ".tmp-step-00000008").is_dir()
     assert (ckpts / LATEST).read_text().strip() == "step-00000006"
     # 3. Resume again: the interrupted write is skipped with a warning naming it.
-    third = ok(launch(workdir, name, 2, f"teacher_cache={cache}"))
+    third = ok(launch(workdir, name, 2, *variant))
     assert "skipping" in third.stderr and ".tmp-step-00000008" in third.stderr
     assert "step-00000006" in third.stderr
     resumed = losses(workdir, name)

@@ -20,7 +20,7 @@ def demo_run(tmp_path_factory, tiny_cache):
     tmp = tmp_path_factory.mktemp("stage1")
     manifest = write_demo_shards(tmp / "demo")
     uri = f"sqlite:///{tmp / 'mlflow.db'}"
-    job = load_job(DEMO, [f"data.manifest={manifest}", f"output_dir={tmp}/out",
+    job = load_job(DEMO, [f"data.manifest={manifest}", f"output_dir={tmp}/out", "optim.max_steps=60",
                           f"tracking.uri={uri}", f"model.cache_dir={tiny_cache}"])
     summary = run_job(job)
     return job, summary, uri

@@ -1,6 +1,6 @@
-"""Stage 1's teacher-target cache: cached and live teachers give the same losses; a cache made for another
-teacher or text is refused naming what differs. (2 ZeRO ranks killed and resumed with the cache:
-tests/test_engine.py.)"""
+"""Stage 1's objective does not depend on how its batches are made: cached and live teachers give the same
+losses, and length bucketing gives every example the same loss; a cache made for another teacher or text is
+refused naming what differs. (2 ZeRO ranks killed and resumed with the cache: tests/test_engine.py.)"""
 
 from __future__ import annotations
 
@@ -79,3 +79,38 @@ def test_a_cache_for_another_teacher_or_text_is_refused_naming_the_difference(se
     with pytest.raises(ConfigError, match=r"lacks parts \[1\].*--shards 1:2"):
         run_job(load_job(DEMO, [*overrides, f"output_dir={tmp}/partial", f"teacher_cache={partial}"]))
     assert build_cli([str(DEMO), *overrides, "teacher_cache=null"]) == 2   # the builder needs the folder
+
+
+def test_length_bucketing_changes_the_batches_not_any_examples_loss(setting, tiny_cache):
+    """One epoch, bucketed vs plain batches, the same model: every chunk's own distillation loss (its squared
+    error, mean over the dimensions) is the same, so bucketing only removes padding."""
+    tmp, overrides = setting
+    from trainer.data.stream import StreamConfig, StreamLoader
+    from trainer.models.loading import load_llm_tokenizer, load_nllb_tokenizer
+    from trainer.models.mt_llm import build_mt_llm
+
+    torch.manual_seed(0)
+    model = build_mt_llm(load_job(DEMO, overrides).model).eval()
+    with torch.no_grad():   # a trained-looking student: B != 0, so the student differs from the teacher
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.05)
+    losses, padded = {}, {}
+    for bucketing in (True, False):
+        job = load_job(DEMO, [*overrides, f"data.length_bucketing={bucketing}"])
+        batches = StreamLoader(StreamConfig(**job.data.stream_options(), epochs=1),
+                               load_llm_tokenizer(job.model.llm, tiny_cache),
+                               load_nllb_tokenizer(job.model.encoder, tiny_cache), 8, seed=0)
+        losses[bucketing], padded[bucketing] = {}, 0
+        with torch.no_grad():
+            for batch in batches:
+                out = model(**batch)
+                per_example = ((out.teacher - out.student) ** 2).mean(dim=-1)
+                for key, loss in zip(zip(batch["doc_index"].tolist(), batch["chunk_index"].tolist()), per_example):
+                    losses[bucketing][key] = float(loss)
+                padded[bucketing] += int((batch["nllb_attention_mask"] == 0).sum())
+        batches.close()
+    assert losses[True].keys() == losses[False].keys() and len(losses[True]) > 100
+    for key, loss in losses[False].items():
+        assert losses[True][key] == pytest.approx(loss, rel=1e-4, abs=1e-7), key
+    assert padded[True] < padded[False]
