@@ -53,6 +53,7 @@ class TrialContext:
     workdir: str                      # the driver's working directory: relative job paths resolve here
     crash_at_step: int | None = None  # tests: each trial's workers raise once at this step
     crash_loses_disk: bool = False    # tests: ... and the trial's local checkpoints are gone (another node)
+    crash_trials: int | None = None   # tests: only the first N trials (by index) crash; None = every trial
 
 
 def param_space(sweep: Sweep) -> dict[str, Any]:
@@ -207,7 +208,7 @@ def run_trial(trial_config: dict[str, Any], ctx: TrialContext) -> None:
     resources = {"CPU": res.cpus_per_worker, **({"GPU": res.gpus_per_worker} if use_gpu else {})}
     trainer = TorchTrainer(
         train_worker,
-        train_loop_config={"raw": raw, "workdir": ctx.workdir, "crash_at_step": ctx.crash_at_step,
+        train_loop_config={"raw": raw, "workdir": ctx.workdir, "crash_at_step": crash_at_step(ctx, trial_name),
                            "crash_loses_disk": ctx.crash_loses_disk},
         scaling_config=ScalingConfig(num_workers=res.workers, use_gpu=use_gpu, resources_per_worker=resources),
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo", timeout_s=process_group_timeout(raw)),
@@ -224,6 +225,12 @@ def process_group_timeout(raw: dict) -> int:
     """The trial job's `engine.timeout_minutes` in seconds: Ray's TorchConfig makes the process group, so the
     timeout that lets the slowest rank save a checkpoint must reach it (Ray's own default is 30 minutes)."""
     return round(validate(raw, JobConfig, source="trial job").engine.timeout_minutes * 60)
+
+
+def crash_at_step(ctx: TrialContext, trial_name: str) -> int | None:
+    """Tests: the step at which this trial's workers raise once (`ctx.crash_at_step`, within `ctx.crash_trials`)."""
+    index = int(trial_name.rsplit("_", 1)[-1])
+    return ctx.crash_at_step if ctx.crash_trials is None or index < ctx.crash_trials else None
 
 
 def storage_root(sweep: Sweep, sweep_dir: Path) -> str:
@@ -322,7 +329,8 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 
 
 def run_sweep(sweep: Sweep, sweep_dir: Path | None = None, resume: bool = False,
-              crash_at_step: int | None = None, crash_loses_disk: bool = False) -> list[dict[str, Any]]:
+              crash_at_step: int | None = None, crash_loses_disk: bool = False,
+              crash_trials: int | None = None) -> list[dict[str, Any]]:
     """Run (or resume) a sweep; returns the summary rows (also logged to the parent MLflow run)."""
     from trainer import tracking
 
@@ -343,7 +351,8 @@ def run_sweep(sweep: Sweep, sweep_dir: Path | None = None, resume: bool = False,
     os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
     init_ray(sweep)
     start = time.perf_counter()
-    ctx = TrialContext(sweep, str(sweep_dir), parent_run_id, state["workdir"], crash_at_step, crash_loses_disk)
+    ctx = TrialContext(sweep, str(sweep_dir), parent_run_id, state["workdir"], crash_at_step, crash_loses_disk,
+                       crash_trials)
     tuner = build_tuner(ctx, resume)
     results = tuner.fit()
     rows = summary_rows(sweep, results)
