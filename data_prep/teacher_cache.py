@@ -66,12 +66,42 @@ def stage1(job, args) -> int:
             parts = range(int(first), int(end))
         except ValueError:
             raise ConfigError(f"--shards: {args.shards!r} is not A:B (e.g. 0:8)") from None
-    from trainer.recipes.stage1 import build_teacher_targets   # torch and the models load only for a valid job
-
     start = time.perf_counter()
     done = build_teacher_targets(job, job.teacher_cache, parts, args.device, args.batch_size)
     print(f"teacher targets: {len(done)} text shard(s) in {job.teacher_cache} ({time.perf_counter() - start:.1f}s)")
     return 0
+
+
+def build_teacher_targets(job, folder: str | Path, parts: range | None = None,
+                          device: str | None = None, batch_size: int | None = None) -> list[int]:
+    """A stage-1 job's teacher targets of text shards `parts` (default: all; parts past the last shard are ignored,
+    so ranges may overshoot) written to `folder` -> the parts written. Chunks go through `MTLLM.teacher`, the
+    live step's teacher (adapters off, no grad), in batches of `batch_size` (default optim.micro_batch_size)
+    sorted by length; progress on stderr."""
+    import torch
+    from tqdm.auto import tqdm
+
+    from trainer.data.teacher_targets import padded_groups, write_meta, write_part
+    from trainer.data.text import teacher_chunks
+    from trainer.models.loading import load_llm_tokenizer, load_nllb_tokenizer
+    from trainer.models.mt_llm import build_mt_llm
+    from trainer.recipes.stage1 import teacher_fingerprint
+
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model = build_mt_llm(job.model).to(device).eval()
+    llm_tok = load_llm_tokenizer(job.model.llm, job.model.cache_dir)
+    all_parts, llm_ids = teacher_chunks(job.data, llm_tok, load_nllb_tokenizer(job.model.encoder, job.model.cache_dir))
+    chosen = [part for part in (parts if parts is not None else range(len(all_parts))) if part < len(all_parts)]
+    write_meta(folder, teacher_fingerprint(job, model), model.llm.config.hidden_size, all_parts)
+    size = batch_size or job.optim.micro_batch_size
+    for part in tqdm(chosen, desc="teacher targets (text shards)", unit="shard"):
+        docs = llm_ids(part)
+        items = [(d, c, ids) for d, chunks in enumerate(docs) for c, ids in enumerate(chunks)]
+        vectors = torch.empty(len(items), model.llm.config.hidden_size)
+        for positions, batch in padded_groups(items, size, llm_tok.pad_token_id, llm_tok.padding_side):
+            vectors[positions] = model.teacher(**{k: v.to(device) for k, v in batch.items()}).float().cpu()
+        write_part(folder, part, [len(chunks) for chunks in docs], vectors)
+    return chosen
 
 
 if __name__ == "__main__":

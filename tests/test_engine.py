@@ -105,7 +105,7 @@ def test_two_ranks_equal_one_rank_with_the_same_global_batch(workdir, two_ranks)
 def test_killed_twice_and_during_a_checkpoint_write_resumes_to_the_same_losses(workdir, two_ranks):
     """Also two equivalences under 2 ZeRO-3 ranks: these launches read cached teacher targets and checkpoint
     every block's activations; the reference (`two_ranks`) ran the live teacher without checkpointing."""
-    from trainer.recipes.stage1 import build_teacher_targets
+    from data_prep.teacher_cache import build_teacher_targets
 
     cache = workdir / "teacher_cache"
     build_teacher_targets(load_job(workdir / "job.yaml", [f"teacher_cache={cache}"]), cache, batch_size=7)

@@ -16,15 +16,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from functools import partial
-from pathlib import Path
-
-import torch
-from tqdm.auto import tqdm
 
 from trainer import distributed
 from trainer.config import ConfigError, Stage1Job
-from trainer.data.teacher_targets import TeacherTargets, WithTeacherTargets, padded_groups, write_meta, write_part
-from trainer.data.text import teacher_chunks, text_batches, text_identity
+from trainer.data.teacher_targets import TeacherTargets, WithTeacherTargets
+from trainer.data.text import text_batches, text_identity
 from trainer.errors import DataError
 from trainer.loop import LLM_TOKENS, Run, Sums, accumulate, train
 from trainer.models.loading import load_llm_tokenizer, load_nllb_tokenizer
@@ -57,28 +53,6 @@ def teacher_fingerprint(job: Stage1Job, model: MTLLM) -> dict:
     return {"llm": m.llm.name_or_path, "llm_dtype": str(model.llm_dtype).removeprefix("torch."),
             "bidirectional": m.llm.bidirectional, "pooling": m.pooling, "encoder_tokenizer": m.encoder.name_or_path,
             "max_length": job.data.max_length, "text": text_identity(job.data)}
-
-
-def build_teacher_targets(job: Stage1Job, folder: str | Path, parts: range | None = None,
-                          device: str | None = None, batch_size: int | None = None) -> list[int]:
-    """Compute and write the teacher targets of `parts` (default: every part; parts past the last text shard are
-    ignored, so ranges may overshoot) of the job's text -> the parts written. Batches of `batch_size` chunks (default optim.micro_batch_size) sorted by length; progress on
-    stderr. The same `MTLLM.teacher` as the live step (adapters off, no grad)."""
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model = build_mt_llm(job.model).to(device).eval()
-    llm_tok = load_llm_tokenizer(job.model.llm, job.model.cache_dir)
-    all_parts, llm_ids = teacher_chunks(job.data, llm_tok, load_nllb_tokenizer(job.model.encoder, job.model.cache_dir))
-    chosen = [part for part in (parts if parts is not None else range(len(all_parts))) if part < len(all_parts)]
-    write_meta(folder, teacher_fingerprint(job, model), model.llm.config.hidden_size, all_parts)
-    size = batch_size or job.optim.micro_batch_size
-    for part in tqdm(chosen, desc="teacher targets (text shards)", unit="shard"):
-        docs = llm_ids(part)
-        items = [(d, c, ids) for d, chunks in enumerate(docs) for c, ids in enumerate(chunks)]
-        vectors = torch.empty(len(items), model.llm.config.hidden_size)
-        for positions, batch in padded_groups(items, size, llm_tok.pad_token_id, llm_tok.padding_side):
-            vectors[positions] = model.teacher(**{k: v.to(device) for k, v in batch.items()}).float().cpu()
-        write_part(folder, part, [len(chunks) for chunks in docs], vectors)
-    return chosen
 
 
 def step_function(r: Run, batches) -> Callable[[int], Sums]:
