@@ -81,6 +81,7 @@ def build_teacher_targets(job, folder: str | Path, parts: range | None = None,
     import torch
     from tqdm.auto import tqdm
 
+    from trainer.config import resolve_dtypes
     from trainer.data.teacher_targets import padded_groups, write_meta, write_part
     from trainer.data.text import teacher_chunks
     from trainer.models.loading import load_llm_tokenizer, load_nllb_tokenizer
@@ -88,6 +89,7 @@ def build_teacher_targets(job, folder: str | Path, parts: range | None = None,
     from trainer.recipes.stage1 import teacher_fingerprint
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    job = resolve_dtypes(job)   # `auto` dtypes as the run resolves them, so the fingerprints agree
     model = build_mt_llm(job.model).to(device).eval()
     llm_tok = load_llm_tokenizer(job.model.llm, job.model.cache_dir)
     all_parts, llm_ids = teacher_chunks(job.data, llm_tok, load_nllb_tokenizer(job.model.encoder, job.model.cache_dir))

@@ -38,6 +38,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from trainer.data.stream import pad_batch
 from trainer.errors import DataError
 from trainer.fsutil import replace_dir, temp_dir_beside, write_atomic
 
@@ -164,10 +165,9 @@ class WithTeacherTargets:
 
 def padded_groups(items: list[tuple[int, int, np.ndarray]], batch_size: int, pad_id: int,
                   side: str) -> Iterator[tuple[list[int], dict[str, torch.Tensor]]]:
-    """Chunks (position, ..., llm ids) in batches of similar length -> (positions, {llm_input_ids,
-    llm_attention_mask}) for the teacher: sorting by length keeps the padding (wasted teacher FLOPs) small."""
-    from trainer.data.stream import pad_batch
-
+    """Chunks (document, chunk, LLM ids [n]) in batches of similar length -> (the batch's indices into `items`,
+    {llm_input_ids, llm_attention_mask} [b, longest]) for the teacher: sorting by length keeps the padding
+    (wasted teacher FLOPs) small."""
     order = sorted(range(len(items)), key=lambda i: len(items[i][-1]))
     for s in range(0, len(order), batch_size):
         group = order[s:s + batch_size]

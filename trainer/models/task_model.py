@@ -9,8 +9,9 @@ MT-LLM whose input goes through the NLLB encoder ("S1+FT").
 
 The body returns the last hidden states [b, s, d] and the head pools them (`model.pooling`, mean
 in the study); tagging (`pos`, `ner`) and QA heads read every token instead. For S1+FT `input_ids`
-are NLLB tokens (the text's language as `src_lang`); the stage-1 export (projection + LoRA) is loaded, and its LoRA, the projection and the head all train
-(the study fine-tunes the stage-1 MT-LLM as a whole; the NLLB encoder stays frozen).
+are NLLB tokens (the text's language as `src_lang`); the stage-1 export (projection + LoRA) is loaded,
+and its LoRA, the projection and the head all train (the study fine-tunes the stage-1 MT-LLM as a
+whole; the NLLB encoder stays frozen).
 """
 
 from __future__ import annotations
