@@ -10,6 +10,7 @@ demo output is readable.
 
 from __future__ import annotations
 
+import functools
 import json
 import random
 from pathlib import Path
@@ -56,8 +57,16 @@ def script_of(flores_code: str) -> str:
 def lexicon(flores_code: str) -> dict[str, str]:
     """Concept -> pseudo-word in the language's script; English maps to itself.
 
-    Deterministic in the language code, so every process builds the same table.
+    Deterministic in the language code, so every process builds the same table. The table is built
+    once per language and cached (rendering calls this for every sentence); each call returns a fresh
+    copy, so a caller may change its dict without changing the cache.
     """
+    return dict(_lexicon_table(flores_code))
+
+
+@functools.lru_cache(maxsize=None)
+def _lexicon_table(flores_code: str) -> dict[str, str]:
+    """`lexicon`'s table, built once per language code (never handed out: `lexicon` copies it)."""
     if flores_code == "eng_Latn":
         return {c: c for c in CONCEPTS}
     alphabet = SCRIPT_ALPHABETS.get(script_of(flores_code), SCRIPT_ALPHABETS["Latn"])
