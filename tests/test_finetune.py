@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 from pathlib import Path
 
 import mlflow
@@ -127,5 +128,35 @@ def test_accuracy_and_macro_f1_match_written_out_computations():
         fn = sum(g == c and p != c for g, p in zip(gold, pred))
         f1s.append(2 * tp / (2 * tp + fp + fn))
     assert macro_f1(confusion) == pytest.approx(sum(f1s) / 3)
-    never = torch.tensor([[2.0, 0, 0], [0, 1, 0], [0, 0, 0]])     # class 2 never gold nor predicted: F1 0
-    assert macro_f1(never) == pytest.approx(2 / 3)
+    never = torch.tensor([[2.0, 0, 0], [0, 1, 0], [0, 0, 0]])     # class 2 never gold nor predicted: not counted
+    assert macro_f1(never) == pytest.approx(1.0)
+
+
+def _confusion(gold: list[int], pred: list[int], classes: int) -> torch.Tensor:
+    confusion = torch.zeros(classes, classes, dtype=torch.float64)
+    for g, p in zip(gold, pred):
+        confusion[g, p] += 1
+    return confusion
+
+
+@pytest.mark.parametrize("gold, pred", [
+    ([0, 0, 1], [0, 1, 1]),                     # class 2 of 3 in neither: 0.667 (the old mean over 3 classes: 0.444)
+    ([0, 1, 2, 2], [0, 1, 1, 2]),               # every class present
+    ([0, 0, 0, 1], [0, 0, 2, 1]),               # class 2 predicted, never gold (F1 0, counted)
+    ([0, 2, 2, 2], [0, 0, 0, 0]),               # class 2 gold, never predicted (F1 0, counted); class 1 absent
+    ([3, 3, 3], [3, 3, 3]),                     # one class of 5 present
+    ([1, 4, 4, 1, 0], [4, 4, 1, 1, 2]),         # classes 0, 1, 2, 4 of 5 present, 3 absent
+])
+def test_macro_f1_is_sklearns_over_the_classes_in_gold_or_prediction(gold, pred):
+    from sklearn.metrics import f1_score
+
+    classes = 5
+    expected = f1_score(gold, pred, average="macro", zero_division=0)   # sklearn's labels: those in either
+    assert macro_f1(_confusion(gold, pred, classes)) == pytest.approx(expected)
+
+
+def test_macro_f1_with_an_absent_class_by_hand():
+    # gold [0, 0, 1], predicted [0, 1, 1], 3 classes: class 0 TP 1 FN 1 -> F1 2/3; class 1 TP 1 FP 1 -> 2/3;
+    # class 2 neither gold nor predicted: left out, so (2/3 + 2/3) / 2, not (2/3 + 2/3 + 0) / 3 = 0.444
+    assert macro_f1(_confusion([0, 0, 1], [0, 1, 1], 3)) == pytest.approx(2 / 3)
+    assert math.isnan(macro_f1(torch.zeros(3, 3)))                 # nothing scored

@@ -270,6 +270,92 @@ def test_qa_scorer_reads_the_answer_back_from_the_offsets(tiny_path):
     assert eval_collate([example])["start_positions"].tolist() == [-100] * target["input_ids"].shape[0]
 
 
+def _squad_v11_evaluate(dataset: list[dict], predictions: dict[str, str]) -> dict[str, float]:
+    """SQuAD v1.1's evaluate-v1.1.py written out: a question without a prediction counts in the total and scores
+    nothing; otherwise the max over its gold answers of exact match and token F1 (after normalize_answer)."""
+    import collections
+    import re
+    import string
+
+    def normalize_answer(s):
+        def remove_articles(text):
+            return re.sub(r"\b(a|an|the)\b", " ", text)
+
+        def white_space_fix(text):
+            return " ".join(text.split())
+
+        def remove_punc(text):
+            exclude = set(string.punctuation)
+            return "".join(ch for ch in text if ch not in exclude)
+
+        return white_space_fix(remove_articles(remove_punc(s.lower())))
+
+    def f1_score(prediction, ground_truth):
+        prediction_tokens = normalize_answer(prediction).split()
+        ground_truth_tokens = normalize_answer(ground_truth).split()
+        common = collections.Counter(prediction_tokens) & collections.Counter(ground_truth_tokens)
+        num_same = sum(common.values())
+        if num_same == 0:
+            return 0
+        precision = 1.0 * num_same / len(prediction_tokens)
+        recall = 1.0 * num_same / len(ground_truth_tokens)
+        return (2 * precision * recall) / (precision + recall)
+
+    def exact_match_score(prediction, ground_truth):
+        return normalize_answer(prediction) == normalize_answer(ground_truth)
+
+    def metric_max_over_ground_truths(metric_fn, prediction, ground_truths):
+        return max(metric_fn(prediction, gt) for gt in ground_truths)
+
+    f1 = exact_match = total = 0
+    for qa in dataset:
+        total += 1
+        if qa["id"] not in predictions:     # "Unanswered question ... will receive score 0."
+            continue
+        ground_truths = qa["answers"]
+        prediction = predictions[qa["id"]]
+        exact_match += metric_max_over_ground_truths(exact_match_score, prediction, ground_truths)
+        f1 += metric_max_over_ground_truths(f1_score, prediction, ground_truths)
+    return {"exact_match": exact_match / total, "f1": f1 / total}
+
+
+def test_an_unanswered_question_scores_zero_as_the_squad_script_scores_it(tiny_path):
+    from transformers import AutoTokenizer
+
+    from trainer.data.qa import QACollator
+
+    tok = AutoTokenizer.from_pretrained(tiny_path("llama"))
+    answered = load_benchmark("tydiqa", "en", "test", files=[str(FIXTURES / "tydiqa_validation.jsonl")])[0]
+    # a gold answer that normalises to "" (an article): the answer "" would match it exactly
+    context = "The river runs through the city."
+    unanswered = TaskExample("squad/eng_Latn/test/u1", "eng_Latn", "test", (context, "Which article?"), -1,
+                             answers=(("The", 0), ("the.", context.index("the city"))))
+    eval_collate = QACollator(tok, max_length=48, stride=8, targets=False)
+    target = QACollator(tok, max_length=48, stride=8)([answered])
+
+    def at_gold(batch: dict):                             # the answered example: peaks at its gold tokens
+        start, end = torch.zeros(batch["input_ids"].shape), torch.zeros(batch["input_ids"].shape)
+        for w, (s, e) in enumerate(zip(target["start_positions"].tolist(), target["end_positions"].tolist())):
+            if s >= 0:
+                start[w, s], end[w, e] = 10.0, 10.0
+        return start, end
+
+    def no_span(batch: dict):                             # every span -inf: best_spans finds none (window -1)
+        shape = batch["input_ids"].shape
+        return torch.full(shape, float("-inf")), torch.full(shape, float("-inf"))
+
+    counts = (torch.tensor(QAScorer(at_gold, eval_collate).count([answered], keep=1), dtype=torch.float64)
+              + torch.tensor(QAScorer(no_span, eval_collate).count([unanswered], keep=1), dtype=torch.float64))
+    assert counts.tolist() == [1.0, 1.0, 2.0]            # EM sum, F1 sum, examples: the unanswered one adds 0, 0
+    scores = QAScorer(no_span, eval_collate).scores(counts)
+    dataset = [{"id": e.id, "answers": [text for text, _ in e.answers]} for e in (answered, unanswered)]
+    official = _squad_v11_evaluate(dataset, {answered.id: answered.answers[0][0]})   # no prediction for u1
+    assert official == {"exact_match": 0.5, "f1": 0.5}
+    assert scores == pytest.approx({"em": official["exact_match"], "": official["f1"]})
+    # what the script would give had "" been submitted as its answer: EM 1 (the old scoring of an unanswered one)
+    assert _squad_v11_evaluate(dataset[1:], {unanswered.id: ""})["exact_match"] == 1.0
+
+
 def test_counts_over_two_ranks_add_up_to_one_rank_and_skip_the_padding(monkeypatch):
     examples = {"a": list(range(5)), "b": list(range(3))}
     seen: list[tuple[list, int]] = []

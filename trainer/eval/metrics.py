@@ -24,14 +24,19 @@ def accuracy(confusion: torch.Tensor) -> float:
 
 
 def macro_f1(confusion: torch.Tensor) -> float:
-    """The mean over classes of F1 = 2 TP / (2 TP + FP + FN); a class never gold nor predicted scores 0
-    (scikit-learn's `f1_score(average="macro", zero_division=0)`, as NusaX's evaluation)."""
+    """The mean of F1 = 2 TP / (2 TP + FP + FN) over the classes present in the gold labels or the
+    predictions; a class that is neither gold nor predicted is not counted (a class gold but never
+    predicted, or predicted but never gold, scores 0). This is scikit-learn's
+    `f1_score(y_true, y_pred, average="macro")` with its default labels (those observed in either), as
+    NusaX's evaluation and torchmetrics (the study's code) compute it. NaN for an empty confusion matrix."""
     tp = confusion.diagonal()
     fp = confusion.sum(dim=0) - tp
     fn = confusion.sum(dim=1) - tp
-    denominator = 2 * tp + fp + fn
-    f1 = torch.where(denominator > 0, 2 * tp / denominator.clamp(min=1e-12), torch.zeros_like(tp))
-    return float(f1.mean())
+    denominator = 2 * tp + fp + fn                  # > 0 exactly for a class that is gold or predicted
+    present = denominator > 0
+    if not bool(present.any()):
+        return float("nan")
+    return float((2 * tp[present] / denominator[present]).mean())
 
 
 METRICS = {"accuracy": accuracy, "macro_f1": macro_f1}
@@ -110,7 +115,9 @@ def exact_match(prediction: str, golds: Sequence[str]) -> float:
 
 def token_f1(prediction: str, golds: Sequence[str]) -> float:
     """SQuAD's F1 over the normalised answers' whitespace tokens (bag of tokens), max over the gold answers;
-    an empty prediction scores 0."""
+    an empty prediction scores 0. (An unanswered question, no span at all, is not scored here: the caller
+    scores it EM 0 and F1 0, as SQuAD v1.1's evaluate script does a question missing from its
+    predictions; see `trainer.eval.task_scores.QAScorer`.)"""
     if not golds:
         raise ValueError("F1 needs at least one gold answer")
     return max(_token_f1(prediction, gold) for gold in golds)

@@ -91,7 +91,9 @@ class TaggingScorer:
 
 class QAScorer:
     """Answer spans -> SQuAD's F1 (the selection metric) and exact match ("em"), each the mean over examples of
-    its max over the gold answers. `predict(batch) -> (start_logits, end_logits)`."""
+    its max over the gold answers, as SQuAD v1.1's evaluate script computes them; an example with no predicted
+    span (unanswered) scores EM 0 and F1 0, as that script scores a question without a prediction, even when a
+    gold answer normalises to "". `predict(batch) -> (start_logits, end_logits)`."""
 
     def __init__(self, predict: Callable[[dict], tuple[torch.Tensor, torch.Tensor]], collate: Callable[[list], dict],
                  max_answer_tokens: int = MAX_ANSWER_TOKENS):
@@ -105,7 +107,9 @@ class QAScorer:
                            self.max_answer_tokens)
         em = f1 = 0.0
         for e, (window, first, last) in zip(examples[:keep], spans):
-            text = answer_text(e.texts[0], batch["offsets"][window], first, last) if window >= 0 else ""
+            if window < 0:      # unanswered (no valid span in any window): EM 0, F1 0, as SQuAD v1.1's script
+                continue        # scores a question missing from its predictions (not as the answer "")
+            text = answer_text(e.texts[0], batch["offsets"][window], first, last)
             golds = [gold for gold, _ in e.answers]
             em, f1 = em + exact_match(text, golds), f1 + token_f1(text, golds)
         return [em, f1, float(keep)]
