@@ -85,12 +85,14 @@ def print_summary(doc: dict) -> None:
     feats = doc["metadata"]["features"]
     affected = feats["languages_with_undefined_observed_distance"]
     partners = feats["partners_without_observed_distance"]
-    print(f"URIEL features: mode={feats['mode']}; {len(affected)} languages (English included) have at least "
+    imputation = feats.get("imputation", "none")
+    mode = feats["mode"] + (f", imputation={imputation}" if imputation != "none" else "")
+    print(f"URIEL features: mode={mode}; {len(affected)} languages (English included) have at least "
           f"one partner without a distance on observed features alone:")
     total = feats["features"].split("(")[-1].rstrip(")")
     print("  " + ", ".join(f"{c} ({partners[c]} partners, {feats['observed_features'][c]}/{total} observed)"
                            for c in affected))
-    print(f"  handling: {feats['missing_features']}")
+    print(f"  handling: {feats['missing_features']}")     # names the imputation used (subsets.missing_handling)
     for name, s in doc["subsets"].items():
         obj = "undefined" if s["objective"] is None else f"{s['objective']:.4f}"
         how = ""

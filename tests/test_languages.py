@@ -211,6 +211,31 @@ def test_select_languages_runs_with_urielplus_features(tmp_path):
                                                                   "zsm_Latn"}
 
 
+def test_subsets_metadata_and_the_cli_name_the_imputation_used(tmp_path, capsys):
+    from data_prep import select_languages
+
+    pool = ["gaz_Latn", "kaz_Cyrl", "deu_Latn", "jpn_Jpan", "swh_Latn"]
+    docs, printed = {}, {}
+    for imputation in ("none", "knn"):
+        out = tmp_path / f"{imputation}.yaml"
+        select_languages.main(["--features", "urielplus", "--imputation", imputation, "--languages", *pool,
+                               "--heuristics", "featural_max", "--sizes", "2", "--no-progress", "--out", str(out)])
+        docs[imputation] = yaml.safe_load(out.read_text())["metadata"]["features"]
+        printed[imputation] = capsys.readouterr().out
+    handling = {k: [line for line in printed[k].splitlines() if line.strip().startswith("handling:")] for k in docs}
+    assert docs["none"]["imputation"] == "none" and "no imputation" in docs["none"]["missing_features"]
+    assert handling["none"] == [f"  handling: {docs['none']['missing_features']}"]
+    assert "mode=urielplus;" in printed["none"]
+    # --imputation knn: the metadata and the handling line say knn (KNNImputer, k = 9), never "no imputation"
+    knn = docs["knn"]
+    assert knn["imputation"] == "knn"
+    assert "no imputation" not in knn["missing_features"]
+    assert "knn imputation" in knn["missing_features"] and "KNNImputer (k = 9" in knn["missing_features"]
+    assert handling["knn"] == [f"  handling: {knn['missing_features']}"] and "no imputation" not in printed["knn"]
+    assert "mode=urielplus, imputation=knn;" in printed["knn"]
+    assert all(knn["imputed_features"][c] > 0 for c in pool)      # what the line says is what the run did
+
+
 @pytest.mark.slow
 def test_shipped_urielplus_features_rebuild_from_the_package(tmp_path):
     pytest.importorskip("urielplus")

@@ -54,7 +54,7 @@ from tqdm.auto import tqdm
 from trainer.fsutil import write_atomic
 from trainer.languages import subset_search
 from trainer.languages.table import Language, LanguageTable, language_table
-from trainer.languages.uriel import FeatureMode, distance_matrix
+from trainer.languages.uriel import URIELPLUS_KNN_NEIGHBOURS, FeatureMode, distance_matrix
 
 HEURISTICS: dict[str, str] = {
     "featural_max": "most diverse: n-subset maximising the summed pairwise URIEL angular distance, English counted",
@@ -363,6 +363,20 @@ MISSING_HANDLING = {
     "urielplus": "URIEL+ values (sources by union), no imputation: a distance over the features both languages "
                  "have; a pair without shared features has no distance (never 0)",
 }
+URIELPLUS_IMPUTATION_HANDLING = {
+    "knn": f"URIEL+ values (sources by union), knn imputation: every missing value filled by scikit-learn's "
+           f"KNNImputer (k = {URIELPLUS_KNN_NEIGHBOURS}, URIEL+'s kNN strategy) over the shipped URIEL+ table, so "
+           f"every pair has a distance over the features any language has",
+}
+
+
+def missing_handling(features: str, imputation: str = "none") -> str:
+    """How missing features were handled in a run: the `missing_features` line of subsets.yaml's metadata and
+    the CLI's "handling:" line; names the imputation used (`imputation` applies to urielplus)."""
+    if features == "urielplus" and imputation != "none":
+        return URIELPLUS_IMPUTATION_HANDLING.get(
+            imputation, f"URIEL+ values (sources by union), missing values filled by {imputation} imputation")
+    return MISSING_HANDLING[features]
 FEATURE_SOURCES = {
     "urielplus": ("URIEL+ (trainer/languages/urielplus_features.csv; data_prep/build_urielplus_features.py)",
                   "syntax + phonology + inventory + morphology (452)"),
@@ -375,8 +389,8 @@ def _document(run: _Run) -> dict:
     """The subsets.yaml document of a finished run."""
     cfg = run.cfg
     source, described = FEATURE_SOURCES.get(cfg.features, URIEL_SOURCE)
-    features_meta = {"source": source, "features": described,
-                     "missing_features": MISSING_HANDLING[cfg.features], **run.report.as_dict()}
+    features_meta = {"source": source, "features": described, "imputation": cfg.imputation,
+                     "missing_features": missing_handling(cfg.features, cfg.imputation), **run.report.as_dict()}
     if run.dropped:
         features_meta["dropped_without_distances"] = run.dropped
     return {
