@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -247,8 +248,6 @@ def write_cldr_pairs(out: str | Path, languages: list[str] | None = None, eval_f
         (build / MANIFEST).write_text(json.dumps(manifest, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
         replace_dir(build, out)
     finally:
-        import shutil
-
         shutil.rmtree(tmp, ignore_errors=True)
     return counts
 
