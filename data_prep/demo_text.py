@@ -16,12 +16,15 @@ Re-running with the same arguments rewrites nothing (the CLI is idempotent).
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from data_prep import fineweb_shards
+from data_prep.cli_checks import require_count
+from trainer.errors import UserError, report
 from trainer.data.shards import manifest_file
 from trainer.tiny.text import english_documents
 
@@ -60,6 +63,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--docs-per-shard", type=int, default=100)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+    try:                                            # before anything is written
+        require_count("--files", args.files, "the number of input parquet files")
+        require_count("--docs", args.docs, "the number of documents per input file")
+        require_count("--docs-per-shard", args.docs_per_shard, "the number of documents per shard")
+    except UserError as e:
+        sys.exit(report(e))
     write_demo_shards(args.out, args.files, args.docs, args.seed, args.docs_per_shard)
 
 

@@ -20,6 +20,7 @@ import sys
 import json
 from pathlib import Path
 
+from data_prep.cli_checks import ArgumentError, require_count
 from trainer.languages.table import language_table
 from trainer.tiny.text import DEMO_LANGUAGES, parallel_sentences
 from trainer.errors import UserError, report
@@ -28,18 +29,23 @@ from trainer.fsutil import check_destination
 DEFAULT_LANGUAGES = [c for c in DEMO_LANGUAGES if c != "eng_Latn"]   # 9 languages, 7 scripts
 
 
-def parse_languages(items: list[str], default_n: int) -> list[tuple[str, int]]:
-    """`code` or `code:n` -> (FLORES code, n)."""
+def parse_languages(items: list[str], default_n: int, english: str = "eng_Latn") -> list[tuple[str, int]]:
+    """`code` or `code:n` -> (FLORES code, n). Refused (an ArgumentError or UnknownLanguageError, both UserError and
+    ValueError, naming the flag and what is valid): a count below 1 (`--n` or `:n`), an unknown code, a language
+    listed twice, English (the other side of every pair)."""
+    require_count("--n", default_n, "the number of pairs per language")
     table = language_table()
     out = []
     for item in items:
         code, _, n = item.partition(":")
-        if n and not n.isdigit():
-            raise ValueError(f"--languages: {item!r}: the size after ':' must be a whole number")
+        if n and (not n.isdigit() or int(n) < 1):
+            raise ArgumentError(f"--languages: {item!r}: the number of pairs after ':' must be a whole number >= 1")
         out.append((table.flores(code, "--languages"), int(n) if n else default_n))
     codes = [c for c, _ in out]
     if len(set(codes)) != len(codes):
-        raise ValueError(f"--languages: a language is listed twice: {codes}")
+        raise ArgumentError(f"--languages: a language is listed twice: {codes}")
+    if english in codes:
+        raise ArgumentError(f"--languages: {english} is the English side of every pair; list the other languages")
     return out
 
 
@@ -51,7 +57,8 @@ def write_parallel_data(out_dir: str | Path, languages: list[tuple[str, int]], s
     paths = []
     for code, n in languages:
         if code == english:
-            raise ValueError(f"--languages: {english} is the English side; list the other languages")
+            raise ArgumentError(f"--languages: {english} is the English side; list the other languages")
+        require_count(f"--languages {code}:{n}", n, "the number of pairs")
         pairs = parallel_sentences(code, n, seed=seed, source=english)
         path = out / f"{english}-{code}.{fmt}"
         with path.open("w", encoding="utf-8") as f:
@@ -75,10 +82,11 @@ def main(argv: list[str] | None = None) -> list[Path]:
     parser.add_argument("--format", choices=["jsonl", "tsv"], default="jsonl")
     args = parser.parse_args(argv)
     try:
+        languages = parse_languages(args.languages, args.n)     # checked before anything is written
         check_destination(args.out, [], args.overwrite)
     except UserError as e:
         sys.exit(report(e))
-    paths = write_parallel_data(args.out, parse_languages(args.languages, args.n), args.seed, args.format)
+    paths = write_parallel_data(args.out, languages, args.seed, args.format)
     for path in paths:
         print(path)
     return paths

@@ -16,18 +16,32 @@ import argparse
 import sys
 from pathlib import Path
 
+from data_prep.cli_checks import ArgumentError, require_count
 from trainer.languages.table import language_table
 from trainer.tiny.text import write_task_files
 from trainer.errors import UserError, report
 from trainer.fsutil import check_destination
 
 
+def check_arguments(languages: list[str], n_train: int, n_eval: int, source: str) -> tuple[list[str], str]:
+    """The languages and the source as FLORES codes, after refusing counts below 1 and unknown or repeated
+    languages (a UserError naming the flag and what is valid)."""
+    require_count("--train", n_train, "the number of training examples")
+    require_count("--eval", n_eval, "the number of evaluation examples per language")
+    table = language_table()
+    try:
+        languages = table.resolve(languages, "--languages")   # an unknown code: UnknownLanguageError, a UserError
+    except UserError:
+        raise
+    except ValueError as e:                                     # a language listed twice
+        raise ArgumentError(str(e)) from None
+    return languages, table.flores(source, "--source")
+
+
 def write_task_data(out_dir: str | Path, languages: list[str], n_train: int, n_eval: int, seed: int = 0,
                     source: str = "eng_Latn") -> dict[str, Path]:
     """Train file of `source` and eval files of every language; returns {"train": path, "eval": dir}."""
-    table = language_table()
-    languages = table.resolve(languages, "--languages")
-    source = table.flores(source, "--source")
+    languages, source = check_arguments(languages, n_train, n_eval, source)
     out = Path(out_dir)
     train = write_task_files(out / "train", [source], n_train, seed)[source]
     write_task_files(out / "eval", sorted(set(languages) | {source}), n_eval, seed + 1)
@@ -45,6 +59,7 @@ def main(argv: list[str] | None = None) -> dict[str, Path]:
     parser.add_argument("--source", default="eng_Latn", help="language of the training set (default eng_Latn)")
     args = parser.parse_args(argv)
     try:
+        check_arguments(args.languages, args.train, args.eval, args.source)   # before anything is written
         check_destination(args.out, [], args.overwrite)
     except UserError as e:
         sys.exit(report(e))

@@ -20,6 +20,7 @@ import sys
 import time
 from pathlib import Path
 
+from data_prep.cli_checks import ArgumentError
 from trainer.config import validate
 from trainer.errors import UserError, report
 from trainer.languages import subset_search
@@ -104,23 +105,38 @@ def print_summary(doc: dict) -> None:
         print(f"skipped {s['heuristic']} n={s['size']}: {s['reason']}")
 
 
+def check_sizes(sizes: list[int], pool: list[str], english: str, table, flag: str) -> None:
+    """Refuse a subset size that no subset of the pool can have: below 1, or above the pool's selectable languages
+    (the pool without the anchor), naming the sizes and the valid range. Unknown pool codes are refused too."""
+    selectable = [c for c in table.resolve(pool, flag) if c != table.flores(english, "--english")]
+    bad = [n for n in sizes if not 1 <= n <= len(selectable)]
+    if bad:
+        raise ArgumentError(f"--sizes {' '.join(map(str, bad))}: the pool ({flag}) has {len(selectable)} languages "
+                            f"to choose from ({english}, the anchor, not counted): sizes must be 1 to "
+                            f"{len(selectable)}")
+
+
 def main(argv: list[str] | None = None) -> dict:
     args = build_parser().parse_args(argv)
     start = time.perf_counter()
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     table = language_table()
-    if args.languages:
-        pool, pool_name = args.languages, "command line"
-    elif args.pool == "pool65":
-        pool, pool_name = [x.flores for x in table.pool("pool65")], "pool65"
-    else:
-        pool, pool_name = read_codes(Path(args.pool)), str(args.pool)
-    if args.seen is not None:
-        seen, seen_source = args.seen, "command line"
-    elif args.seen_file is not None:
-        seen, seen_source = read_codes(args.seen_file), str(args.seen_file)
-    else:
-        seen, seen_source = SEEN_PRESETS[args.seen_preset], args.seen_preset
+    try:
+        if args.languages:
+            pool, pool_name = args.languages, "command line"
+        elif args.pool == "pool65":
+            pool, pool_name = [x.flores for x in table.pool("pool65")], "pool65"
+        else:
+            pool, pool_name = read_codes(Path(args.pool)), str(args.pool)
+        if args.seen is not None:
+            seen, seen_source = args.seen, "command line"
+        elif args.seen_file is not None:
+            seen, seen_source = read_codes(args.seen_file), str(args.seen_file)
+        else:
+            seen, seen_source = SEEN_PRESETS[args.seen_preset], args.seen_preset
+        check_sizes(args.sizes, pool, args.english, table, "--languages" if args.languages else "--pool")
+    except (UserError, ValueError, FileNotFoundError) as e:
+        sys.exit(report(e))
     try:
         cfg = validate(dict(
             pool=pool, pool_name=pool_name, sizes=args.sizes, heuristics=args.heuristics, seeds=args.seeds,
@@ -130,7 +146,14 @@ def main(argv: list[str] | None = None) -> dict:
             search_seed=args.search_seed, full_pools=not args.no_full_pools), SelectionConfig, source="selection")
     except UserError as e:
         sys.exit(report(e))
-    doc = select_subsets(cfg, table, progress=args.progress)
+    try:
+        doc = select_subsets(cfg, table, progress=args.progress)
+    except (UserError, ValueError) as e:
+        sys.exit(report(e))
+    if not doc["subsets"]:
+        reasons = "; ".join(f"{s['heuristic']} n={s['size']}: {s['reason']}" for s in doc["skipped"])
+        sys.exit(report(ArgumentError(f"no subset to write ({reasons or 'nothing selected'}); nothing written to "
+                                      f"{args.out}: choose --sizes or --heuristics that fit the pool")))
     doc["metadata"]["command"] = "python -m data_prep.select_languages " + " ".join(argv if argv is not None else sys.argv[1:])
     validate_subsets(doc, table)
     write_subsets(doc, args.out)

@@ -20,6 +20,7 @@ import sys
 import time
 from pathlib import Path
 
+from data_prep.cli_checks import require_count
 from trainer.config import ConfigError, load_job
 from trainer.errors import UserError, report
 
@@ -36,6 +37,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="stage1: chunks per teacher forward (default: optim.micro_batch_size)")
     args = parser.parse_args(argv)
     try:
+        require_count("--batch-size", args.batch_size, "the number of chunks per teacher forward")
         job = load_job(args.job, args.overrides)
         if job.recipe == "stage1":
             return stage1(job, args)
@@ -66,6 +68,8 @@ def stage1(job, args) -> int:
             parts = range(int(first), int(end))
         except ValueError:
             raise ConfigError(f"--shards: {args.shards!r} is not A:B (e.g. 0:8)") from None
+        if parts.start < 0 or parts.stop <= parts.start:
+            raise ConfigError(f"--shards: {args.shards!r} selects no shard: A:B needs 0 <= A < B (e.g. 0:8)")
     start = time.perf_counter()
     done = build_teacher_targets(job, job.teacher_cache, parts, args.device, args.batch_size)
     print(f"teacher targets: {len(done)} text shard(s) in {job.teacher_cache} ({time.perf_counter() - start:.1f}s)")

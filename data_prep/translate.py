@@ -54,6 +54,7 @@ from trainer.fsutil import check_destination, sha256_file, write_atomic
 from trainer.languages.nllb import NllbLanguage, nllb_language
 from trainer.languages.table import UnknownLanguageError, language_table
 
+from data_prep.cli_checks import require_count
 from data_prep.span_projection import MARKERS, mark_span, recover_span, span_problem
 from data_prep.translator import DecodeSettings, default_device
 
@@ -493,6 +494,9 @@ def run(args) -> dict[str, Any]:
     start = time.perf_counter()
     if args.batch_size < 1:
         raise UserError(f"--batch-size {args.batch_size}: at least 1")
+    require_count("--max-examples", args.max_examples, "the number of examples translated per input")
+    require_count("--threads", args.threads, "the number of CPU threads")
+    require_count("--ray-actors", args.ray_actors, "the number of Ray actors")
     settings = DecodeSettings(args.beams, args.max_length, args.max_new_tokens, args.dtype)
     fmt = build_format(args)
     languages = resolve_languages(args, fmt)

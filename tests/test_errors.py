@@ -239,6 +239,101 @@ def test_data_generators_do_not_write_into_a_non_empty_folder(tmp_path, capsys):
     assert (out / "eng_Latn-deu_Latn.jsonl").read_text() != "precious\n"
 
 
+def _exit_status(cli, args: list[str]) -> int:
+    """A data CLI's exit status: `main` returns it or calls sys.exit with it."""
+    try:
+        status = cli.main(args)
+    except SystemExit as stop:
+        return stop.code
+    return status if isinstance(status, int) else 0
+
+
+@pytest.mark.parametrize("module, args, expected", [
+    ("make_task_data", ["--train", "-5", "--languages", "deu_Latn"],
+     "--train -5: the number of training examples must be a whole number >= 1"),
+    ("make_task_data", ["--eval", "0", "--languages", "deu_Latn"], "--eval 0: the number of evaluation examples"),
+    ("make_task_data", ["--languages", "deu_Latn", "xx_Yyyy"],
+     "--languages: unknown language code 'xx_Yyyy'; closest valid codes:"),
+    ("make_task_data", ["--languages", "deu_Latn", "--source", "qqq"], "--source: unknown language code 'qqq'"),
+    ("make_parallel_data", ["--n", "-5", "--languages", "deu_Latn"],
+     "--n -5: the number of pairs per language must be a whole number >= 1"),
+    ("make_parallel_data", ["--languages", "deu_Latn:-3"],
+     "--languages: 'deu_Latn:-3': the number of pairs after ':' must be a whole number >= 1"),
+    ("make_parallel_data", ["--languages", "deu_Latn:0"], "'deu_Latn:0': the number of pairs after ':'"),
+    ("make_parallel_data", ["--languages", "zz_Qqqq"], "--languages: unknown language code 'zz_Qqqq'"),
+    ("make_parallel_data", ["--languages", "eng_Latn"], "--languages: eng_Latn is the English side of every pair"),
+    ("demo_text", ["--docs", "-1"], "--docs -1: the number of documents per input file must be a whole number >= 1"),
+    ("demo_text", ["--files", "0"], "--files 0: the number of input parquet files"),
+    ("demo_text", ["--docs-per-shard", "0"], "--docs-per-shard 0: the number of documents per shard"),
+    ("select_languages", ["--languages", "deu_Latn", "fra_Latn", "jpn_Jpan", "--sizes", "2", "5"],
+     "--sizes 5: the pool (--languages) has 3 languages to choose from (eng_Latn, the anchor, not counted): "
+     "sizes must be 1 to 3"),
+    ("select_languages", ["--languages", "deu_Latn", "fra_Latn", "--sizes", "0"], "--sizes 0: the pool"),
+    ("select_languages", ["--languages", "deu_Latn", "xx", "--sizes", "1"], "--languages: unknown language code 'xx'"),
+    ("select_languages", ["--languages", "deu_Latn", "fra_Latn", "jpn_Jpan", "--sizes", "3", "--heuristics",
+                          "unseen", "--no-full-pools"], "no subset to write (unseen n=3: only 1 candidate languages)"),
+    ("translate", ["--direction", "test", "--benchmark", "topic", "--split", "test", "--languages", "deu_Latn",
+                   "--model", "tiny:nllb", "--max-examples", "-2"],
+     "--max-examples -2: the number of examples translated per input must be a whole number >= 1"),
+    ("translate", ["--direction", "test", "--benchmark", "topic", "--split", "test", "--languages", "deu_Latn",
+                   "--model", "tiny:nllb", "--ray-actors", "0"], "--ray-actors 0: the number of Ray actors"),
+    ("teacher_cache", [str(ROOT / "jobs" / "demo_stage1.yaml"), "--batch-size", "0"],
+     "--batch-size 0: the number of chunks per teacher forward must be a whole number >= 1"),
+    ("teacher_cache", [str(ROOT / "jobs" / "demo_stage1.yaml"), "teacher_cache=TC", "--shards", "5:2"],
+     "--shards: '5:2' selects no shard: A:B needs 0 <= A < B"),
+])
+def test_data_clis_refuse_impossible_counts_and_unknown_languages_in_one_line(module, args, expected, tmp_path,
+                                                                              capsys):
+    import importlib
+
+    cli = importlib.import_module(f"data_prep.{module}")
+    out = tmp_path / "out"
+    args = [a.replace("TC", str(out)) for a in args]
+    if module in ("make_task_data", "make_parallel_data", "demo_text", "select_languages", "translate"):
+        args = ["--out", str(out / "subsets.yaml" if module == "select_languages" else out), *args]
+    assert _exit_status(cli, args) == 2
+    assert expected in one_error(capsys)
+    assert not out.exists()                                   # refused before anything is written
+
+
+def test_duplicate_keys_in_job_and_sweep_files_are_refused_naming_the_key_and_both_lines(tmp_path, capsys):
+    from trainer.config import apply_override, safe_load_unique
+    from trainer.sweep import SubsetAxis, load_sweep, subset_axis_entries
+
+    job = tmp_path / "job.yaml"
+    job.write_text("recipe: stage1\n"                # line 1
+                   "optim:\n"                        # line 2: the first optim section
+                   "  lr: 1.0e-3\n"
+                   "  max_steps: 5\n"
+                   "model:\n"
+                   "  lora: {r: 4}\n"
+                   "optim:\n"                        # line 7: a second optim section
+                   "  lr: 3.0e-3\n"                  # line 8
+                   "  lr: 2.0e-3\n")                 # line 9: lr twice in one section
+    start = time.perf_counter()
+    assert main([str(job), f"output_dir={tmp_path / 'run'}"]) == 2
+    err = one_error(capsys)
+    assert "duplicate key 'optim' at line 7 (first at line 2)" in err
+    assert "duplicate key 'optim.lr' at line 9 (first at line 8)" in err
+    assert str(job) in err and time.perf_counter() - start < 5 and not (tmp_path / "run").exists()
+
+    sweep = tmp_path / "sweep.yaml"
+    sweep.write_text("name: s\njob: job.yaml\nsearch:\n  optim.lr: [1.0e-3]\nname: t\n")
+    with pytest.raises(ConfigError, match=r"duplicate key 'name' at line 5 \(first at line 1\)"):
+        load_sweep(sweep, prepare=False)
+    (tmp_path / "subsets.yaml").write_text("subsets:\n  mine: {languages: [deu_Latn]}\n"
+                                           "  mine: {languages: [fra_Latn]}\n")
+    with pytest.raises(ConfigError, match=r"duplicate key 'subsets.mine' at line 3 \(first at line 2\)"):
+        subset_axis_entries(SubsetAxis(file="subsets.yaml"), tmp_path)
+    with pytest.raises(ConfigError, match=r"duplicate key 'lr'"):
+        apply_override({}, "optim={lr: 1, lr: 2}")
+    # without duplicates, exactly what yaml.safe_load reads: merge keys (`<<`) may override, every shipped file loads
+    merged = "base: &b {x: 1, y: 2}\nd:\n  <<: *b\n  x: 3\n"
+    assert safe_load_unique(merged, "m") == yaml.safe_load(merged) == {"base": {"x": 1, "y": 2}, "d": {"x": 3, "y": 2}}
+    for path in sorted((ROOT / "jobs").rglob("*.yaml")):
+        assert safe_load_unique(path.read_text(), str(path)) == yaml.safe_load(path.read_text()), path
+
+
 # --- merge ----------------------------------------------------------------------------------------
 
 def _export(folder: Path, name_or_path: str = "tiny:llama", r: int = 2) -> Path:

@@ -1098,6 +1098,56 @@ def validate(raw: dict[str, Any], schema: Any = JobConfig, source: str = "job") 
         raise ConfigError(f"invalid {source}:\n  " + "\n  ".join(lines)) from None
 
 
+def _duplicate_keys(loader: yaml.SafeLoader, node: yaml.Node, path: str = "",
+                    visited: set[int] | None = None) -> list[str]:
+    """Every mapping key given twice in one mapping under `node`: 'KEY' (dotted from the top), with both lines."""
+    found: list[str] = []
+    visited = set() if visited is None else visited
+    if id(node) in visited:                                     # an alias of a node already walked
+        return found
+    visited.add(id(node))
+    if isinstance(node, yaml.MappingNode):
+        seen: dict[Any, int] = {}
+        for key_node, value_node in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":      # `<<: *base`: merged keys may be overridden
+                continue
+            key = loader.construct_object(key_node, deep=True) if isinstance(key_node, yaml.ScalarNode) else None
+            line = key_node.start_mark.line + 1
+            dotted = f"{path}.{key}" if path else str(key)
+            try:
+                first = seen.get(key) if key is not None else None
+            except TypeError:                                   # an unhashable key: the constructor reports it
+                first = None
+            if first is not None:
+                found.append(f"duplicate key '{dotted}' at line {line} (first at line {first})")
+            elif key is not None:
+                seen[key] = line
+            found += _duplicate_keys(loader, value_node, dotted, visited)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            found += _duplicate_keys(loader, item, f"{path}[{i}]", visited)
+    return found
+
+
+def safe_load_unique(text: str, source: str) -> Any:
+    """`yaml.safe_load`, refusing a mapping key given twice (two `optim:` sections, `lr` twice in one), which
+    YAML loaders otherwise resolve silently by keeping the last. A ConfigError names each key and both lines;
+    malformed YAML raises yaml.YAMLError as safe_load does."""
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        duplicates = _duplicate_keys(loader, node)
+        if duplicates:
+            raise ConfigError(f"{source}: " + "; ".join(duplicates) + ": YAML would silently keep the last one; "
+                              "keep one of them")
+        loader.constructed_objects, loader.recursive_objects = {}, {}
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
 def apply_override(raw: dict[str, Any], override: str) -> None:
     """Apply one `a.b.c=value` override in place; the value is parsed as YAML (so 8 is an int)."""
     if "=" not in override:
@@ -1110,7 +1160,7 @@ def apply_override(raw: dict[str, Any], override: str) -> None:
         if not isinstance(child, dict):
             raise ConfigError(f"override {override!r}: {'.'.join(parts[:i + 1])} is not a section")
         node = child
-    node[parts[-1]] = yaml.safe_load(value)
+    node[parts[-1]] = safe_load_unique(value, f"override {override!r}")
 
 
 def load_raw(path: str | Path, overrides: list[str] | None = None) -> dict[str, Any]:
@@ -1119,7 +1169,7 @@ def load_raw(path: str | Path, overrides: list[str] | None = None) -> dict[str, 
     if not path.is_file():
         raise ConfigError(f"job file not found: {path}")
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = safe_load_unique(path.read_text(), str(path)) or {}      # a key given twice: ConfigError
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {e}") from None
     if not isinstance(raw, dict):

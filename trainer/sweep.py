@@ -34,7 +34,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import Field, model_validator
 
-from trainer.config import ConfigError, JobConfig, Section, apply_override, load_raw, validate
+from trainer.config import ConfigError, JobConfig, Section, apply_override, load_raw, safe_load_unique, validate
 from trainer.prepare import run_prepare
 
 log = logging.getLogger(__name__)
@@ -180,7 +180,10 @@ def subset_axis_entries(axis: SubsetAxis, base_dir: Path) -> dict[str, dict[str,
         path = (base_dir / axis.file) if not Path(axis.file).is_absolute() else Path(axis.file)
         if not path.is_file():
             raise ConfigError(f"subsets.file: {path} not found (write it with python -m data_prep.select_languages)")
-        data = yaml.safe_load(path.read_text()) or {}
+        try:
+            data = safe_load_unique(path.read_text(), f"subsets.file {path}") or {}   # a subset named twice: refused
+        except yaml.YAMLError as e:
+            raise ConfigError(f"subsets.file {path}: not valid YAML: {e}") from None
         where, table = str(path), data.get("subsets", data)
         if isinstance(table, list):
             table = {entry["name"]: entry for entry in table}
