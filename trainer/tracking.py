@@ -42,10 +42,9 @@ TRACKED_PACKAGES = ("torch", "transformers", "peft", "deepspeed", "ray", "mlflow
 
 
 def software_tags() -> dict[str, str]:
-    """What code a run ran: `version.<package>` for torch, transformers, peft, deepspeed, ray and mlflow (those
-    installed), and `git_commit` (+ `git_dirty`: true when tracked files differ from it) of the trainer's
-    checkout, when it runs from one."""
-    import subprocess
+    """What code a run ran and how it was started: `version.<package>` for torch, transformers, peft, deepspeed,
+    ray and mlflow (those installed), `git_commit` (+ `git_dirty`: true when tracked files differ from it) as
+    `code_tags` finds them, and `launcher` (`detect_launcher`)."""
     from importlib import metadata
 
     tags = {}
@@ -54,7 +53,26 @@ def software_tags() -> dict[str, str]:
             tags[f"version.{package}"] = metadata.version(package)
         except metadata.PackageNotFoundError:
             pass
-    checkout = Path(__file__).resolve().parents[1]
+    return tags | code_tags() | {"launcher": detect_launcher()}
+
+
+GIT_COMMIT_ENV, GIT_DIRTY_ENV, LAUNCHER_ENV = "TRAINER_GIT_COMMIT", "TRAINER_GIT_DIRTY", "TRAINER_LAUNCHER"
+
+
+def code_tags() -> dict[str, str]:
+    """`git_commit` and `git_dirty` of the code that runs: from $TRAINER_GIT_COMMIT / $TRAINER_GIT_DIRTY when set
+    (a sweep's driver passes its checkout's to the Ray trials, whose working directory is a copy without `.git`;
+    `python -m trainer.tune --runtime-env` puts them in a `ray job submit`), else from the trainer's checkout
+    when it runs from one; {} when neither is known."""
+    if os.environ.get(GIT_COMMIT_ENV):
+        tags = {"git_commit": os.environ[GIT_COMMIT_ENV]}
+        return tags | ({"git_dirty": os.environ[GIT_DIRTY_ENV]} if os.environ.get(GIT_DIRTY_ENV) else {})
+    return checkout_git_tags(Path(__file__).resolve().parents[1])
+
+
+def checkout_git_tags(checkout: Path) -> dict[str, str]:
+    """`git_commit` and `git_dirty` (tracked files changed) of a git checkout; {} when it is none."""
+    import subprocess
 
     def git(*args: str) -> str | None:
         try:
@@ -63,12 +81,31 @@ def software_tags() -> dict[str, str]:
             return None
         return done.stdout.strip() if done.returncode == 0 else None
 
+    tags: dict[str, str] = {}
     if (checkout / ".git").exists() and (commit := git("rev-parse", "HEAD")):
         tags["git_commit"] = commit
         changes = git("status", "--porcelain", "--untracked-files=no")
         if changes is not None:
             tags["git_dirty"] = str(bool(changes)).lower()
     return tags
+
+
+def detect_launcher() -> str:
+    """What started this process: $TRAINER_LAUNCHER when set (a Ray Train worker: `ray`), else `deepspeed` (its
+    launcher's CROSS_RANK), `torchrun` (TORCHELASTIC_RUN_ID), `srun` (a SLURM job step), `ray` (a `ray job submit`
+    driver), else `python`."""
+    env = os.environ
+    if env.get(LAUNCHER_ENV):
+        return env[LAUNCHER_ENV]
+    if "CROSS_RANK" in env and "LOCAL_SIZE" in env:
+        return "deepspeed"
+    if "TORCHELASTIC_RUN_ID" in env:
+        return "torchrun"
+    if "SLURM_STEP_ID" in env and "SLURM_PROCID" in env:
+        return "srun"
+    if "RAY_JOB_CONFIG_JSON_ENV_VAR" in env:
+        return "ray"
+    return "python"
 
 
 def check_reachable(uri: str, timeout: float = 5.0) -> None:
@@ -103,6 +140,17 @@ def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             flat[name] = value
     return flat
+
+
+def run_params(config: dict[str, Any], tags: dict[str, str]) -> dict[str, Any]:
+    """A run's MLflow params: the flattened config, where a sweep trial's subset (tags `subset`, `languages`) fills
+    every `*.subset` key the config leaves empty (`parallel.subset: featural_max_3 (amh_Ethi,swh_Latn,zho_Hans)`):
+    the trial's languages came as a list, but its params should name the subset too."""
+    params = flatten(config)
+    if tags.get("subset"):
+        named = f"{tags['subset']} ({tags.get('languages', '')})"
+        params |= {key: named for key, value in params.items() if key.rsplit(".", 1)[-1] == "subset" and value is None}
+    return params
 
 
 BUFFER_FILE = "mlflow_buffer.jsonl"   # in the run directory: what a run tracked while its server was away
@@ -149,17 +197,16 @@ class Tracker:
         if self.buffer is not None:
             self.buffer.add(event="start", experiment=self.cfg.experiment, run_name=self.cfg.run_name,
                             parent_run_id=self.cfg.parent_run_id, tags=tags,
-                            params={k: str(v)[:6000] for k, v in flatten(config).items()})
+                            params={k: str(v)[:6000] for k, v in run_params(config, tags).items()})
             return None
-        mlflow.set_tracking_uri(tracking_uri(self.cfg))
-        mlflow.set_experiment(self.cfg.experiment)
+        set_experiment(tracking_uri(self.cfg), self.cfg.experiment)
         if self.cfg.parent_run_id:
             tags["mlflow.parentRunId"] = self.cfg.parent_run_id
         run = mlflow.start_run(run_id=run_id, run_name=None if run_id else self.cfg.run_name, tags=tags,
                                log_system_metrics=system_metrics_on(self.cfg))
         self.run_id = run.info.run_id
         if run_id is None:
-            mlflow.log_params({k: str(v)[:6000] for k, v in flatten(config).items()})
+            mlflow.log_params({k: str(v)[:6000] for k, v in run_params(config, tags).items()})
         return self.run_id
 
     def set_tags(self, tags: dict[str, str]) -> None:
@@ -222,15 +269,31 @@ class Tracker:
 
 # --- sweeps: one parent run per sweep, children opened by the trials' rank 0 ----------------------
 
-def start_parent_run(uri: str, experiment: str, name: str, sweep_config: dict[str, Any],
-                     run_id: str | None = None) -> str:
-    """Create (or with `run_id` reopen) the sweep's parent run and return its id; it stays open."""
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"   # MLflow 3's UI opens an experiment by its kind
+TRAINING_KIND = "custom_model_development"       # its runs view (the GenAI kinds open on traces)
+
+
+def set_experiment(uri: str, experiment: str) -> str:
+    """Make (or find) the experiment, marked as one of training runs (`mlflow.experimentKind`
+    custom_model_development, unless a kind is set already): MLflow 3.18's UI then opens it on its runs, not on
+    the GenAI "send your first trace" page. Returns its id."""
     mlflow.set_tracking_uri(uri)
-    mlflow.set_experiment(experiment)
+    found = mlflow.set_experiment(experiment)
+    if EXPERIMENT_KIND_TAG not in (found.tags or {}):
+        mlflow.MlflowClient(tracking_uri=uri).set_experiment_tag(found.experiment_id, EXPERIMENT_KIND_TAG, TRAINING_KIND)
+    return found.experiment_id
+
+
+def start_parent_run(uri: str, experiment: str, name: str, sweep_config: dict[str, Any],
+                     run_id: str | None = None, tags: dict[str, str] | None = None) -> str:
+    """Create (or with `run_id` reopen) the sweep's parent run and return its id; it stays open.
+
+    Its tags: `sweep`, `role: sweep-parent`, the versions, commit and launcher (`software_tags`), then `tags`."""
+    experiment_id = set_experiment(uri, experiment)
     client = mlflow.MlflowClient(tracking_uri=uri)
     if run_id is None:
-        run = client.create_run(mlflow.get_experiment_by_name(experiment).experiment_id, run_name=name,
-                                tags={"sweep": name, "role": "sweep-parent"})
+        run = client.create_run(experiment_id, run_name=name,
+                                tags={**software_tags(), **(tags or {}), "sweep": name, "role": "sweep-parent"})
         run_id = run.info.run_id
         for key, value in flatten(sweep_config).items():
             client.log_param(run_id, key, str(value)[:6000])
@@ -239,19 +302,152 @@ def start_parent_run(uri: str, experiment: str, name: str, sweep_config: dict[st
     return run_id
 
 
-def finish_parent_run(uri: str, run_id: str, rows: list[dict[str, Any]], metric: str, mode: str, out_dir,
-                      status: str = "FINISHED") -> None:
-    """Attach the summary table (CSV) and a plot of `metric` per trial to the parent run, then close it."""
-    import csv
-    import io
-    from pathlib import Path
+def runs_url(uri: str, experiment: str, metric: str | None = None, mode: str = "max",
+             sweep: str | None = None) -> str:
+    """The MLflow UI's runs view of `experiment`, sorted by `metric` (best first) and filtered to the sweep's runs
+    (`tags.sweep`), as far as the UI takes state from its URL (`searchFilter`, `orderByKey`, `orderByAsc`).
 
-    from trainer.fsutil import write_atomic
+    An http(s) store is its own UI; any other store's runs are served by `mlflow ui --backend-store-uri URI`,
+    at http://127.0.0.1:5000 by default."""
+    from urllib.parse import urlencode
 
+    found = mlflow.MlflowClient(tracking_uri=uri).get_experiment_by_name(experiment)
+    base = uri.rstrip("/") if uri.startswith(("http://", "https://")) else "http://127.0.0.1:5000"
+    query = {}
+    if sweep:
+        query["searchFilter"] = f"tags.sweep = '{sweep}'"
+    if metric:
+        query |= {"orderByKey": f"metrics.`{metric}`", "orderByAsc": str(mode == "min").lower()}
+    path = f"/#/experiments/{found.experiment_id if found else ''}/runs"
+    return base + path + ("?" + urlencode(query) if query else "")
+
+
+def end_sweep_runs(uri: str, parent_run_id: str, status: str, reason: str) -> list[str]:
+    """A sweep that stops abnormally (a signal, an error, its driver gone): every child run still RUNNING and the
+    parent, if RUNNING, end with `status` (KILLED or FAILED); each gets the tag `ended_by: reason`.
+    Returns the ids closed. Store errors are logged, not raised (this runs while the process is going down)."""
+    closed: list[str] = []
+    try:
+        client = mlflow.MlflowClient(tracking_uri=uri)
+        for run in _children(client, parent_run_id):
+            if run.info.status == "RUNNING":
+                client.set_tag(run.info.run_id, "ended_by", reason)
+                client.set_terminated(run.info.run_id, status=status)
+                closed.append(run.info.run_id)
+        if client.get_run(parent_run_id).info.status == "RUNNING":
+            client.set_tag(parent_run_id, "ended_by", reason)
+            client.set_terminated(parent_run_id, status=status)
+            closed.append(parent_run_id)
+    except Exception as e:  # noqa: BLE001
+        logging.getLogger(__name__).warning("mlflow: cannot end the sweep's runs (%s): %s", parent_run_id, e)
+    return closed
+
+
+def watch_driver(pid: int, uri: str, parent_run_id: str, poll_s: float = 2.0, store_every_s: float = 60.0) -> None:
+    """Wait until process `pid` (a sweep's driver) is gone; if it left the parent run RUNNING (killed with SIGKILL,
+    out of memory, its node lost), end it and its RUNNING children as FAILED (`ended_by: driver-gone`).
+    Returns early once the parent is closed (checked every `store_every_s`)."""
+    import time
+
+    def alive() -> bool:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+
+    last_check = time.monotonic()
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    while alive():
+        time.sleep(poll_s)
+        if time.monotonic() - last_check > store_every_s:
+            last_check = time.monotonic()
+            try:
+                if client.get_run(parent_run_id).info.status != "RUNNING":
+                    return
+            except Exception:  # noqa: BLE001 - a store away for a moment: keep watching
+                pass
+    time.sleep(poll_s)   # the driver's own last writes
+    end_sweep_runs(uri, parent_run_id, "FAILED", "driver-gone")
+
+
+def start_watchdog(uri: str, parent_run_id: str) -> None:
+    """A detached process (`python -m trainer.tracking watch`) that ends the sweep's runs if this driver dies
+    without doing it. Detached twice (its own session, its starter gone), so `ray job stop`, which signals the
+    driver's process tree, does not take it down with the driver."""
+    import subprocess
+    import sys
+
+    command = [sys.executable, "-m", "trainer.tracking", "watch", str(os.getpid()), uri, parent_run_id]
+    try:
+        starter = subprocess.Popen(
+            [sys.executable, "-c", "import subprocess, sys; subprocess.Popen(sys.argv[1:], start_new_session=True, "
+                                   "stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)",
+             *command], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            start_new_session=True)
+        starter.wait(timeout=30)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        logging.getLogger(__name__).warning("no watchdog for the sweep's MLflow runs: %s", e)
+
+
+def summary_label(row: dict[str, Any], settings: list[str]) -> str:
+    """A summary bar's label: the subset and every searched setting (`lr=0.003`), then the trial number."""
+    def short(value: Any) -> str:
+        return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+    parts = [str(row["subset"])] if row.get("subset") else []
+    parts += [f"{key.rsplit('.', 1)[-1]}={short(row[key])}" for key in settings if key in row]
+    trial = str(row.get("trial", "?")).rsplit("_", 1)[-1]
+    return "\n".join(parts + [f"({trial})"])
+
+
+def draw_summary(rows: list[dict[str, Any]], metric: str, path: Path, settings: list[str] | None = None,
+                 chance: float | None = None, title: str | None = None) -> None:
+    """The parent run's `summary.png`: the final `metric` per trial, each bar labelled with its subset and every
+    searched setting; the y axis spans the scores (not from 0: 0.343 against 0.370 must not look flat), and a
+    dashed line marks `chance` when it is known."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    settings = settings if settings is not None else []
+    labels = [summary_label(r, settings) for r in rows]
+    values = [float(r[metric]) if r.get(metric) is not None else float("nan") for r in rows]
+    finite = [v for v in values if v == v]
+    fig, ax = plt.subplots(figsize=(max(4.5, 1.3 * len(rows)), 4))
+    bars = ax.bar(range(len(rows)), [v if v == v else 0 for v in values], color="tab:blue")
+    shown = finite + ([chance] if chance is not None else [])
+    if shown:
+        low, high = min(shown), max(shown)
+        pad = max((high - low) * 0.25, abs(high) * 0.02, 1e-3)
+        bottom = low - pad if low - pad > 0 or low < 0 else 0
+        ax.set_ylim(bottom, high + pad)
+    for bar, value in zip(bars, values):
+        ax.annotate("n/a" if value != value else f"{value:.4g}", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                    ha="center", va="bottom", fontsize=7, xytext=(0, 2), textcoords="offset points")
+    if chance is not None:
+        ax.axhline(chance, color="tab:red", linestyle="--", linewidth=1, label=f"chance ({chance:.3g})")
+        ax.legend(fontsize=7, loc="best")
+    ax.set_xticks(range(len(rows)), labels, fontsize=7)
+    ax.set_ylabel(metric)
+    ax.set_title(title or f"final {metric} per trial", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def finish_parent_run(uri: str, run_id: str, rows: list[dict[str, Any]], metric: str, mode: str, out_dir,
+                      status: str = "FINISHED", settings: list[str] | None = None,
+                      chance: float | None = None) -> None:
+    """Attach the summary table (CSV) and a plot of `metric` per trial (`draw_summary`: `settings` are the
+    searched keys, `chance` the metric's chance level when known) to the parent run, then close it."""
+    import csv
+    import io
+
+    from trainer.fsutil import write_atomic
 
     out = Path(out_dir)
     cols = list(dict.fromkeys(k for row in rows for k in row))
@@ -260,20 +456,11 @@ def finish_parent_run(uri: str, run_id: str, rows: list[dict[str, Any]], metric:
     writer.writeheader()
     writer.writerows(rows)
     write_atomic(out / "summary.csv", table.getvalue())
-    labels = [f"{r.get('trial', '?')}\n{r.get('subset', '')}" for r in rows]
-    values = [float(r[metric]) if r.get(metric) is not None else float("nan") for r in rows]
-    fig, ax = plt.subplots(figsize=(max(4, 1.2 * len(rows)), 3.5))
-    ax.bar(range(len(rows)), values)
-    ax.set_xticks(range(len(rows)), labels, fontsize=7, rotation=30, ha="right")
-    ax.set_ylabel(metric)
-    ax.set_title("final " + metric + " per trial")
-    fig.tight_layout()
-    fig.savefig(out / "summary.png", dpi=100)
-    plt.close(fig)
+    draw_summary(rows, metric, out / "summary.png", settings, chance)
     client = mlflow.MlflowClient(tracking_uri=uri)
     client.log_artifact(run_id, str(out / "summary.csv"))
     client.log_artifact(run_id, str(out / "summary.png"))
-    finite = [v for v in values if v == v]
+    finite = [float(r[metric]) for r in rows if r.get(metric) is not None]
     if finite:
         client.log_metric(run_id, f"best_{metric}", min(finite) if mode == "min" else max(finite))
     client.set_terminated(run_id, status=status)   # FINISHED, FAILED, or KILLED (reopened by --resume)
@@ -421,10 +608,16 @@ def upload_buffer(run_dir: str | Path, uri: str | None = None) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     """`python -m trainer.tracking upload RUN_DIR [--uri URI]`: send a buffered run to a tracking store."""
     import argparse
+    import sys
 
     from trainer.errors import UserError, report
 
     parser = argparse.ArgumentParser(prog="python -m trainer.tracking", description=main.__doc__)
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["watch"]:   # internal: the sweep driver's watchdog (start_watchdog)
+        pid, uri, parent_run_id = argv[1:4]
+        watch_driver(int(pid), uri, parent_run_id)
+        return 0
     parser.add_argument("command", choices=["upload"])
     parser.add_argument("run_dir", help="the run's output_dir (it holds mlflow_buffer.jsonl)")
     parser.add_argument("--uri", default=None, help="tracking store (default: the run's tracking.uri)")

@@ -24,9 +24,10 @@ import logging
 import os
 import shutil
 import re
+import signal
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +55,12 @@ class TrialContext:
     crash_at_step: int | None = None  # tests: each trial's workers raise once at this step
     crash_loses_disk: bool = False    # tests: ... and the trial's local checkpoints are gone (another node)
     crash_trials: int | None = None   # tests: only the first N trials (by index) crash; None = every trial
+    env: dict[str, str] = field(default_factory=dict)   # set in every worker before its job: the driver's
+                                                        # commit (trials run in a copy without .git), the launcher
+
+
+class ClusterTooSmallError(UserError):
+    """The Ray cluster cannot hold one trial's workers: the sweep would wait forever."""
 
 
 def param_space(sweep: Sweep) -> dict[str, Any]:
@@ -134,6 +141,7 @@ def train_worker(config: dict[str, Any]) -> None:
     logging.getLogger().setLevel(logging.WARNING)
     logging.getLogger("trainer").setLevel(logging.INFO if ray.train.get_context().get_world_rank() == 0
                                           else logging.WARNING)
+    os.environ.update(config.get("env") or {})   # the driver's git commit and dirty flag, launcher=ray
     raw = config["raw"]
     stored = ray.train.get_checkpoint()   # the newest checkpoint this trial reported to Ray's storage
     if stored is not None:
@@ -209,7 +217,7 @@ def run_trial(trial_config: dict[str, Any], ctx: TrialContext) -> None:
     trainer = TorchTrainer(
         train_worker,
         train_loop_config={"raw": raw, "workdir": ctx.workdir, "crash_at_step": crash_at_step(ctx, trial_name),
-                           "crash_loses_disk": ctx.crash_loses_disk},
+                           "crash_loses_disk": ctx.crash_loses_disk, "env": ctx.env},
         scaling_config=ScalingConfig(num_workers=res.workers, use_gpu=use_gpu, resources_per_worker=resources),
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo", timeout_s=process_group_timeout(raw)),
         run_config=RunConfig(name=f"train-{trial_name}", storage_path=storage_root(sweep, Path(ctx.sweep_dir)),
@@ -256,6 +264,102 @@ def init_ray(sweep: Sweep) -> None:
         num_cpus = sweep.config.ray.num_cpus or (os.cpu_count() or 1) + 1
         ray.init(num_cpus=num_cpus, include_dashboard=True,
                  runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false"}})
+
+
+def trial_needs(sweep: Sweep) -> dict[str, float]:
+    """Ray resources one trial holds while it runs: its workers' and its driver function's."""
+    res = sweep.config.resources
+    return {"CPU": res.workers * res.cpus_per_worker + TRIAL_DRIVER_CPU, "GPU": res.workers * res.gpus_per_worker}
+
+
+def check_fits(sweep: Sweep, cluster: dict[str, float], node_max: dict[str, float] | None = None,
+               where: str = "the Ray cluster") -> None:
+    """Refuse a sweep whose trial cannot ever start on `cluster` (`ray.cluster_resources()`): Ray would keep its
+    workers pending forever (Ray Train retries `WorkerGroupStartupTimeoutError` every minute). `node_max`: the most
+    CPUs / GPUs one node has (a worker cannot span nodes). One message: needed, available, the keys to change."""
+    res, need = sweep.config.resources, trial_needs(sweep)
+    have = {kind: float(cluster.get(kind, 0)) for kind in ("CPU", "GPU")}
+    problems = [kind for kind in ("CPU", "GPU") if need[kind] > have[kind] + 1e-9]
+    per_worker = {"CPU": res.cpus_per_worker, "GPU": res.gpus_per_worker}
+    if node_max:
+        problems += [f"{kind} per node" for kind in ("CPU", "GPU")
+                     if kind not in problems and per_worker[kind] > float(node_max.get(kind, 0)) + 1e-9]
+    if not problems:
+        return
+    fit = (have["CPU"] - TRIAL_DRIVER_CPU) / res.workers
+    hints = [f"resources.workers (now {res.workers})", f"resources.cpus_per_worker (now {res.cpus_per_worker:g}"
+             + (f"; at most {int(fit * 100) / 100:g} with {res.workers} workers here" if fit >= 0.01 else "") + ")"]
+    if res.gpus_per_worker:
+        hints.append(f"resources.gpus_per_worker (now {res.gpus_per_worker:g})")
+    nodes = (f"; the largest node: {node_max.get('CPU', 0):g} CPUs, {node_max.get('GPU', 0):g} GPUs"
+             if node_max else "")
+    raise ClusterTooSmallError(
+        f"sweep {sweep.config.name}: one trial does not fit on {where} ({', '.join(problems)} short), so no trial "
+        f"could ever start.\n"
+        f"  a trial needs {need['CPU']:g} CPUs (resources.workers {res.workers} x resources.cpus_per_worker "
+        f"{res.cpus_per_worker:g}, + {TRIAL_DRIVER_CPU} for the trial's driver) and {need['GPU']:g} GPUs "
+        f"(resources.workers x resources.gpus_per_worker {res.gpus_per_worker:g})\n"
+        f"  the cluster has {have['CPU']:g} CPUs and {have['GPU']:g} GPUs{nodes}\n"
+        f"  change {', '.join(hints)} (in the sweep file, or as overrides: python -m trainer.tune SWEEP.yaml "
+        f"resources.cpus_per_worker=...), or give the cluster more (ray start --num-cpus / more nodes; a local "
+        f"Ray: ray.num_cpus)")
+
+
+def check_cluster(sweep: Sweep) -> None:
+    """`check_fits` against the connected Ray (`ray.cluster_resources()`, the nodes alive now)."""
+    import ray
+
+    nodes = [node["Resources"] for node in ray.nodes() if node.get("Alive")]
+    node_max = {kind: max((float(n.get(kind, 0)) for n in nodes), default=0.0) for kind in ("CPU", "GPU")}
+    address = sweep.config.ray.address or os.environ.get("RAY_ADDRESS")
+    check_fits(sweep, ray.cluster_resources(), node_max,
+               f"the Ray cluster at {address}" if address else "the local Ray")
+
+
+def driver_env() -> dict[str, str]:
+    """What the trials' workers get in their environment from the driver: its code's git commit and dirty flag
+    (`tracking.code_tags`: from the checkout, or as the submitter passed them) and `TRAINER_LAUNCHER=ray`."""
+    from trainer import tracking
+
+    tags = tracking.code_tags()
+    env = {tracking.LAUNCHER_ENV: "ray"}
+    if "git_commit" in tags:
+        env[tracking.GIT_COMMIT_ENV] = tags["git_commit"]
+        if "git_dirty" in tags:
+            env[tracking.GIT_DIRTY_ENV] = tags["git_dirty"]
+    else:
+        log.warning("no git commit known for this sweep's code (not a git checkout, and no %s: submit with "
+                    "--runtime-env-json \"$(python -m trainer.tune --runtime-env)\"); runs get no git_commit tag",
+                    tracking.GIT_COMMIT_ENV)
+    return env
+
+
+def runtime_env_json() -> str:
+    """`python -m trainer.tune --runtime-env`: the `--runtime-env-json` of a `ray job submit` from this checkout,
+    with its git commit and dirty flag (Ray does not upload .git) and $MLFLOW_TRACKING_URI when set."""
+    from trainer import tracking
+
+    tags = tracking.code_tags()
+    env = {key: tags[tag] for key, tag in ((tracking.GIT_COMMIT_ENV, "git_commit"), (tracking.GIT_DIRTY_ENV, "git_dirty"))
+           if tag in tags}
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        env["MLFLOW_TRACKING_URI"] = os.environ["MLFLOW_TRACKING_URI"]
+    return json.dumps({"env_vars": env})
+
+
+def chance_level(sweep: Sweep, metric: str) -> float | None:
+    """The metric's chance level when it is known: 1 / task.num_labels for an accuracy of a classification task."""
+    if "accuracy" not in metric:
+        return None
+    try:
+        job = validate(sweep.trial_raw({}, next(iter(sweep.subsets), None)), JobConfig, source="trial")
+    except ConfigError:
+        return None
+    task = getattr(job, "task", None)
+    if getattr(task, "benchmark", None) is not None:   # a benchmark's task (tagging, QA, multiple choice): unknown
+        return None
+    labels = getattr(task, "num_labels", None)
+    return 1.0 / labels if isinstance(labels, int) and labels > 1 else None
 
 
 def build_tuner(ctx: TrialContext, resume: bool):
@@ -328,38 +432,112 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join([line(cols), line(["-" * w for w in widths]), *(line(r) for r in cells)])
 
 
+class SweepStopped(KeyboardInterrupt):
+    """The driver got SIGTERM (`ray job stop`, `kill`) outside Tune's loop; `signum` is the signal."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+class _StopHandler:
+    """SIGTERM while a sweep runs (`ray job stop` sends it, then SIGKILL 3 s later): end the MLflow parent and its
+    RUNNING children as KILLED at once, then stop Tune as Ctrl-C does (inside `Tuner.fit`: its own graceful stop)
+    or raise `SweepStopped` (elsewhere). `signum` remembers the signal for the exit status."""
+
+    def __init__(self, uri: str, parent_run_id: str):
+        self.uri, self.parent_run_id = uri, parent_run_id
+        self.signum: int | None = None
+        self.in_fit = False
+        self.previous = None
+
+    def __enter__(self) -> "_StopHandler":
+        if threading_is_main():
+            self.previous = signal.signal(signal.SIGTERM, self)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.previous is not None:
+            signal.signal(signal.SIGTERM, self.previous)
+
+    def __call__(self, signum: int, frame) -> None:
+        from trainer import tracking
+
+        first = self.signum is None
+        self.signum = signum
+        if first:
+            log.warning("%s: ending the sweep; MLflow parent run %s and its running trials -> KILLED",
+                        signal.Signals(signum).name, self.parent_run_id)
+            tracking.end_sweep_runs(self.uri, self.parent_run_id, "KILLED", signal.Signals(signum).name)
+        tune_stop = signal.getsignal(signal.SIGUSR1)   # Tune's interrupt handler, installed by Tuner.fit
+        if first and self.in_fit and callable(tune_stop):
+            tune_stop(signum, frame)
+            return
+        raise SweepStopped(signum)
+
+
+def threading_is_main() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
 def run_sweep(sweep: Sweep, sweep_dir: Path | None = None, resume: bool = False,
               crash_at_step: int | None = None, crash_loses_disk: bool = False,
               crash_trials: int | None = None) -> list[dict[str, Any]]:
-    """Run (or resume) a sweep; returns the summary rows (also logged to the parent MLflow run)."""
+    """Run (or resume) a sweep; returns the summary rows (also logged to the parent MLflow run).
+
+    Before anything is written: Ray is joined (or started) and a trial must fit on it (`check_cluster`).
+    A sweep that ends abnormally ends its MLflow runs: SIGTERM and Ctrl-C as KILLED, an error as FAILED, a driver
+    that dies without a word (SIGKILL) as FAILED through a watchdog process (`tracking.start_watchdog`)."""
     from trainer import tracking
 
     sweep_dir = Path(sweep_dir or Path(sweep.config.output_dir) / sweep.config.name).resolve()
+    # A metric computed at evaluation time is absent from the training rows reported before it;
+    # FIFO ignores those rows and ASHA skips them (a metric present in every row suits ASHA best).
+    os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
+    init_ray(sweep)
+    check_cluster(sweep)   # before the parent run: a sweep that cannot run leaves nothing behind
+    env = driver_env()
     sweep_dir.mkdir(parents=True, exist_ok=True)
     state_path = sweep_dir / STATE_FILE
     state = json.loads(state_path.read_text()) if resume and state_path.is_file() else {}
     uri = sweep_tracking_uri(sweep)
     parent_run_id = tracking.start_parent_run(uri, sweep.config.experiment, sweep.config.name,
                                               sweep.config.model_dump(mode="json"), state.get("parent_run_id"))
+    if os.environ.get("TRAINER_SWEEP_WATCHDOG", "1") != "0":
+        tracking.start_watchdog(uri, parent_run_id)
+    url = tracking.runs_url(uri, sweep.config.experiment, sweep.config.metric, sweep.config.mode, sweep.config.name)
+    print(f"MLflow: the sweep's runs at {url}" + ("" if uri.startswith(("http://", "https://"))
+                                                  else f"  (serve them: mlflow ui --backend-store-uri {uri})"),
+          flush=True)
     state.setdefault("workdir", os.getcwd())   # a resumed sweep keeps resolving paths where it started
     state.update(parent_run_id=parent_run_id, tracking_uri=uri, sweep=sweep.config.model_dump(mode="json"),
                  base_job=sweep.base_raw, subsets=sweep.subsets, base_dir=str(sweep.base_dir))
     write_atomic(state_path, json.dumps(state, indent=1))
 
-    # A metric computed at evaluation time is absent from the training rows reported before it;
-    # FIFO ignores those rows and ASHA skips them (a metric present in every row suits ASHA best).
-    os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
-    init_ray(sweep)
     start = time.perf_counter()
     ctx = TrialContext(sweep, str(sweep_dir), parent_run_id, state["workdir"], crash_at_step, crash_loses_disk,
-                       crash_trials)
-    tuner = build_tuner(ctx, resume)
-    results = tuner.fit()
-    rows = summary_rows(sweep, results)
+                       crash_trials, env)
+    with _StopHandler(uri, parent_run_id) as stop:
+        try:
+            tuner = build_tuner(ctx, resume)
+            stop.in_fit = True
+            results = tuner.fit()
+            stop.in_fit = False
+            rows = summary_rows(sweep, results)
+        except BaseException as e:
+            interrupted = isinstance(e, KeyboardInterrupt)
+            closed = tracking.end_sweep_runs(uri, parent_run_id, "KILLED" if interrupted else "FAILED",
+                                             type(e).__name__)
+            log.warning("sweep %s %s: %d MLflow run(s) ended %s", sweep.config.name,
+                        "interrupted" if interrupted else f"failed ({e})", len(closed),
+                        "KILLED" if interrupted else "FAILED")
+            raise
     elapsed = time.perf_counter() - start
     # Tune returns normally after Ctrl-C too: it marks the running trials TERMINATED, like finished
     # ones, so a trial without its metric is what tells an interrupted sweep (pending trials as well)
-    interrupted = (any(r["status"] == "INCOMPLETE" for r in rows)
+    interrupted = (stop.signum is not None or any(r["status"] == "INCOMPLETE" for r in rows)
                    or results.num_terminated + results.num_errors < len(results))
     status = "KILLED" if interrupted else "FAILED" if any(r["status"] == "ERROR" for r in rows) else "FINISHED"
     # A trial stopped by ASHA, interrupted, or failed for good had its workers killed: its child run is
@@ -368,12 +546,16 @@ def run_sweep(sweep: Sweep, sweep_dir: Path | None = None, resume: bool = False,
     if closed:
         log.info("closed %d child run(s) their trials left RUNNING: %s", len(closed),
                  ", ".join(f"{run_id[:8]} {end}" for run_id, end in closed.items()))
-    tracking.finish_parent_run(uri, parent_run_id, rows, sweep.config.metric, sweep.config.mode, sweep_dir, status)
+    tracking.finish_parent_run(uri, parent_run_id, rows, sweep.config.metric, sweep.config.mode, sweep_dir, status,
+                               settings=list(sweep.config.search), chance=chance_level(sweep, sweep.config.metric))
     print(f"\nsweep {sweep.config.name}: {len(rows)} trials in {elapsed:.0f}s; "
-          f"MLflow parent run {parent_run_id}; results in {sweep_dir}\n{format_table(rows)}")
+          f"MLflow parent run {parent_run_id} ({status}); results in {sweep_dir}\n{format_table(rows)}\n"
+          f"MLflow: the sweep's runs, best {sweep.config.metric} first: {url}")
     if interrupted:
         print(f"\nsweep incomplete (interrupted, or trials that never report {sweep.config.metric}): "
               f"continue it with  python -m trainer.tune --resume {sweep_dir}")
+    if stop.signum is not None:
+        raise SweepStopped(stop.signum)
     return rows
 
 
@@ -421,7 +603,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--resume", metavar="SWEEP_DIR", help="resume an interrupted sweep from its directory")
     parser.add_argument("--dry-run", action="store_true", help="validate and list the grid, start nothing")
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error (or TRAINER_DEBUG=1)")
+    parser.add_argument("--runtime-env", action="store_true", help=(
+        "print the --runtime-env-json for `ray job submit` from this checkout (its git commit and dirty flag, "
+        "$MLFLOW_TRACKING_URI) and exit"))
     args = parser.parse_args(argv)
+    if args.runtime_env:
+        print(runtime_env_json())
+        return 0
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         if args.resume:
@@ -441,7 +629,16 @@ def main(argv: list[str] | None = None) -> int:
         for point in points:
             print("  ", point)
         return 0
-    rows = run_sweep(sweep, sweep_dir, resume=bool(args.resume))
+    try:
+        rows = run_sweep(sweep, sweep_dir, resume=bool(args.resume))
+    except ClusterTooSmallError as e:
+        return report(e, args.debug)
+    except SweepStopped as e:   # SIGTERM: the MLflow runs are KILLED; 128 + signal, as a shell reports it
+        print(f"sweep {sweep.config.name} stopped by {signal.Signals(e.signum).name}", file=sys.stderr)
+        return 128 + e.signum
+    except KeyboardInterrupt:   # a second Ctrl-C: Tune's graceful stop cut short
+        print(f"sweep {sweep.config.name} interrupted", file=sys.stderr)
+        return 130
     return 0 if all(r["status"] in ("OK", "STOPPED") for r in rows) else 1
 
 
