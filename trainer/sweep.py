@@ -306,3 +306,141 @@ def grid_points(sweep: Sweep) -> list[dict[str, Any]]:
         axes["subset"] = list(sweep.subsets)
     keys = list(axes)
     return [dict(zip(keys, combo)) for combo in itertools.product(*(axes[k] for k in keys))]
+
+
+# --- disk footprint (python -m trainer.tune SWEEP.yaml --dry-run) ------------------------------------------------
+
+# config.json fields of the hub models the shipped jobs name, so the dry run can size them without the hub (the
+# model is built on the meta device from its config: no weight is downloaded or allocated). A model in the local
+# Hugging Face cache or a local directory is sized from its own config.json instead.
+KNOWN_CONFIGS: dict[str, dict[str, Any]] = {
+    "FacebookAI/xlm-roberta-large": {"model_type": "xlm-roberta", "vocab_size": 250002, "hidden_size": 1024,
+                                     "num_hidden_layers": 24, "num_attention_heads": 16, "intermediate_size": 4096,
+                                     "max_position_embeddings": 514, "type_vocab_size": 1},
+    "FacebookAI/xlm-roberta-base": {"model_type": "xlm-roberta", "vocab_size": 250002, "hidden_size": 768,
+                                    "num_hidden_layers": 12, "num_attention_heads": 12, "intermediate_size": 3072,
+                                    "max_position_embeddings": 514, "type_vocab_size": 1},
+    "meta-llama/Meta-Llama-3-8B": {"model_type": "llama", "vocab_size": 128256, "hidden_size": 4096,
+                                   "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 8,
+                                   "intermediate_size": 14336, "max_position_embeddings": 8192},
+}
+for _alias, _name in {"xlm-roberta-large": "FacebookAI/xlm-roberta-large", "xlm-roberta-base": "FacebookAI/xlm-roberta-base",
+                      "meta-llama/Llama-3.1-8B": "meta-llama/Meta-Llama-3-8B",
+                      "meta-llama/Meta-Llama-3.1-8B": "meta-llama/Meta-Llama-3-8B"}.items():
+    KNOWN_CONFIGS[_alias] = KNOWN_CONFIGS[_name]
+
+RAY_CHECKPOINTS_KEPT = 2   # trainer.tune.run_trial: CheckpointConfig(num_to_keep=2) in the sweep's Ray storage
+ADAM_BYTES = 12            # per trainable parameter: DeepSpeed's fp32 master copy + AdamW's two fp32 moments
+GB = 1e9
+
+
+def model_config(name_or_path: str):
+    """The transformers config of a model without its weights: a local directory's or the HF cache's config.json,
+    else KNOWN_CONFIGS; None when neither (a hub model never downloaded here, a tiny:* model)."""
+    from transformers import AutoConfig, CONFIG_MAPPING
+
+    if name_or_path.startswith("tiny:"):
+        return None
+    try:
+        return AutoConfig.from_pretrained(name_or_path, local_files_only=True)
+    except Exception:   # not a local folder, not in the cache
+        known = KNOWN_CONFIGS.get(name_or_path)
+        if known is None:
+            return None
+        fields = dict(known)
+        return CONFIG_MAPPING[fields.pop("model_type")](**fields)
+
+
+def parameter_counts(name_or_path: str, lora: Any | None) -> tuple[int, int] | None:
+    """(all parameters, trained parameters) of the backbone `AutoModel` built on the meta device (no memory, no
+    download); trained = all, or with `lora` (a LoraConfig) r x (in + out) per adapted nn.Linear. None: unknown."""
+    import torch
+    from transformers import AutoModel
+
+    config = model_config(name_or_path)
+    if config is None:
+        return None
+    with torch.device("meta"):
+        model = AutoModel.from_config(config)
+    total = sum(p.numel() for p in model.parameters())
+    if lora is None:
+        return total, total
+    targets = lora.target_modules
+    trained = sum(lora.r * (m.in_features + m.out_features) for name, m in model.named_modules()
+                  if isinstance(m, torch.nn.Linear)
+                  and (targets == "all-linear" or name.rsplit(".", 1)[-1] in targets))
+    return total, trained
+
+
+def zero_stage(deepspeed: str) -> int:
+    """The ZeRO stage of a job's `engine.deepspeed` (a shipped name such as zero3, or a JSON path); 0 if unreadable."""
+    import json
+
+    path = Path(deepspeed) if deepspeed.endswith(".json") else Path(__file__).resolve().parents[1] / "ds_configs" / f"{deepspeed}.json"
+    try:
+        return int(json.loads(path.read_text()).get("zero_optimization", {}).get("stage", 0))
+    except (OSError, ValueError):
+        return 0
+
+
+def trial_footprint(job: Any) -> dict[str, Any] | None:
+    """Disk bytes one trial of `job` (a validated job) writes, from its model config, or None when the model's size
+    is unknown. Keys: params, trained, checkpoint (one step-N folder), local_checkpoints (the trial folder keeps
+    checkpoint.keep_last of them), ray_checkpoints (Ray storage keeps RAY_CHECKPOINTS_KEPT), export (the trial's
+    export/ folder), uploaded (what tracking.export sends to MLflow), total.
+
+    One checkpoint = DeepSpeed's state (ADAM_BYTES per trained parameter, plus the 16-bit module weights under
+    ZeRO-1/2, which ZeRO-3 keeps in the partitions) + portable.pt (ADAM_BYTES per trained parameter, when
+    checkpoint.portable). The export holds the trained weights in fp32 (LoRA: twice, also as a PEFT folder);
+    tracking.export: all adds every weight. Heads and projections are left out (small beside the backbone)."""
+    model = getattr(job, "model", None)
+    llm = getattr(model, "llm", None)
+    if llm is None:
+        return None
+    full = getattr(model, "finetune", "lora") == "full"
+    counts = parameter_counts(llm.name_or_path, None if full else model.lora)
+    if counts is None:
+        return None
+    total, trained = counts
+    weight_bytes = 4 if llm.dtype == "float32" else 2
+    ds = trained * (ADAM_BYTES + (weight_bytes if zero_stage(job.engine.deepspeed) < 3 else 0))
+    checkpoint = ds + (trained * ADAM_BYTES if job.checkpoint.portable else 0)
+    export = trained * 4 * (1 if full else 2)
+    if job.tracking.export == "all":
+        export += (total - trained) * weight_bytes + trained * 4
+    uploaded = 0 if job.tracking.export == "none" else export
+    every = job.checkpoint.every
+    saves = 0 if every <= 0 else job.optim.max_steps // every + (1 if job.checkpoint.save_final else 0)
+    local = checkpoint * min(job.checkpoint.keep_last, saves)
+    ray = checkpoint * min(RAY_CHECKPOINTS_KEPT, saves)
+    return {"params": total, "trained": trained, "checkpoint": checkpoint, "local_checkpoints": local,
+            "ray_checkpoints": ray, "export": export, "uploaded": uploaded, "total": local + ray + export + uploaded}
+
+
+def footprint_report(sweep: Sweep) -> str:
+    """The dry run's disk estimate: per trial (its first grid point's job) and for the whole sweep."""
+    raw = sweep.trial_raw({}, next(iter(sweep.subsets), None))
+    job = validate(raw, JobConfig, source="trial")
+    llm = getattr(getattr(job, "model", None), "llm", None)
+    where = getattr(llm, "name_or_path", "?")
+    est = trial_footprint(job)
+    if est is None:
+        return (f"disk per trial: unknown ({where}: no config.json here, not in trainer.sweep.KNOWN_CONFIGS; "
+                f"a tiny model's footprint is negligible)")
+    trials = sweep.grid_size()
+    gb = lambda n: f"{n / GB:.1f} GB"   # noqa: E731
+    storage = sweep.config.storage_path or f"{sweep.config.output_dir}/{sweep.config.name} (the sweep dir)"
+    lines = [
+        f"disk per trial ({where}: {est['params'] / 1e6:.0f}M parameters, {est['trained'] / 1e6:.1f}M trained; "
+        f"checkpoint.portable={job.checkpoint.portable}, checkpoint.keep_last={job.checkpoint.keep_last}, "
+        f"tracking.export={job.tracking.export}):",
+        f"  one checkpoint                  {gb(est['checkpoint'])}",
+        f"  trial folder checkpoints        {gb(est['local_checkpoints'])}   (keep_last x checkpoint; "
+        f"{sweep.config.output_dir})",
+        f"  Ray storage checkpoints         {gb(est['ray_checkpoints'])}   (newest {RAY_CHECKPOINTS_KEPT}; {storage})",
+        f"  export/ in the trial folder     {gb(est['export'])}",
+        f"  uploaded to MLflow artifacts    {gb(est['uploaded'])}",
+        f"  per trial                       {gb(est['total'])}",
+        f"  whole sweep ({trials} trials)      {est['total'] * trials / 1e12:.2f} TB",
+    ]
+    return "\n".join(lines)

@@ -628,6 +628,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"sweep {sweep.config.name}: {sweep.grid_size()} trials; grid points:")
         for point in points:
             print("  ", point)
+        from trainer.sweep import footprint_report   # disk per trial and per sweep, from the model config
+
+        print(footprint_report(sweep))
         return 0
     try:
         rows = run_sweep(sweep, sweep_dir, resume=bool(args.resume))
