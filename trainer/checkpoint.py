@@ -9,7 +9,9 @@ Layout (default `OUTPUT_DIR/checkpoints/`):
       rank-00000.pt ...          one per rank: its data-stream position and RNG states
       portable.pt                the trainable weights and Adam moments as full tensors, the step and
                                  schedule (`checkpoint.portable`): resume on another number of ranks
-      trainer_state.json         step, world size, MLflow run id, metrics, evaluations so far, config hash
+      trainer_state.json         step, world size, MLflow run id, metrics, evaluations so far, the job as
+                                 written (`config`) and its training hash (`config_sha256`,
+                                 `trainer.run.training_hash`): what a resume compares against
       MANIFEST.json              every file above with its size and sha256 (written last, by rank 0)
     .tmp-step-00000050/          a write in progress (or killed): never resumed from
 
@@ -174,10 +176,11 @@ class Checkpointer:
     """Saves and restores resume state for one run; every method is called on every rank."""
 
     def __init__(self, cfg: CheckpointConfig, output_dir: str | Path, config_hash: str = "",
-                 on_save: Callable[[Path, int], None] | None = None):
+                 on_save: Callable[[Path, int], None] | None = None, config: dict | None = None):
         self.cfg = cfg
         self.root = Path(cfg.dir) if cfg.dir else Path(output_dir) / "checkpoints"
-        self.config_hash = config_hash
+        self.config_hash = config_hash   # the training configuration's hash (trainer.run.training_hash)
+        self.config = config             # the job as written (config.yaml's content), kept with every checkpoint
         self.resume_from: Path | None = None
         self.on_save = on_save   # every rank, after a checkpoint is complete (Ray Train uploads it)
 
@@ -221,8 +224,8 @@ class Checkpointer:
         state = read_trainer_state(ckpt)
         step = int(state["step"])
         if self.config_hash and state.get("config_sha256") not in (None, self.config_hash):
-            # trainer.run.check_run_dir has refused every difference that changes the training
-            log.info("checkpoint: %s was written under a config that differs in logging or length only", ckpt)
+            # trainer.run.check_resume has refused every difference that changes the training
+            log.info("checkpoint: %s was written under a config that differs in length or grad_accum only", ckpt)
         per_step = int(state.get("micro_batches_per_step", engine.world_size * engine.job.optim.grad_accum))
         if int(state["world_size"]) == engine.world_size:
             if per_step != engine.world_size * engine.job.optim.grad_accum:
@@ -300,6 +303,8 @@ class Checkpointer:
             state = {"step": step, "world_size": engine.world_size, "mlflow_run_id": run_id,
                      "micro_batches_per_step": engine.world_size * engine.job.optim.grad_accum,
                      "metrics": metrics or {}, "evaluations": evaluations or {}, "config_sha256": self.config_hash, "time": time.time()}
+            if self.config is not None:
+                state["config"] = self.config
             write_atomic(tmp / TRAINER_STATE, json.dumps(state, indent=1))
             write_manifest(tmp)
             replace_dir(tmp, final)  # final exists when a resumed run rewrites a step it wrote before a kill

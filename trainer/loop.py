@@ -299,7 +299,9 @@ def finish(run: Run, final: dict[str, float], losses: list[float], start_step: i
     export = None
     if engine.is_main:
         write_atomic(run.out_dir / FINAL_METRICS_FILE, json.dumps(final, indent=1, sort_keys=True))
-        export = export_weights(state, run.out_dir / "export", job.to_yaml(), engine.module, frozen)
+        header = (f"# config_sha256: {run.checkpoints.config_hash}   (trainer.run.training_hash of the job as "
+                  f"written)\n" if run.checkpoints.config_hash else "")   # what trained this export
+        export = export_weights(state, run.out_dir / "export", header + job.to_yaml(), engine.module, frozen)
         if job.tracking.export != "none":
             run.tracker.log_artifacts(str(export), "export")
     return {"losses": losses, "start_step": start_step, "metrics": final,

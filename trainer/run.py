@@ -12,8 +12,11 @@ resolved config, and track the run in MLflow, continuing the checkpoint's MLflow
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
+import shutil
 import socket
 import time
 from pathlib import Path
@@ -23,13 +26,13 @@ import torch
 import yaml
 
 from trainer import distributed
-from trainer.checkpoint import Checkpointer
+from trainer.checkpoint import LATEST, Checkpointer, list_checkpoints, read_trainer_state
 from trainer.config import JobBase, check_gpu_options, check_precision, resolve_dtypes
 from trainer.engine import Engine
 from trainer.errors import RunDirError, UserError
 from trainer.errors import report as report_error
 from trainer.fsutil import write_atomic
-from trainer.loop import Run
+from trainer.loop import FINAL_METRICS_FILE, METRICS_FILE, Run
 from trainer.models.loading import build_tiny_models_in, check_model_paths
 from trainer.prepare import run_prepare
 from trainer.recipes import align, finetune, flare, realign, stage1, stage2
@@ -41,17 +44,21 @@ RECIPES = {"stage1": stage1.run, "align": align.run, "realign": realign.run, "fi
 log = logging.getLogger("trainer.run")
 
 CONFIG_FILE = "config.yaml"
-# Keys that may change when a run resumes: where and how often it logs and checkpoints, how long it
-# waits, where its data comes from when it is the same data (prepare). Any other difference changes
-# what is trained and refuses to resume (`optim.max_steps` may grow).
-HARMLESS_KEYS = ("tracking.", "checkpoint.every", "checkpoint.keep_last", "checkpoint.save_final",
-                 "checkpoint.best_metric", "checkpoint.best_mode", "checkpoint.resume", "checkpoint.dir",
-                 "engine.timeout_minutes", "prepare", "output_dir",
-                 "optim.grad_accum")   # may follow the number of ranks; the checkpoint checks ranks x grad_accum
+# Keys that do not change what is trained: where and how often a run logs and checkpoints, how long it
+# waits, where its data comes from when it is the same data (prepare), where it writes. They are left out
+# of the training configuration's hash (`training_hash`) and may change when a run resumes.
+UNTRAINED_KEYS = ("tracking.", "checkpoint.every", "checkpoint.keep_last", "checkpoint.save_final",
+                  "checkpoint.best_metric", "checkpoint.best_mode", "checkpoint.resume", "checkpoint.dir",
+                  "checkpoint.portable", "engine.timeout_minutes", "prepare", "output_dir")
+# Keys in the hash that may still change on resume: `optim.grad_accum` may follow the number of ranks (the
+# checkpoint checks ranks x grad_accum) and `optim.max_steps` may grow (extending a run). Any other
+# difference changes what is trained and refuses to resume.
+HARMLESS_KEYS = (*UNTRAINED_KEYS, "optim.grad_accum")
+EXPORT_DIR = "export"
 
 
 def run_job(job: JobBase, report: Callable[[dict[str, float], int], None] | None = None,
-            on_checkpoint: Callable[[Path, int], None] | None = None) -> dict:
+            on_checkpoint: Callable[[Path, int], None] | None = None, overwrite: bool = False) -> dict:
     """Run `job` in the current process group (joined, or created for a single process).
 
     `report(metrics, step)`, when given, receives every logged metric row on every rank
@@ -64,29 +71,42 @@ def run_job(job: JobBase, report: Callable[[dict[str, float], int], None] | None
     (`prepare`), seed torch, make the engine (before the model: under ZeRO-3 the frozen weights
     load partitioned), run the recipe. Rank 0 only: write the resolved config, and track the run
     in MLflow, continuing the checkpoint's MLflow run when resuming.
+
+    `overwrite`: a start that would replace another configuration's run in `output_dir` (its checkpoints,
+    its export) goes ahead and removes them first; without it such a start is refused, naming what would
+    be lost (`check_resume`, `check_fresh_start`).
     """
     check_precision(job)   # a bf16 job with float32 weights, before anything starts (every rank alike)
     check_gpu_options(job)   # QLoRA / 8-bit AdamW where there is no GPU or no bitsandbytes
     distributed.setup(job.engine.backend, job.engine.timeout_minutes)
     config_yaml = job.to_yaml()
-    config_hash = distributed.check_same_config(config_yaml)
+    distributed.check_same_config(config_yaml)
+    config = job.model_dump(mode="json")
     out = Path(job.output_dir)
-    checkpoints = Checkpointer(job.checkpoint, out, config_hash, on_save=on_checkpoint)
-    if checkpoints.resume_target() is not None:
-        check_run_dir(job, out)   # before anything is written into the directory
+    checkpoints = Checkpointer(job.checkpoint, out, training_hash(config), config=config, on_save=on_checkpoint)
+    # before anything is written into the directory: resume only what this configuration trained, replace
+    # another configuration's run only when asked
+    if checkpoints.resume_target() is not None and not check_resume(job, out, checkpoints.resume_from, overwrite):
+        checkpoints.resume_from = None   # --overwrite: start over in place of another configuration's run
+    replaced = check_fresh_start(job, out, checkpoints.root, overwrite) if checkpoints.resume_from is None else []
     _agree(lambda: check_model_paths(job.model_dump()))   # a missing local path, not a hub error minutes later
     buffer = _tracking_buffer(job, out)
     _agree(lambda: claim_run_dir(out))   # one writer per run directory, from here to the end of the run
     try:
-        return _run(job, out, config_yaml, checkpoints, buffer, report)
+        return _run(job, out, config_yaml, checkpoints, buffer, report, replaced)
     finally:
         release_run_dir(out)
 
 
 def _run(job: JobBase, out: Path, config_yaml: str, checkpoints: Checkpointer, buffer: Path | None,
-         report: Callable[[dict[str, float], int], None] | None) -> dict:
+         report: Callable[[dict[str, float], int], None] | None, replaced: list[Path] = ()) -> dict:
     main = distributed.is_main()
     if main:
+        for path in replaced:   # the previous run's results, asked to be replaced (--overwrite)
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
+                path.unlink(missing_ok=True)
         out.mkdir(parents=True, exist_ok=True)
         write_atomic(out / CONFIG_FILE, config_yaml)
     with distributed.main_first():
@@ -94,7 +114,7 @@ def _run(job: JobBase, out: Path, config_yaml: str, checkpoints: Checkpointer, b
             run_prepare(job.prepare)   # the job's data, made or found before anything reads it
         build_tiny_models_in(job.model_dump(), job.model.cache_dir)
     tracker = Tracker(job.tracking, enabled=main, report=report, buffer=buffer)
-    _start_tracker(tracker, job, checkpoints.run_id())
+    _start_tracker(tracker, job, checkpoints.run_id(), checkpoints.config_hash)
     if main:
         if buffer is None:   # a buffered run has no MLflow run yet
             _record_run_id(out, tracker)
@@ -180,11 +200,54 @@ def _on_main(check: Callable[[], None]) -> UserError | None:
     return distributed.broadcast_object(problem)
 
 
+def _on_main_value(decide: Callable[[], object]) -> object:
+    """Run `decide` on rank 0 -> its value, or the UserError it raised, on every rank alike."""
+    value = None
+    if distributed.is_main():
+        try:
+            value = decide()
+        except UserError as e:
+            value = e
+    return distributed.broadcast_object(value)
+
+
 def _agree(check: Callable[[], None]) -> None:
     """Run `check` on rank 0; a UserError it raises is raised on every rank (no rank waits at a barrier)."""
     problem = _on_main(check)
     if problem is not None:
         raise problem
+
+
+def training_config(config: dict, prefix: str = "") -> dict:
+    """The resolved job (as dumped to config.yaml) without the keys that do not change what is trained
+    (`UNTRAINED_KEYS`)."""
+    out = {}
+    for key, value in config.items():
+        dotted = f"{prefix}{key}"
+        if dotted.startswith(UNTRAINED_KEYS):
+            continue
+        out[key] = training_config(value, dotted + ".") if isinstance(value, dict) else value
+    return out
+
+
+def training_hash(config: dict) -> str:
+    """SHA-256 of the training configuration (`training_config` of the job as written, `dtype: auto` unresolved):
+    what every checkpoint (`trainer_state.json` config_sha256), every export (the first line of its
+    config.yaml) and the MLflow run (tag config_sha256) record about what trained them."""
+    text = json.dumps(training_config(config), sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+EXPORT_HASH_PREFIX = "# config_sha256: "   # the first line of an export's config.yaml (written by trainer.loop.finish)
+
+
+def export_hash(export: Path) -> str | None:
+    """The training hash an export records (None for an export written before exports recorded it)."""
+    try:
+        first = (export / CONFIG_FILE).read_text().split("\n", 1)[0]
+    except OSError:
+        return None
+    return first[len(EXPORT_HASH_PREFIX):].split()[0] if first.startswith(EXPORT_HASH_PREFIX) else None
 
 
 def config_differences(old: dict, new: dict, prefix: str = "") -> dict[str, tuple]:
@@ -199,34 +262,126 @@ def config_differences(old: dict, new: dict, prefix: str = "") -> dict[str, tupl
     return out
 
 
-def check_run_dir(job: JobBase, out: Path) -> None:
-    """Refuse to resume in `out` when its config differs in what is trained (collective: rank 0 decides).
+def check_resume(job: JobBase, out: Path, target: Path, overwrite: bool = False) -> bool:
+    """Whether to resume `target` (collective: rank 0 decides).
 
-    Differences in `HARMLESS_KEYS`, and a larger `optim.max_steps`, resume and are logged.
+    The checkpoint's own configuration decides (its `trainer_state.json`, whatever config.yaml says now):
+    differences in `HARMLESS_KEYS` and a larger `optim.max_steps` resume and are logged; any other
+    difference is refused (RunDirError) or, with `overwrite`, starts over (False).
     """
-    _agree(lambda: _compare_run_dir(job, out))
+    decision = _on_main_value(lambda: _compare_checkpoint(job, out, target, overwrite))
+    if isinstance(decision, UserError):
+        raise decision
+    return decision
 
 
-def _compare_run_dir(job: JobBase, out: Path) -> None:
+def _compare_checkpoint(job: JobBase, out: Path, target: Path, overwrite: bool) -> bool:
+    new = job.model_dump(mode="json")
+    state = read_trainer_state(target)
+    if "config" in state:
+        stored, source = state["config"], f"checkpoint {target}"
+    elif (out / CONFIG_FILE).is_file():   # a checkpoint written before checkpoints recorded their config
+        stored, source = yaml.safe_load((out / CONFIG_FILE).read_text()) or {}, str(out / CONFIG_FILE)
+    else:
+        return True
+    differences = config_differences(stored, new)
+    harmful = {key: values for key, values in differences.items()
+               if not key.startswith(HARMLESS_KEYS)
+               and not (key == "optim.max_steps" and values[1] > (values[0] or 0))}
+    if not harmful:
+        for key, (old, new_value) in differences.items():
+            log.info("resuming with %s changed: %r -> %r", key, old, new_value)
+        return True
+    listed = "\n".join(f"  {key}: {old!r} -> {new_value!r}" for key, (old, new_value) in harmful.items())
+    if overwrite:
+        log.warning("%s was trained under another configuration (%s); --overwrite: starting over in %s",
+                    target, ", ".join(harmful), out)
+        return False
+    lost = ", ".join(_previous_results(out, target.parent)) or "its checkpoints"
+    raise RunDirError(f"{out} holds checkpoints of another configuration ({source}, config_sha256 "
+                      f"{str(state.get('config_sha256'))[:12]}; this job {training_hash(new)[:12]}); resuming would "
+                      f"train the old one. Differences:\n{listed}\nUse a new output_dir, or start over in this one "
+                      f"with --overwrite (python -m trainer.train) or checkpoint.resume=none --overwrite, which "
+                      f"replaces {lost}")
+
+
+def _previous_results(out: Path, root: Path) -> list[str]:
+    """What a start over in `out` would replace, in words: checkpoints, export, metrics, the MLflow run id."""
+    lost = []
+    steps = [p.name for _, p in list_checkpoints(root)]
+    if steps:
+        lost.append(f"the checkpoints {', '.join(reversed(steps))} in {root}")
+    if (out / EXPORT_DIR).exists():
+        lost.append(f"the export folder {out / EXPORT_DIR}")
+    for name in (FINAL_METRICS_FILE, METRICS_FILE):
+        if (out / name).is_file():
+            rows = sum(1 for line in (out / name).read_text().splitlines() if line.strip())
+            lost.append(f"{out / name}" + (f" ({rows} steps)" if name == METRICS_FILE else ""))
+    if (out / RUN_ID_FILE).is_file():
+        lost.append(f"the MLflow run id {(out / RUN_ID_FILE).read_text().strip()} in {out / RUN_ID_FILE} "
+                    f"(the run stays in the store; this start opens a new one)")
+    return lost
+
+
+def check_fresh_start(job: JobBase, out: Path, root: Path, overwrite: bool = False) -> list[Path]:
+    """A start from step 0 in `out`: refuse to replace another configuration's finished export or checkpoints
+    (RunDirError naming what would be lost) unless `overwrite`; returns the paths to remove first (rank 0's
+    list; empty on the other ranks). Collective.
+
+    The same configuration again (a demo re-run, a retried trial killed before its first checkpoint) goes
+    ahead: it trains the same thing.
+    """
+    decision = _on_main_value(lambda: _compare_fresh_start(job, out, root, overwrite))
+    if isinstance(decision, UserError):
+        raise decision
+    return decision if distributed.is_main() else []
+
+
+def _compare_fresh_start(job: JobBase, out: Path, root: Path, overwrite: bool) -> list[Path]:
+    new = job.model_dump(mode="json")
+    mine = training_hash(new)
+    recorded = None
     if (out / CONFIG_FILE).is_file():
-        stored = yaml.safe_load((out / CONFIG_FILE).read_text()) or {}
-        differences = config_differences(stored, job.model_dump(mode="json"))
-        harmful = {key: values for key, values in differences.items()
-                   if not key.startswith(HARMLESS_KEYS)
-                   and not (key == "optim.max_steps" and values[1] > (values[0] or 0))}
-        for key, (old, new) in differences.items():
-            if key not in harmful:
-                log.info("resuming with %s changed: %r -> %r", key, old, new)
-        if harmful:
-            listed = "\n".join(f"  {key}: {old!r} -> {new!r}" for key, (old, new) in harmful.items())
-            raise RunDirError(f"{out} holds checkpoints of another configuration; resuming would train the old one. "
-                              f"Differences:\n{listed}\nUse a new output_dir, or start over in this one with "
-                              f"checkpoint.resume=none")
+        try:
+            recorded = training_hash(yaml.safe_load((out / CONFIG_FILE).read_text()) or {})
+        except (yaml.YAMLError, AttributeError):
+            recorded = None
+    others: list[str] = []
+    export = out / EXPORT_DIR
+    if export.exists():
+        trained = export_hash(export) or recorded   # an export written before exports recorded their hash
+        if trained != mine:
+            others.append(str(export))
+    checkpoints = list_checkpoints(root)
+    for _, path in checkpoints:
+        try:
+            state = read_trainer_state(path)
+        except (OSError, ValueError):
+            state = {}
+        trained = state.get("config_sha256") if "config" in state else recorded
+        if trained != mine:
+            others.append(str(path))
+    replaced = [*[p for _, p in checkpoints], *[root / name for name in (LATEST, "best") if (root / name).is_file()],
+                *[p for p in (export, out / FINAL_METRICS_FILE) if p.exists()]]
+    if overwrite:
+        if replaced:
+            log.warning("--overwrite: replacing the earlier run in %s: %s", out, "; ".join(_previous_results(out, root)))
+        return replaced
+    if others:
+        raise RunDirError(f"{out} holds a run of another configuration ({', '.join(others)}) and this start (from "
+                          f"step 0) would replace {'; '.join(_previous_results(out, root))}. Use a new output_dir, "
+                          f"or pass --overwrite (python -m trainer.train JOB.yaml --overwrite) to replace it")
+    if export.exists():
+        log.warning("%s: retraining the same configuration from step 0 (no checkpoint to resume); its export will "
+                    "be replaced", out)
+    return []
 
 
-def _start_tracker(tracker: Tracker, job: JobBase, run_id: str | None) -> None:
+def _start_tracker(tracker: Tracker, job: JobBase, run_id: str | None, config_hash: str = "") -> None:
     """Continue the checkpoint's MLflow run; a run the store does not know starts afresh, with a warning."""
     config, tags = job.model_dump(mode="json"), {"recipe": job.recipe}
+    if config_hash:
+        tags["config_sha256"] = config_hash
     if run_id is None:
         tracker.start(config, tags=tags)
         return
@@ -261,14 +416,14 @@ def _configure_logging() -> None:
                                             f"%(name)s: %(message)s", force=True)
 
 
-def run_from_cli(job: JobBase, debug: bool = False) -> int:
+def run_from_cli(job: JobBase, debug: bool = False, overwrite: bool = False) -> int:
     """`python -m trainer.train`'s run: logging per rank, one line at the end; a UserError is one message."""
     start = time.perf_counter()
     distributed.setup(job.engine.backend, job.engine.timeout_minutes)
     try:
         _configure_logging()
         is_main = distributed.is_main()
-        summary = run_job(job)
+        summary = run_job(job, overwrite=overwrite)
     except UserError as e:
         return report_error(e, debug, prefix=f"error [rank {distributed.rank()}]")
     if is_main:

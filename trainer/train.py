@@ -3,6 +3,7 @@
 The same entry under every launcher (see docs/engine.md):
 
     python -m trainer.train JOB.yaml                              # one process
+    python -m trainer.train JOB.yaml --overwrite                  # replace another configuration's run
     torchrun --nproc_per_node 2 -m trainer.train JOB.yaml         # N processes
     deepspeed --num_gpus 2 --module trainer.train JOB.yaml        # DeepSpeed launcher
     trainer.run.run_job(job)                                      # in a process group made by the
@@ -26,6 +27,9 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("job", help="job YAML file")
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. model.lora.r=8 optim.lr=1e-4")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace a run of another configuration in output_dir (its checkpoints, export, metrics); "
+                             "without it such a start is refused, naming what would be lost")
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error (or TRAINER_DEBUG=1)")
     parser.add_argument("--local_rank", "--local-rank", type=int, default=None,
                         help=argparse.SUPPRESS)  # passed by the deepspeed launcher; LOCAL_RANK is read instead
@@ -36,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
         return report(e, args.debug)
     from trainer.run import run_from_cli   # torch, DeepSpeed and the models load only for a valid job
 
-    return run_from_cli(job, args.debug)
+    return run_from_cli(job, args.debug, overwrite=args.overwrite)
 
 
 if __name__ == "__main__":
