@@ -61,7 +61,7 @@ from trainer.data.shards import (
     sha256_bytes,
     verify_manifest,
 )
-from trainer.fsutil import write_atomic
+from trainer.fsutil import listed_path, write_atomic
 
 COMPRESSION = "zstd"
 ROW_GROUP_SIZE = 1000
@@ -259,6 +259,9 @@ def prepare_shards(params: PrepParams, out_dir: str | Path, overwrite: bool = Fa
     previous: list[str] = []  # shard files of the set already in `out`, removed at the end if not reused
     if (out / MANIFEST_NAME).is_file():
         old = load_manifest(out)
+        # a manifest lists its own shards: anything else in it is refused before anything is read or removed
+        for shard in old.shards:
+            listed_path(out, shard.path, manifest_file(out))
         previous = [s.path for s in old.shards]
         if old.params != params_dict:
             if not overwrite:

@@ -50,7 +50,7 @@ from trainer.data.benchmark_files import benchmark_rows
 from trainer.data.benchmarks import BENCHMARKS, TaskExample, load_benchmark
 from trainer.data.files import expand_files, read_jsonl
 from trainer.errors import DataError, OutputExistsError, UserError, report
-from trainer.fsutil import check_destination, sha256_file, write_atomic
+from trainer.fsutil import check_destination, listed_path, sha256_file, write_atomic
 from trainer.languages.nllb import NllbLanguage, nllb_language
 from trainer.languages.table import UnknownLanguageError, language_table
 
@@ -410,8 +410,8 @@ def finished(out: Path, job: dict) -> dict | None:
     manifest = json.loads(path.read_text())
     if manifest.get("job") != job:
         return None
-    for info in manifest["languages"].values():
-        file = out / info["file"]
+    entries = [(listed_path(out, info.get("file"), path), info) for info in manifest["languages"].values()]
+    for file, info in entries:
         if not file.is_file() or sha256_file(file) != info["sha256"]:
             return None
     return manifest
@@ -430,9 +430,13 @@ def prepare_out(out: Path, job: dict, inputs: list[str], overwrite: bool) -> Non
         if not overwrite:
             raise OutputExistsError(f"--out {out} holds another translation job (differs in: "
                                     f"{differences(old.get('job', {}), job)}); choose another --out, or pass --overwrite")
+        # only the files the manifest lists inside --out: every entry is checked before anything is deleted
+        listed = [listed_path(out, info.get("file") if isinstance(info, dict) else info, out / MANIFEST)
+                  for info in (old.get("languages") or {}).values()]
         (out / MANIFEST).unlink()
-        for info in old.get("languages", {}).values():
-            (out / info["file"]).unlink(missing_ok=True)
+        for file in listed:
+            if file.is_file() or file.is_symlink():
+                file.unlink()
     if (work / JOB_FILE).is_file():
         old = json.loads((work / JOB_FILE).read_text())
         if old == job:

@@ -106,3 +106,31 @@ def check_destination(out: str | os.PathLike, inputs: list[str | os.PathLike], o
             raise OutputExistsError(f"{key} {out} exists and is not empty{whose}: choose another {key}, or pass "
                                     f"--overwrite to replace what is there")
     return target
+
+
+def listed_path(folder: str | os.PathLike, name: object, manifest: str | os.PathLike) -> Path:
+    """`folder / name` for a file that the manifest `manifest` lists in its own folder `folder`.
+
+    A manifest is data, not an instruction: its entries are relative names inside their folder. An absolute
+    path, a `..` component, an empty or non-string name, or a name that a symbolic link leads out of the
+    folder is refused (DataError naming the manifest and the entry), so no writer reads, replaces or
+    deletes a path it did not create because a manifest names it.
+    """
+    from trainer.errors import DataError
+
+    base = Path(folder)
+    problem = None
+    if not isinstance(name, str) or not name.strip():
+        problem = "not a file name"
+    elif os.path.isabs(name) or name.startswith("~"):
+        problem = "an absolute path"
+    elif ".." in Path(name).parts or "\\" in name:
+        problem = "a name that leaves the folder ('..')"
+    else:
+        real, root = (base / name).resolve(), base.resolve()
+        if root not in real.parents:
+            problem = f"a name that a symbolic link leads out of the folder (to {real})"
+    if problem:
+        raise DataError(f"{manifest}: entry {name!r} is {problem}; a manifest lists relative names of files inside "
+                        f"its own folder {base}, anything else is refused (nothing was read or deleted)")
+    return base / name
