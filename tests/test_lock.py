@@ -100,7 +100,7 @@ def test_the_readme_test_command_is_what_ci_runs():
 
 def test_the_upgrade_script_reresolves_in_a_fresh_venv_and_keeps_the_hand_pinned_tail():
     script = (ROOT / ".ci" / "lock").read_text()
-    assert "python -m venv" in script and "pip freeze --exclude-editable" in script
+    assert "python -m venv" in script and "bin/pip\" freeze --exclude-editable" in script
     assert '-e ".[dev]"' in script
     tail = "# -- not installable on a CPU machine"
     assert tail in script and tail in LOCK.read_text()
