@@ -34,6 +34,7 @@ has every option, the fallback table and the manifest.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import shutil
@@ -222,9 +223,16 @@ def plan_batches(language: str, segments: Iterable[str], tokenizer, src_lang: st
 
 # --- resumable parts -------------------------------------------------------------------------------------
 
+def part_sha256(part: dict) -> str:
+    """SHA-256 of a translated batch's content (`batch`, `texts`, `translations`), stored on its line."""
+    content = {"batch": part["batch"], "texts": part["texts"], "translations": part["translations"]}
+    return hashlib.sha256(json.dumps(content, ensure_ascii=False, sort_keys=True).encode("utf-8")).hexdigest()
+
+
 def read_parts(path: Path) -> dict[int, dict]:
-    """Batches on disk (`{"batch", "texts", "translations"}` per line) by index; a last line cut by a kill
-    is removed from the file (it is computed again)."""
+    """Batches on disk (`{"batch", "texts", "translations", "sha256"}` per line) by index; a last line cut by a
+    kill is removed from the file (it is computed again); a line whose content does not match its sha256 is a
+    DataError naming the file and line (lines written before parts carried checksums have none)."""
     if not path.is_file():
         return {}
     data = path.read_bytes()
@@ -235,14 +243,20 @@ def read_parts(path: Path) -> dict[int, dict]:
             f.flush()
             os.fsync(f.fileno())
     done: dict[int, dict] = {}
-    for n, line in enumerate(data[:end].decode("utf-8").splitlines(), 1):
+    text = data[:end].decode("utf-8", errors="replace")   # a flipped byte: no sha256 match, named below
+    for n, line in enumerate(text.split("\n")[:-1], 1):    # not splitlines(): U+2028 may be inside a translation
         try:
             part = json.loads(line)
             index = int(part["batch"])
             if len(part["texts"]) != len(part["translations"]):
                 raise ValueError("texts and translations differ in length")
+            stored = part.pop("sha256", None)
+            actual = part_sha256(part)
         except (ValueError, KeyError, TypeError) as e:
             raise DataError(f"{path}:{n}: not a translated batch ({e}); delete {path.parent} to start over") from None
+        if stored is not None and stored != actual:
+            raise DataError(f"{path}:{n}: batch {index} does not match its sha256 (corrupt); delete {path} to "
+                            f"translate its batches again")
         if index in done and done[index] != part:
             raise DataError(f"{path}:{n}: batch {index} is on disk twice with different content")
         done[index] = part
@@ -258,8 +272,8 @@ class PartWriter:
     def append(self, batch: Batch, translations: list[str]) -> None:
         if len(translations) != len(batch.texts):
             raise RuntimeError(f"batch {batch.key}: {len(batch.texts)} texts but {len(translations)} translations")
-        line = (json.dumps({"batch": batch.index, "texts": list(batch.texts), "translations": list(translations)},
-                           ensure_ascii=False) + "\n").encode("utf-8")
+        part = {"batch": batch.index, "texts": list(batch.texts), "translations": list(translations)}
+        line = (json.dumps({**part, "sha256": part_sha256(part)}, ensure_ascii=False) + "\n").encode("utf-8")
         if batch.language not in self.files:
             self.files[batch.language] = (self.folder / f"{batch.language}.jsonl").open("ab")
         f = self.files[batch.language]

@@ -4,7 +4,9 @@
 
 Every rank: refuse a bf16/fp16 job with float32 weights; check the ranks agree on the config and on
 the checkpoint to resume from; refuse an output directory whose checkpoints were trained under another
-configuration (before anything is written there); make the job's data (`prepare`); seed torch; make the
+configuration (compared with the checkpoint's own recorded config and hash) and a start from step 0 that
+would replace another configuration's export or checkpoints, unless `overwrite` (before anything is written
+there); make the job's data (`prepare`); seed torch; make the
 engine (before the model: under ZeRO-3 the frozen weights load partitioned) with `dtype: auto` resolved
 (`trainer.config.resolve_dtypes`); run the recipe. Rank 0 only: write the
 resolved config, and track the run in MLflow, continuing the checkpoint's MLflow run when resuming.

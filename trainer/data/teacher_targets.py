@@ -18,6 +18,12 @@ separate processes, `--shards`):
     FOLDER/meta.json             {"format", "fingerprint", "dim", "parts": [{"first_doc", "rows"}, ...]}
     FOLDER/part-00000/offsets.npy  [rows + 1] int64: document r's chunks are rows offsets[r]:offsets[r+1]
     FOLDER/part-00000/vectors.npy  [chunks, dim] float32 (memory-mapped when read)
+    FOLDER/part-00000/checksums.json  {"offsets.npy": {"size", "sha256"}, "vectors.npy": {...}} (written last)
+
+Checksums: opening the cache checks that every part's files are there with their recorded sizes (a
+truncated vectors.npy is named at once); the first lookup in a part checks its files' sha256, once per
+process (a cache of the paper's size is not read whole at start). A mismatch is a DataError naming the
+file. Parts written before checksums were recorded are checked for their size against their own header.
 
 fp32 storage keeps cached and live targets equal up to the order of float additions (a bf16
 teacher's pooled vector is computed in fp32: `trainer.models.pooling`). Size: 4 x d_llm bytes per
@@ -40,12 +46,13 @@ import torch
 
 from trainer.data.stream import pad_batch
 from trainer.errors import DataError
-from trainer.fsutil import replace_dir, temp_dir_beside, write_atomic
+from trainer.fsutil import replace_dir, sha256_file, temp_dir_beside, write_atomic
 
 FORMAT = "trainer.teacher_targets/1"
 META_FILE = "meta.json"
 OFFSETS_FILE = "offsets.npy"
 VECTORS_FILE = "vectors.npy"
+CHECKSUMS_FILE = "checksums.json"
 KEYS = ("doc_index", "chunk_index")   # the batch entries a chunk is looked up by ([batch] int64 each)
 TARGETS = "teacher_targets"           # the batch entry the looked-up vectors go to ([batch, dim] fp32)
 
@@ -79,7 +86,60 @@ def write_part(folder: str | Path, part: int, chunks_per_doc: list[int], vectors
     tmp = temp_dir_beside(target)
     np.save(tmp / OFFSETS_FILE, np.concatenate([[0], np.cumsum(chunks_per_doc, dtype=np.int64)]))
     np.save(tmp / VECTORS_FILE, vectors.detach().float().cpu().numpy())
+    write_atomic(tmp / CHECKSUMS_FILE, json.dumps({name: {"size": (tmp / name).stat().st_size,
+                                                         "sha256": sha256_file(tmp / name)}
+                                                  for name in (OFFSETS_FILE, VECTORS_FILE)}, indent=1))
     return replace_dir(tmp, target)
+
+
+def _rebuild(folder: Path, part: int) -> str:
+    return (f"rebuild it: python -m data_prep.teacher_cache JOB.yaml --shards {part}:{part + 1} "
+            f"(teacher_cache={folder})")
+
+
+def check_part(folder: str | Path, part: int, checksum: bool = False) -> None:
+    """DataError naming the file when part `part` is incomplete, truncated or (with `checksum`) corrupt."""
+    folder = Path(folder)
+    d = part_dir(folder, part)
+    sums_path = d / CHECKSUMS_FILE
+    if not sums_path.is_file():   # written before parts recorded checksums: the .npy headers give the sizes
+        for name in (OFFSETS_FILE, VECTORS_FILE):
+            _check_npy_size(d / name, folder, part)
+        return
+    try:
+        sums = json.loads(sums_path.read_text())
+    except ValueError as e:
+        raise DataError(f"teacher_cache: {sums_path} is unreadable ({e}); {_rebuild(folder, part)}") from None
+    for name in (OFFSETS_FILE, VECTORS_FILE):
+        path, entry = d / name, sums.get(name) or {}
+        if not path.is_file():
+            raise DataError(f"teacher_cache: {path} is missing; {_rebuild(folder, part)}")
+        size = path.stat().st_size
+        if size != entry.get("size"):
+            raise DataError(f"teacher_cache: {path} has {size} bytes, {sums_path} says {entry.get('size')} "
+                            f"(truncated or replaced); {_rebuild(folder, part)}")
+        if checksum and sha256_file(path) != entry.get("sha256"):
+            raise DataError(f"teacher_cache: {path} does not match its sha256 in {sums_path} (corrupt); "
+                            f"{_rebuild(folder, part)}")
+
+
+def _check_npy_size(path: Path, folder: Path, part: int) -> None:
+    """The size an .npy file's header promises, against the file's (no checksum to compare with)."""
+    try:
+        with open(path, "rb") as f:
+            version = np.lib.format.read_magic(f)
+            read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                           else np.lib.format.read_array_header_2_0)
+            shape, _, dtype = read_header(f)
+            expected = f.tell() + int(np.prod(shape)) * dtype.itemsize
+    except FileNotFoundError:
+        raise DataError(f"teacher_cache: {path} is missing; {_rebuild(folder, part)}") from None
+    except (ValueError, OSError, EOFError) as e:
+        raise DataError(f"teacher_cache: {path} is not a readable .npy file ({e}); {_rebuild(folder, part)}") from None
+    size = path.stat().st_size
+    if size < expected:
+        raise DataError(f"teacher_cache: {path} has {size} bytes, its header promises {expected} (truncated); "
+                        f"{_rebuild(folder, part)}")
 
 
 def fingerprint_differences(cached: dict, expected: dict) -> list[str]:
@@ -115,13 +175,26 @@ class TeacherTargets:
             raise DataError(f"teacher_cache: {self.folder} lacks parts {missing[:10]} of {len(self.parts)} "
                             f"(text shards not computed yet: python -m data_prep.teacher_cache JOB.yaml "
                             f"--shards {missing[0]}:{missing[-1] + 1})")
+        for i in range(len(self.parts)):   # sizes only: a truncated part is named before training starts
+            check_part(self.folder, i)
         self.first_docs = np.array([p.first_doc for p in self.parts], dtype=np.int64)
         self._opened: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
     def _part(self, part: int) -> tuple[np.ndarray, np.ndarray]:
         if part not in self._opened:
+            check_part(self.folder, part, checksum=True)   # once per part and process, not per lookup
             d = part_dir(self.folder, part)
-            self._opened[part] = (np.load(d / OFFSETS_FILE), np.load(d / VECTORS_FILE, mmap_mode="r"))
+            try:
+                offsets, vectors = np.load(d / OFFSETS_FILE), np.load(d / VECTORS_FILE, mmap_mode="r")
+            except (ValueError, OSError) as e:
+                raise DataError(f"teacher_cache: part {d} is unreadable ({e}); {_rebuild(self.folder, part)}") from None
+            if (offsets.ndim != 1 or len(offsets) != self.parts[part].rows + 1 or vectors.ndim != 2
+                    or vectors.shape[1] != self.dim or int(offsets[-1]) != len(vectors)):
+                raise DataError(f"teacher_cache: {d / VECTORS_FILE} holds {tuple(vectors.shape)} vectors and "
+                                f"{d / OFFSETS_FILE} {len(offsets) - 1} documents ending at row {int(offsets[-1])}; "
+                                f"{META_FILE} says {self.parts[part].rows} documents of dimension {self.dim}; "
+                                f"{_rebuild(self.folder, part)}")
+            self._opened[part] = (offsets, vectors)
         return self._opened[part]
 
     def row(self, doc: int, chunk: int) -> tuple[int, int]:

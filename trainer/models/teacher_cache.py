@@ -9,6 +9,8 @@ Row alignment does not depend on how the training data is shuffled, sharded over
 vectors are computed in the order of the sorted ids (no shuffling), and a batch finds its rows by
 the ids it carries. `fingerprint` (the teacher export's checksum, the data, the pooling) is stored in
 meta.json; a cache whose fingerprint differs from the job's is refused, naming the differences.
+meta.json also holds vectors.safetensors' size and sha256, checked once when the cache is loaded (a
+truncated or corrupt file is a DataError naming it; caches written before hold no checksum).
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from trainer.fsutil import replace_dir, temp_dir_beside, write_atomic
+from trainer.errors import DataError
+from trainer.fsutil import replace_dir, sha256_file, temp_dir_beside, write_atomic
 
 VECTORS_FILE = "vectors.safetensors"
 META_FILE = "meta.json"
@@ -53,14 +56,39 @@ class TeacherCache:
         folder = Path(folder)
         tmp = temp_dir_beside(folder)
         save_file({"vectors": self.vectors.contiguous()}, str(tmp / VECTORS_FILE))
-        write_atomic(tmp / META_FILE, json.dumps({"ids": self.ids, "fingerprint": self.fingerprint}))
+        checksum = {"size": (tmp / VECTORS_FILE).stat().st_size, "sha256": sha256_file(tmp / VECTORS_FILE)}
+        write_atomic(tmp / META_FILE, json.dumps({"ids": self.ids, "fingerprint": self.fingerprint,
+                                                  "files": {VECTORS_FILE: checksum}}))
         return replace_dir(tmp, folder)
 
     @classmethod
     def load(cls, folder: str | Path) -> "TeacherCache":
+        """The cache in `folder`, its vectors checked against meta.json's size and sha256 (once, here)."""
         folder = Path(folder)
-        meta = json.loads((folder / META_FILE).read_text())
-        return cls(meta["ids"], load_file(str(folder / VECTORS_FILE))["vectors"], meta["fingerprint"])
+        meta_path, path = folder / META_FILE, folder / VECTORS_FILE
+        rebuild = f"delete {folder} to have it rebuilt (or python -m data_prep.teacher_cache JOB.yaml)"
+        try:
+            meta = json.loads(meta_path.read_text())
+            ids, fingerprint = meta["ids"], meta["fingerprint"]
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise DataError(f"teacher cache: {meta_path} is missing or unreadable ({e}); {rebuild}") from None
+        entry = (meta.get("files") or {}).get(VECTORS_FILE)
+        if not path.is_file():
+            raise DataError(f"teacher cache: {path} is missing; {rebuild}")
+        if entry is not None:
+            if path.stat().st_size != entry["size"]:
+                raise DataError(f"teacher cache: {path} has {path.stat().st_size} bytes, {meta_path} says "
+                                f"{entry['size']} (truncated or replaced); {rebuild}")
+            if sha256_file(path) != entry["sha256"]:
+                raise DataError(f"teacher cache: {path} does not match its sha256 in {meta_path} (corrupt); {rebuild}")
+        try:
+            vectors = load_file(str(path))["vectors"]
+        except Exception as e:  # noqa: BLE001 - safetensors raises its own error types for a damaged file
+            raise DataError(f"teacher cache: {path} is unreadable ({e}); {rebuild}") from None
+        if vectors.ndim != 2 or len(vectors) != len(ids):
+            raise DataError(f"teacher cache: {path} holds {tuple(vectors.shape)} vectors for {len(ids)} ids in "
+                            f"{meta_path}; {rebuild}")
+        return cls(ids, vectors, fingerprint)
 
 
 def check_fingerprint(cache: TeacherCache, expected: dict, folder: str | Path) -> None:
