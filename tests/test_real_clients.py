@@ -5,8 +5,10 @@ docker/compose.yaml runs it), both on loopback with ports of their own and state
 authentication on (`RAY_AUTH_MODE=token`, Ray 2.60's default once a token exists) with a token of the test's own.
 A one-trial tiny sweep goes in with `ray job submit --working-dir` and the `--runtime-env-json` that
 `python -m trainer.tune --runtime-env` prints: the server must hold one FINISHED parent with its FINISHED child,
-the submitting checkout's commit and the launcher tags. Then a sweep whose trial cannot fit on the cluster must
-fail at once, with its one message, leaving no run RUNNING. Ray and the server are stopped at the end.
+the submitting checkout's commit and the launcher tags. A long sweep stopped with `ray job stop` once its trial
+runs must leave its parent and child KILLED. Then a sweep whose trial cannot fit on the cluster must fail at
+once, with its one message, leaving no run RUNNING. Ray and the server are stopped at the end (only the
+processes this test started: `ray stop` would stop every Ray on the machine).
 """
 
 from __future__ import annotations
@@ -126,14 +128,14 @@ def cluster(tmp_path_factory):
         shutil.rmtree(temp_dir, ignore_errors=True)
 
 
-def submit(cluster, workdir: Path, *args: str, timeout: float) -> subprocess.CompletedProcess:
+def submit(cluster, workdir: Path, *args: str, timeout: float, extra: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
     """`ray job submit --working-dir WORKDIR --runtime-env-json "$(python -m trainer.tune --runtime-env)"
     -- python -m trainer.tune ...`, with the job's MLflow server in the runtime env, as the README says."""
     env, address, uri, _ = cluster
     runtime_env = subprocess.run([sys.executable, "-m", "trainer.tune", "--runtime-env"], cwd=ROOT, check=True,
                                  env={**env, "MLFLOW_TRACKING_URI": uri}, capture_output=True, text=True).stdout
     command = [sys.executable, "-m", "ray.scripts.scripts", "job", "submit", "--address", address,
-               "--working-dir", str(workdir), "--runtime-env-json", runtime_env.strip(), "--",
+               "--working-dir", str(workdir), "--runtime-env-json", runtime_env.strip(), *extra, "--",
                "python", "-m", "trainer.tune", *args]
     deadline = time.monotonic() + 60
     while True:   # the head's job agent needs a few seconds after `ray start` to take jobs
@@ -143,10 +145,11 @@ def submit(cluster, workdir: Path, *args: str, timeout: float) -> subprocess.Com
         time.sleep(2)
 
 
-def write_sweep(folder: Path, data: Path, tiny_cache: str, name: str, workers: int) -> Path:  # noqa: F811
+def write_sweep(folder: Path, data: Path, tiny_cache: str, name: str, workers: int,  # noqa: F811
+                max_steps: int = 4) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     job = job_dict("realign", data, Path("unused"), tiny_cache, model="tiny:xlmr", finetune="full",
-                   max_steps=4, steps=2, objective="two_b", layers=-1)
+                   max_steps=max_steps, steps=2, objective="two_b", layers=-1)
     job["task"]["num_labels"] = 3
     job["eval"]["retrieval_sentences"] = 20
     job["optim"]["warmup_steps"] = 0
@@ -158,6 +161,12 @@ def write_sweep(folder: Path, data: Path, tiny_cache: str, name: str, workers: i
         "resources": {"workers": workers, "cpus_per_worker": 1}, "max_failures": 0,
         "output_dir": str(folder.parent / "sweeps")}))
     return folder
+
+
+def ray_job(cluster, *args: str) -> subprocess.CompletedProcess:
+    env, address, _, _ = cluster
+    return subprocess.run([sys.executable, "-m", "ray.scripts.scripts", "job", *args, "--address", address],
+                          env=env, capture_output=True, text=True, timeout=60)
 
 
 def runs(uri: str) -> list:
@@ -196,6 +205,30 @@ def test_ray_job_submit_to_a_real_cluster_and_mlflow_server(cluster, data, tiny_
     assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
     artifacts = {a.path for a in mlflow.MlflowClient(tracking_uri=uri).list_artifacts(parent.info.run_id)}
     assert {"summary.csv", "summary.png"} <= artifacts   # uploaded through the server (served artifacts)
+
+
+@pytest.mark.slow
+def test_ray_job_stop_ends_the_parent_and_its_child_killed(cluster, data, tiny_cache):  # noqa: F811
+    """`ray job stop` sends the driver SIGTERM (SIGKILL 3 s later): the parent and its running child end KILLED."""
+    env, _, uri, tmp = cluster
+    before = {r.info.run_id for r in runs(uri)}
+    workdir = write_sweep(tmp / "stopped", data, tiny_cache, "stopped", workers=1, max_steps=2000)
+    done = submit(cluster, workdir, "sweep.yaml", timeout=60, extra=("--no-wait", "--submission-id", "stop-me"))
+    assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+    deadline = time.monotonic() + 150
+    while not [r for r in runs(uri) if r.info.run_id not in before and "mlflow.parentRunId" in r.data.tags]:
+        assert time.monotonic() < deadline, ray_job(cluster, "logs", "stop-me").stdout[-3000:]
+        time.sleep(1)
+    stopped = ray_job(cluster, "stop", "stop-me")
+    assert stopped.returncode == 0, stopped.stdout + stopped.stderr
+    deadline = time.monotonic() + 30
+    while [r for r in runs(uri) if r.info.run_id not in before and r.info.status == "RUNNING"]:
+        assert time.monotonic() < deadline, ray_job(cluster, "logs", "stop-me").stdout[-3000:]
+        time.sleep(1)
+    new = [r for r in runs(uri) if r.info.run_id not in before]
+    assert len(new) == 2 and {r.info.status for r in new} == {"KILLED"}, [(r.info.run_name, r.info.status) for r in new]
+    assert {r.data.tags.get("ended_by") for r in new} == {"SIGTERM"}
+    assert "was stopped" in ray_job(cluster, "status", "stop-me").stdout   # Ray's STOPPED
 
 
 @pytest.mark.slow

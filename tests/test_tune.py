@@ -229,3 +229,147 @@ def test_a_bad_sweep_fails_before_ray_starts_naming_the_key(tmp_path, capsys):
     assert "search.optim.lrr" in capsys.readouterr().err
     assert not ray.is_initialized()
     assert not (Path(os.getcwd()) / "outputs" / "sweeps" / "bad").exists()
+
+
+# --- issue 30: a sweep that cannot fit, stopped sweeps, what ran, the MLflow views (fast: no Ray) ------------
+
+def demo_sweep(*overrides: str):
+    return load_sweep(Path(__file__).resolve().parents[1] / "jobs" / "demo.yaml", list(overrides), prepare=False)
+
+
+def test_a_trial_that_cannot_fit_is_refused_with_needed_available_and_the_keys():
+    from trainer.tune import ClusterTooSmallError, check_fits
+
+    sweep = demo_sweep()   # 2 workers x 1 CPU
+    check_fits(sweep, {"CPU": 3.0}, {"CPU": 3.0})                  # 2.01 CPUs fit
+    with pytest.raises(ClusterTooSmallError) as e:
+        check_fits(sweep, {"CPU": 2.0, "GPU": 0.0}, {"CPU": 2.0}, "the Ray cluster at 127.0.0.1:6379")
+    message = str(e.value)
+    assert "a trial needs 2.01 CPUs" in message and "the cluster has 2 CPUs and 0 GPUs" in message
+    assert "resources.workers (now 2)" in message and "resources.cpus_per_worker (now 1; at most 0.99" in message
+    with pytest.raises(ClusterTooSmallError, match="GPU short"):
+        check_fits(demo_sweep("resources.gpus_per_worker=1"), {"CPU": 64.0}, {"CPU": 64.0})
+    with pytest.raises(ClusterTooSmallError, match="CPU per node short"):   # a worker cannot span two nodes
+        check_fits(demo_sweep("resources.workers=1", "resources.cpus_per_worker=8"), {"CPU": 16.0}, {"CPU": 4.0})
+
+
+@pytest.mark.parametrize("env, launcher", [
+    ({}, "python"), ({"CROSS_RANK": "0", "LOCAL_SIZE": "2", "RANK": "0"}, "deepspeed"),
+    ({"TORCHELASTIC_RUN_ID": "x", "RANK": "0"}, "torchrun"), ({"SLURM_PROCID": "0", "SLURM_STEP_ID": "0"}, "srun"),
+    ({"RAY_JOB_CONFIG_JSON_ENV_VAR": "{}"}, "ray"), ({"TRAINER_LAUNCHER": "ray", "TORCHELASTIC_RUN_ID": "x"}, "ray")])
+def test_the_launcher_tag_names_what_started_the_run(monkeypatch, env, launcher):
+    from trainer.tracking import detect_launcher
+
+    for key in ("CROSS_RANK", "LOCAL_SIZE", "TORCHELASTIC_RUN_ID", "SLURM_PROCID", "SLURM_STEP_ID",
+                "RAY_JOB_CONFIG_JSON_ENV_VAR", "TRAINER_LAUNCHER"):
+        monkeypatch.delenv(key, raising=False)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    assert detect_launcher() == launcher
+
+
+def test_the_driver_passes_its_commit_to_trials_and_the_submit_command(monkeypatch):
+    """Trials run in a copy without .git: the driver's commit goes to them through the workers' environment, and
+    `--runtime-env` gives a `ray job submit` the submitting checkout's."""
+    from trainer import tracking
+    from trainer.tune import driver_env, runtime_env_json
+
+    monkeypatch.delenv("TRAINER_GIT_COMMIT", raising=False)
+    here = tracking.checkout_git_tags(Path(__file__).resolve().parents[1])
+    env = driver_env()
+    assert env["TRAINER_LAUNCHER"] == "ray" and env.get("TRAINER_GIT_COMMIT") == here.get("git_commit")
+    submitted = json.loads(runtime_env_json())["env_vars"]
+    assert submitted.get("TRAINER_GIT_COMMIT") == here.get("git_commit")
+    monkeypatch.setenv("TRAINER_GIT_COMMIT", "abc123")
+    monkeypatch.setenv("TRAINER_GIT_DIRTY", "false")
+    assert tracking.code_tags() == {"git_commit": "abc123", "git_dirty": "false"}
+
+
+def test_a_trials_subset_param_names_the_subset_and_its_languages():
+    from trainer.tracking import run_params
+
+    config = {"parallel": {"languages": ["deu_Latn", "ell_Grek"], "subset": None}}
+    tags = {"subset": "featural_max_2", "languages": "deu_Latn,ell_Grek"}
+    assert run_params(config, tags)["parallel.subset"] == "featural_max_2 (deu_Latn,ell_Grek)"
+    assert run_params(config, {})["parallel.subset"] is None          # not a sweep trial: as configured
+
+
+def sweep_runs(tmp: Path) -> tuple[str, str, str]:
+    """A store with a RUNNING sweep parent and a RUNNING child -> (uri, parent id, child id)."""
+    from trainer import tracking
+
+    uri = f"sqlite:///{tmp / 'mlflow.db'}"
+    parent = tracking.start_parent_run(uri, "stopped", "s", {"name": "s"})
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    child = client.create_run(client.get_run(parent).info.experiment_id, tags={"mlflow.parentRunId": parent})
+    return uri, parent, child.info.run_id
+
+
+def test_sigterm_ends_the_parent_and_its_children_killed(tmp_path):
+    """`ray job stop` sends SIGTERM, then SIGKILL 3 s later: the runs are ended at once, in the handler."""
+    import signal
+
+    from trainer.tune import SweepStopped, _StopHandler
+
+    uri, parent, child = sweep_runs(tmp_path)
+    with pytest.raises(SweepStopped):
+        _StopHandler(uri, parent)(signal.SIGTERM, None)   # outside Tune's loop: it raises
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    for run_id in (parent, child):
+        run = client.get_run(run_id)
+        assert run.info.status == "KILLED" and run.data.tags["ended_by"] == "SIGTERM"
+    experiment = client.get_experiment(client.get_run(parent).info.experiment_id)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"   # the UI opens on runs
+
+
+def test_a_driver_that_dies_has_its_runs_ended_failed_by_the_watchdog(tmp_path):
+    import subprocess
+    import sys
+
+    from trainer.tracking import watch_driver
+
+    uri, parent, child = sweep_runs(tmp_path)
+    driver = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    driver.kill()
+    driver.wait()
+    watch_driver(driver.pid, uri, parent, poll_s=0.1)
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    assert {client.get_run(r).info.status for r in (parent, child)} == {"FAILED"}
+    assert client.get_run(parent).data.tags["ended_by"] == "driver-gone"
+
+
+def test_the_printed_link_opens_the_runs_view_sorted_and_filtered(tmp_path):
+    from urllib.parse import parse_qs, urlsplit
+
+    from trainer.tracking import runs_url, save_runs_view
+
+    uri, parent, _ = sweep_runs(tmp_path)
+    url = runs_url(uri, "stopped", "zero_shot_accuracy", "max", "s")
+    fragment = urlsplit(url).fragment
+    path, query = fragment.split("?")
+    experiment_id = mlflow.MlflowClient(tracking_uri=uri).get_run(parent).info.experiment_id
+    assert path == f"/experiments/{experiment_id}/runs"
+    assert parse_qs(query) == {"searchFilter": ["tags.sweep = 's'"], "orderByKey": ["metrics.`zero_shot_accuracy`"],
+                               "orderByAsc": ["false"]}
+    view = save_runs_view(uri, "stopped", "s", "zero_shot_accuracy", "max", ["optim.lr"], parent)
+    assert runs_url(uri, "stopped", view=view).endswith(f"/experiments/{experiment_id}/runs?viewStateShareKey={view}")
+    saved = json.loads(mlflow.MlflowClient(tracking_uri=uri).get_experiment(experiment_id).tags[
+        f"mlflow.sharedViewState.{view}"])
+    state = json.loads(saved["state"])   # the envelope and state MLflow 3.18's UI reads
+    assert saved["name"] == "sweep s" and isinstance(saved["createdAt"], int)
+    assert state["orderByKey"] == "metrics.`zero_shot_accuracy`" and state["orderByAsc"] is False
+    assert {"params.`optim.lr`", "metrics.`zero_shot_accuracy`", "tags.`subset`"} <= set(state["selectedColumns"])
+
+
+def test_the_summary_names_every_setting_and_draws_chance(tmp_path):
+    from trainer.tracking import draw_summary, summary_label
+    from trainer.tune import chance_level
+
+    row = {"trial": "0b13b_00001", "subset": "featural_max_3", "optim.lr": 0.003, "seed": 17,
+           "zero_shot_accuracy": 0.3672}
+    assert summary_label(row, ["optim.lr", "seed"]) == "featural_max_3\nlr=0.003\nseed=17\n(00001)"
+    assert chance_level(demo_sweep(), "zero_shot_accuracy") == pytest.approx(1 / 3)
+    assert chance_level(demo_sweep(), "loss") is None
+    draw_summary([row, {**row, "trial": "x_00002", "zero_shot_accuracy": 0.3433}], "zero_shot_accuracy",
+                 tmp_path / "summary.png", ["optim.lr", "seed"], 1 / 3)
+    assert (tmp_path / "summary.png").stat().st_size > 0

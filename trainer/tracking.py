@@ -302,10 +302,36 @@ def start_parent_run(uri: str, experiment: str, name: str, sweep_config: dict[st
     return run_id
 
 
+VIEW_TAG_PREFIX = "mlflow.sharedViewState."   # MLflow 3's saved (shared) views of an experiment's runs page
+
+
+def save_runs_view(uri: str, experiment: str, sweep: str, metric: str, mode: str, settings: list[str],
+                   parent_run_id: str | None = None) -> str:
+    """Save a view of the experiment's runs page for the sweep (an experiment tag `mlflow.sharedViewState.<key>`,
+    what the UI's share button writes): its runs only (`tags.sweep`), best `metric` first, and as columns the
+    subset, its languages, every searched setting (`settings`, job keys: params), the metric and the trial's
+    status; the parent run expanded. Returns the key for `runs_url(view=...)`."""
+    import time
+
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    experiment_id = client.get_experiment_by_name(experiment).experiment_id
+    state = {"searchFilter": f"tags.sweep = '{sweep}'", "orderByKey": f"metrics.`{metric}`",
+             "orderByAsc": mode == "min",
+             "selectedColumns": ["tags.`subset`", *(f"params.`{key}`" for key in settings), f"metrics.`{metric}`",
+                                 "tags.`languages`", "tags.`trial_status`"],
+             "runsExpanded": {parent_run_id: True} if parent_run_id else {}}
+    key = f"sweep-{sweep}"
+    now = int(time.time() * 1000)
+    client.set_experiment_tag(experiment_id, VIEW_TAG_PREFIX + key, json.dumps(
+        {"name": f"sweep {sweep}", "createdAt": now, "updatedAt": now, "state": json.dumps(state)}))
+    return key
+
+
 def runs_url(uri: str, experiment: str, metric: str | None = None, mode: str = "max",
-             sweep: str | None = None) -> str:
-    """The MLflow UI's runs view of `experiment`, sorted by `metric` (best first) and filtered to the sweep's runs
-    (`tags.sweep`), as far as the UI takes state from its URL (`searchFilter`, `orderByKey`, `orderByAsc`).
+             sweep: str | None = None, view: str | None = None) -> str:
+    """The MLflow UI's runs view of `experiment`: with `view`, a saved view (`save_runs_view`: filter, sort and
+    columns); else sorted by `metric` (best first) and filtered to the sweep's runs (`tags.sweep`), which is all
+    of the state the UI takes from its URL (`searchFilter`, `orderByKey`, `orderByAsc`; no columns).
 
     An http(s) store is its own UI; any other store's runs are served by `mlflow ui --backend-store-uri URI`,
     at http://127.0.0.1:5000 by default."""
@@ -313,11 +339,14 @@ def runs_url(uri: str, experiment: str, metric: str | None = None, mode: str = "
 
     found = mlflow.MlflowClient(tracking_uri=uri).get_experiment_by_name(experiment)
     base = uri.rstrip("/") if uri.startswith(("http://", "https://")) else "http://127.0.0.1:5000"
-    query = {}
-    if sweep:
-        query["searchFilter"] = f"tags.sweep = '{sweep}'"
-    if metric:
-        query |= {"orderByKey": f"metrics.`{metric}`", "orderByAsc": str(mode == "min").lower()}
+    query: dict[str, str] = {}
+    if view:   # the UI ignores a shared view when the URL holds search state of its own
+        query["viewStateShareKey"] = view
+    else:
+        if sweep:
+            query["searchFilter"] = f"tags.sweep = '{sweep}'"
+        if metric:
+            query |= {"orderByKey": f"metrics.`{metric}`", "orderByAsc": str(mode == "min").lower()}
     path = f"/#/experiments/{found.experiment_id if found else ''}/runs"
     return base + path + ("?" + urlencode(query) if query else "")
 

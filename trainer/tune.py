@@ -312,6 +312,11 @@ def check_cluster(sweep: Sweep) -> None:
     nodes = [node["Resources"] for node in ray.nodes() if node.get("Alive")]
     node_max = {kind: max((float(n.get(kind, 0)) for n in nodes), default=0.0) for kind in ("CPU", "GPU")}
     address = sweep.config.ray.address or os.environ.get("RAY_ADDRESS")
+    if address:
+        try:
+            address = ray.get_runtime_context().gcs_address   # `auto` under `ray job submit`: say which
+        except Exception:  # noqa: BLE001 - only for the message
+            pass
     check_fits(sweep, ray.cluster_resources(), node_max,
                f"the Ray cluster at {address}" if address else "the local Ray")
 
@@ -334,17 +339,23 @@ def driver_env() -> dict[str, str]:
     return env
 
 
-def runtime_env_json() -> str:
-    """`python -m trainer.tune --runtime-env`: the `--runtime-env-json` of a `ray job submit` from this checkout,
-    with its git commit and dirty flag (Ray does not upload .git) and $MLFLOW_TRACKING_URI when set."""
+def runtime_env_json(base: str | None = None) -> str:
+    """`python -m trainer.tune --runtime-env [FILE]`: the `--runtime-env-json` of a `ray job submit` from this
+    checkout: FILE's runtime env (e.g. jobs/runtime_env.yaml, its upload excludes; Ray reads one of
+    `--runtime-env` and `--runtime-env-json`) with `env_vars` for the checkout's git commit and dirty flag (Ray
+    uploads no .git) and $MLFLOW_TRACKING_URI when set."""
+    import yaml
+
     from trainer import tracking
 
+    runtime_env = (yaml.safe_load(Path(base).read_text()) or {}) if base else {}
     tags = tracking.code_tags()
-    env = {key: tags[tag] for key, tag in ((tracking.GIT_COMMIT_ENV, "git_commit"), (tracking.GIT_DIRTY_ENV, "git_dirty"))
-           if tag in tags}
+    env = dict(runtime_env.get("env_vars") or {})
+    env |= {key: tags[tag] for key, tag in ((tracking.GIT_COMMIT_ENV, "git_commit"),
+                                            (tracking.GIT_DIRTY_ENV, "git_dirty")) if tag in tags}
     if os.environ.get("MLFLOW_TRACKING_URI"):
         env["MLFLOW_TRACKING_URI"] = os.environ["MLFLOW_TRACKING_URI"]
-    return json.dumps({"env_vars": env})
+    return json.dumps({**runtime_env, "env_vars": env})
 
 
 def chance_level(sweep: Sweep, metric: str) -> float | None:
@@ -507,7 +518,14 @@ def run_sweep(sweep: Sweep, sweep_dir: Path | None = None, resume: bool = False,
                                               sweep.config.model_dump(mode="json"), state.get("parent_run_id"))
     if os.environ.get("TRAINER_SWEEP_WATCHDOG", "1") != "0":
         tracking.start_watchdog(uri, parent_run_id)
-    url = tracking.runs_url(uri, sweep.config.experiment, sweep.config.metric, sweep.config.mode, sweep.config.name)
+    cfg = sweep.config
+    try:   # a saved view of the runs page: the sweep's runs, best first, its settings and metric as columns
+        view = tracking.save_runs_view(uri, cfg.experiment, cfg.name, cfg.metric, cfg.mode, list(cfg.search),
+                                       parent_run_id)
+    except Exception as e:  # noqa: BLE001 - a convenience: the link then carries the filter and the sort only
+        log.warning("mlflow: cannot save the sweep's runs view: %s", e)
+        view = None
+    url = tracking.runs_url(uri, cfg.experiment, cfg.metric, cfg.mode, cfg.name, view=view)
     print(f"MLflow: the sweep's runs at {url}" + ("" if uri.startswith(("http://", "https://"))
                                                   else f"  (serve them: mlflow ui --backend-store-uri {uri})"),
           flush=True)
@@ -603,12 +621,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--resume", metavar="SWEEP_DIR", help="resume an interrupted sweep from its directory")
     parser.add_argument("--dry-run", action="store_true", help="validate and list the grid, start nothing")
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error (or TRAINER_DEBUG=1)")
-    parser.add_argument("--runtime-env", action="store_true", help=(
-        "print the --runtime-env-json for `ray job submit` from this checkout (its git commit and dirty flag, "
-        "$MLFLOW_TRACKING_URI) and exit"))
+    parser.add_argument("--runtime-env", nargs="?", const="", default=None, metavar="FILE", help=(
+        "print the --runtime-env-json for `ray job submit` from this checkout (FILE's runtime env, e.g. "
+        "jobs/runtime_env.yaml, plus the checkout's git commit and dirty flag and $MLFLOW_TRACKING_URI) and exit"))
     args = parser.parse_args(argv)
-    if args.runtime_env:
-        print(runtime_env_json())
+    if args.runtime_env is not None:
+        print(runtime_env_json(args.runtime_env or None))
         return 0
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
