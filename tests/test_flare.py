@@ -43,9 +43,9 @@ class Toy(nn.Module):
         self.layers = nn.ModuleList([Block(), Block()])
 
 
-def toy_layer(fusion: str, r: int = 3, alpha: float = 6.0) -> tuple[FusionLinear, FusionContext]:
+def toy_layer(fusion: str, r: int = 3, alpha: float = 6.0, query: str = "source") -> tuple[FusionLinear, FusionContext]:
     torch.manual_seed(0)
-    model, context = add_fusion_lora(Toy(), r, alpha, 0.0, ["q_proj"], fusion)
+    model, context = add_fusion_lora(Toy(), r, alpha, 0.0, ["q_proj"], fusion, query)
     layer = model.base_model.model.layers[1].q_proj
     with torch.no_grad():
         layer.lora_B["default"].weight.normal_()   # B = 0 at init: make the LoRA branch visible
@@ -66,13 +66,14 @@ def written_out(fusion: str, layer: FusionLinear, xs, xt, ms, mt):
         f = torch.where(S > 0, S, 0.0) + torch.where(T > 0, T, 0.0)
     else:
         att = layer.lora_fusion["default"]
-        Q, K, V = T @ att.q.weight.T, S @ att.k.weight.T, S @ att.v.weight.T
-        f = torch.zeros_like(T)
+        asks, answers, key_mask = (T, S, ms) if att.query_side == "target" else (S, T, mt)
+        Q, K, V = asks @ att.q.weight.T, answers @ att.k.weight.T, answers @ att.v.weight.T
+        f = torch.zeros_like(asks)
         r = T.shape[-1]
-        for i in range(T.shape[0]):
-            for t in range(T.shape[1]):
-                weights = [math.exp(float(Q[i, t] @ K[i, s]) / math.sqrt(r)) if ms[i, s] else 0.0
-                           for s in range(S.shape[1])]
+        for i in range(asks.shape[0]):
+            for t in range(asks.shape[1]):
+                weights = [math.exp(float(Q[i, t] @ K[i, s]) / math.sqrt(r)) if key_mask[i, s] else 0.0
+                           for s in range(answers.shape[1])]
                 total = sum(weights)
                 f[i, t] = sum(w / total * V[i, s] for s, w in enumerate(weights))
     return xt @ W.T + b + scale * (f @ B.T)
@@ -84,13 +85,14 @@ def fused(layer: FusionLinear, context: FusionContext, xs, xt, ms, mt):
     return layer(xt)
 
 
-@pytest.mark.parametrize("fusion", ["add", "mul", "add_relu", "cross_attention"])
-def test_each_fusion_function_matches_its_formula(fusion):
-    layer, context = toy_layer(fusion)
+@pytest.mark.parametrize("fusion, query", [("add", "source"), ("mul", "source"), ("add_relu", "source"),
+                                           ("cross_attention", "source"), ("cross_attention", "target")])
+def test_each_fusion_function_matches_its_formula(fusion, query):
+    layer, context = toy_layer(fusion, query=query)
     torch.manual_seed(1)
     xs, xt = torch.randn(2, 4, 6), torch.randn(2, 4, 6)
     ms = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0]])
-    mt = torch.ones(2, 4, dtype=torch.long)
+    mt = torch.tensor([[1, 1, 1, 0], [1, 1, 1, 1]])
     with torch.no_grad():
         torch.testing.assert_close(fused(layer, context, xs, xt, ms, mt),
                                    written_out(fusion, layer, xs, xt, ms, mt), rtol=1e-5, atol=1e-5)
@@ -109,7 +111,7 @@ def test_add_with_a_zero_source_is_plain_lora():
 
 
 def test_masked_cross_attention_ignores_whatever_sits_at_padded_source_positions():
-    layer, context = toy_layer("cross_attention")
+    layer, context = toy_layer("cross_attention", query="target")   # the source side gives the keys
     torch.manual_seed(2)
     xs, xt = torch.randn(2, 4, 6), torch.randn(2, 4, 6)
     ms, mt = torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0]]), torch.ones(2, 4, dtype=torch.long)

@@ -570,12 +570,16 @@ class FlareConfig(Section):
     fusion: Literal["add", "mul", "add_relu", "cross_attention"] = Field("add_relu", description=(
         "f(S, T) in the bottleneck: add, mul, add_relu (the paper's default: relu(S) + relu(T)), or "
         "cross_attention (single-head, r-dim, padding masked)"))
-    query: Literal["target", "source"] = Field("target", description=(
-        "cross_attention: the side the queries come from (keys and values from the other)"))
-    source_state: Literal["input", "output"] = Field("input", description=(
-        "fusion: which English state block i fuses: input = what the same projection received in the English "
-        "pass (the block's normalised input, as the reference code), output = the block's output (as the paper "
-        "writes it)"))
+    query: Literal["source", "target"] = Field("source", description=(
+        "cross_attention: the side the queries come from, keys and values from the other. source (default): "
+        "queries from the English side, as the paper's cross-attention formula (M4) and the FLARE reference code; "
+        "target: queries from the target side (this trainer's earlier default)"))
+    source_state: Literal["output", "reference_hidden", "input"] = Field("output", description=(
+        "fusion: which English state block i fuses. output (default, the paper's formulation, M4: the source state "
+        "after block i): block i's own output, taken before any final norm (the last block too); "
+        "reference_hidden (the FLARE reference code): the un-normalised hidden state hidden_states[i], i.e. block "
+        "i's input (the embeddings for block 0); input (neither source: this trainer's earlier default): what the "
+        "fused projection itself received in the English pass, block i's input after its attention norm"))
     languages: list[str] | None = Field(None, description=(
         "Target languages whose translated training data is used; null = every task.target_languages"))
 

@@ -9,8 +9,10 @@ target text in NLLB tokens (`fusion_mt`), padded to the same length as the targe
 fusion). One forward holds both passes, so ZeRO-3's parameter hooks see every use of a weight:
 
     fusion      the English text through the same LLM with the fusion adapters off, under no grad:
-                every block's source state is recorded (`source_state`: the input the fused
-                projection received, or the block's output), then the target pass fuses it
+                every block's source state is recorded (`source_state`: `output`, block i's own
+                output before any final norm, the paper's; `reference_hidden`, the un-normalised
+                hidden_states[i], the reference code's; `input`, what the fused projection received),
+                then the target pass fuses it
     fusion_mt   NLLB encoder (frozen, eval mode, no grad) -> a trainable Linear to the LLM width:
                 one source for every block
     translate_train, input_fusion, zero_shot    plain LoRA on the target input (no source)
@@ -23,6 +25,7 @@ window: `trainer.data.translated_pairs.FlareQACollator`).
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import Callable
 from typing import ContextManager
 
@@ -45,7 +48,7 @@ class FlareModel(nn.Module):
     QA's start_logits, end_logits [windows, s] (`trainer.models.task_model.head_output`)."""
 
     def __init__(self, llm: nn.Module, head: nn.Module, context: FusionContext | None, method: str,
-                 source_state: str = "input", encoder: nn.Module | None = None, projection: nn.Module | None = None):
+                 source_state: str = "output", encoder: nn.Module | None = None, projection: nn.Module | None = None):
         super().__init__()
         self.llm, self.head, self.context = llm, head, context
         self.method, self.source_state = method, source_state
@@ -66,12 +69,9 @@ class FlareModel(nn.Module):
                 encoded = self.encoder(input_ids=source_ids, attention_mask=source_mask).last_hidden_state
             ctx.shared = self.projection(encoded.to(self.projection.weight.dtype))   # trained: keeps its graph
         else:
-            record = self.source_state == "input"
-            ctx.start("record" if record else "base")
+            ctx.start("record" if self.source_state == "input" else "base")
             with torch.no_grad():
-                out = run_llm(self.llm, source_mask, input_ids=source_ids, output_hidden_states=not record)
-            if not record:
-                ctx.by_layer = dict(enumerate(out.hidden_states[1:]))   # block i's output
+                ctx.by_layer.update(english_states(self.llm, source_ids, source_mask, self.source_state))
             ctx.mode = "fuse"
         ctx.source_mask, ctx.target_mask = source_mask, None
 
@@ -86,6 +86,53 @@ class FlareModel(nn.Module):
             self.context.start("plain")
         hidden = run_llm(self.llm, attention_mask, input_ids=input_ids).last_hidden_state
         return head_output(self.head, hidden, attention_mask)
+
+
+SOURCE_STATES = ("output", "reference_hidden", "input")
+
+
+def transformer_blocks(model: nn.Module) -> dict[int, nn.Module]:
+    """Block index -> block: the modules named `<...>.<i>` with no other number in the name (`layers.3`, `h.3`,
+    `encoder.layer.3`), the numbering `trainer.models.fusion.block_index` gives the fusion layers."""
+    blocks = {}
+    for name, module in model.named_modules():
+        numbers = re.findall(r"(?:^|\.)(\d+)(?=\.|$)", name)
+        if len(numbers) == 1 and name.endswith(f".{numbers[0]}"):
+            blocks[int(numbers[0])] = module
+    if not blocks:
+        raise ValueError("flare.source_state: the LLM has no numbered transformer blocks to read the source states of")
+    return blocks
+
+
+def english_states(llm: nn.Module, ids: torch.Tensor, mask: torch.Tensor, source_state: str) -> dict[int, torch.Tensor]:
+    """One pass of `llm` over the English side; block index -> the state block i fuses [b, s, d].
+
+    output            block i's own output, from a forward hook on the block (the paper's "source state after
+                      block i"). Not `hidden_states[i + 1]`: transformers' last entry is after the final norm.
+    reference_hidden  `hidden_states[i]`, the un-normalised input of block i (the embeddings for block 0), as the
+                      FLARE reference code fuses it.
+    input             {}: the fusion layers record what they receive themselves (context mode `record`).
+    """
+    if source_state not in SOURCE_STATES:
+        raise ValueError(f"flare.source_state: unknown {source_state!r}; choose one of {', '.join(SOURCE_STATES)}")
+    if source_state == "input":
+        run_llm(llm, mask, input_ids=ids)
+        return {}
+    if source_state == "reference_hidden":
+        hidden = run_llm(llm, mask, input_ids=ids, output_hidden_states=True).hidden_states
+        return dict(enumerate(hidden[:-1]))
+    states: dict[int, torch.Tensor] = {}
+
+    def keep(index):
+        return lambda module, args, output: states.__setitem__(index, output[0] if isinstance(output, tuple) else output)
+
+    handles = [block.register_forward_hook(keep(i)) for i, block in transformer_blocks(llm).items()]
+    try:
+        run_llm(llm, mask, input_ids=ids)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return states
 
 
 def build_flare_model(cfg, english_cfg, method: str, fusion: str, query: str, source_state: str, task: str,

@@ -8,8 +8,10 @@ the target input `x_t` [b, s, d_in] and the source representation `x_s` [b, s', 
 `f(S, T)` on the r-dim bottleneck, token by token (`s == s'`: the collator pads both views to one length):
 `add` S + T, `mul` S * T, `add_relu` relu(S) + relu(T) (the paper's default), or `cross_attention`:
 single-head attention in the bottleneck with its own Q/K/V projections [r, r], queries from one
-side (`query`: target, the default, or source), keys and values from the other, padded key
-positions masked (the reference implementation did not mask them).
+side (`query`: source, the default, as the paper's formula and the FLARE reference code; or target),
+keys and values from the other, padded key positions masked (the reference implementation did not
+mask them). With queries from the source, output position j is source position j's attention over the
+target, added to target position j (the collator pads both views to one length).
 
 The layer is a subclass of peft's LoRA `Linear`, registered through peft's custom-module hook
 (`LoraConfig._register_custom_module`, peft's documented extension point for custom LoRA layers),
@@ -39,12 +41,16 @@ class CrossAttentionFusion(nn.Module):
 
     `forward(S [b, s_s, r], T [b, s_t, r], source_mask [b, s_s], target_mask [b, s_t])` -> [b, s_q, r],
     `s_q` the query side's length; key positions where the key side's mask is 0 get no weight.
+
+    `query="source"` (default): softmax(q(S) k(T)^T / sqrt(r)) v(T), queries from the English side, as the
+    paper's cross-attention fusion (M4) and the FLARE reference code; `query="target"`:
+    softmax(q(T) k(S)^T / sqrt(r)) v(S) (this trainer's earlier default, kept as an option).
     """
 
-    def __init__(self, r: int, query: str = "target"):
+    def __init__(self, r: int, query: str = "source"):
         super().__init__()
         if query not in ("target", "source"):
-            raise ValueError(f"flare.query: {query!r}; choose target or source")
+            raise ValueError(f"flare.query: {query!r}; choose source or target")
         self.query_side = query
         self.q = nn.Linear(r, r, bias=False)
         self.k = nn.Linear(r, r, bias=False)
@@ -79,8 +85,9 @@ class FusionContext:
     """What the fusion layers read during one forward: the mode, the source states, the masks.
 
     Modes: `plain` (ordinary LoRA on the target: no source), `record` (the source pass: each layer
-    returns `W x` and stores its input as block `i`'s source), `base` (the source pass when the
-    block outputs are the source: `W x` only), `fuse` (the target pass).
+    returns `W x` and stores its input as block `i`'s source: `flare.source_state: input`), `base` (the
+    source pass when the model records the block states itself, `output` or `reference_hidden`: `W x`
+    only), `fuse` (the target pass).
     """
 
     def __init__(self) -> None:
@@ -113,7 +120,7 @@ def block_index(module_name: str) -> int:
 class FusionLinear(LoraLinear):
     """peft's LoRA Linear whose bottleneck fuses the source (see the module docstring).
 
-    `attach(context, block, fusion, query)` is called once after peft built the layer; until then,
+    `attach(context, block, fusion, query="source")` is called once after peft built the layer; until then,
     and in the context's `plain` mode, it is ordinary LoRA.
     """
 
@@ -121,7 +128,7 @@ class FusionLinear(LoraLinear):
     block: int = -1
     fusion: str = "add_relu"
 
-    def attach(self, context: FusionContext, block: int, fusion: str, query: str) -> None:
+    def attach(self, context: FusionContext, block: int, fusion: str, query: str = "source") -> None:
         if fusion not in FUSIONS:
             raise ValueError(f"flare.fusion: unknown {fusion!r}; choose one of {', '.join(FUSIONS)}")
         self.context, self.block, self.fusion = context, block, fusion

@@ -24,7 +24,7 @@ def add_lora(model: nn.Module, r: int, alpha: float, dropout: float,
 
 
 def add_fusion_lora(model: nn.Module, r: int, alpha: float, dropout: float, target_modules: list[str],
-                    fusion: str, query: str = "target"):
+                    fusion: str, query: str = "source"):
     """Wrap `model` with FLARE's fusion LoRA (`trainer.models.fusion`) on `target_modules`.
 
     Returns (the peft model, its `FusionContext`). peft builds a `FusionLinear` for every targeted
