@@ -72,7 +72,7 @@ def test_cached_vectors_match_a_fresh_computation_under_shuffling_two_ranks_and_
     assert cache.ids == sorted(e.id for e in train) and cache.vectors.shape[0] == len(train)
     teacher_cfg = tasks.teacher_config(job)
     teacher = build_task_model(teacher_cfg, "classification", 3)
-    load_trainable(teacher, job.model.task_export)
+    load_trainable(teacher, tasks.teacher_dir(job))   # the S-DEV snapshot by default
     teacher.eval()
     collate = TaskExampleCollator(load_llm_tokenizer(teacher_cfg.llm, teacher_cfg.cache_dir), 40)
     by_id = {e.id: e for e in train}

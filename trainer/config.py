@@ -131,8 +131,14 @@ class Stage2ModelConfig(MTLLMConfig):
 
     stage1_export: str = Field(description="The stage-1 export (projection + LoRA) the MT-LLM starts from (required)")
     task_export: str = Field(description=(
-        "The finetune (FT) run's export: its LLM with LoRA is the teacher, its head predicts from the MT-LLM "
-        "(required; its config.yaml gives the teacher's LoRA and pooling)"))
+        "The finetune (FT) run's export (OUTPUT_DIR/export) or its run directory: its LLM with LoRA is the "
+        "teacher, its head predicts from the MT-LLM (required; its config.yaml gives the teacher's LoRA and "
+        "pooling). Which of the run's snapshots: model.teacher_snapshot"))
+    teacher_snapshot: Literal["sdev", "final"] = Field("sdev", description=(
+        "sdev (default): the finetune run's S-DEV snapshot (export_sdev/ beside its export/: the step with the "
+        "best source-language dev score), as the MT-LLM study starts stage 2 'from model snapshots that "
+        "performed best on source-language validation'; final: the run's final export. The run logs the folder "
+        "it used (log line, MLflow tags teacher_snapshot and teacher_export, the export's config)"))
     train_projection: bool = Field(True, description=(
         "Train the projection U with the stage-1 LoRA (M1 leaves the choice open: both adapt to the task "
         "representation); false trains the LoRA only"))
@@ -882,6 +888,7 @@ class FinetuneJob(JobBase):
     def _s1_ft_is_sentence_level(self) -> "FinetuneJob":
         if self.model.stage1_export is not None:
             _sentence_level(self.task.benchmark, "S1+FT (model.stage1_export)")
+            _export_agrees(self, self.model.stage1_export, "model.stage1_export")
         return self
 
 
@@ -908,7 +915,23 @@ class Stage2Job(JobBase):
     @model_validator(mode="after")
     def _sentence_level_task(self) -> "Stage2Job":
         _sentence_level(self.task.benchmark, "stage2 (pooled task distillation)")
+        from trainer.models.meaning import teacher_export
+
+        _export_agrees(self, self.model.stage1_export, "model.stage1_export")
+        _export_agrees(self, teacher_export(self.model.task_export, self.model.teacher_snapshot), "model.task_export",
+                       ("llm", "bidirectional", "pooling"))
         return self
+
+
+def _export_agrees(job: "JobBase", export_dir: str | Path, key: str,
+                   keys: tuple[str, ...] = ("llm", "bidirectional", "pooling", "encoder")) -> None:
+    """Refuse an export trained under another LLM, attention direction, pooling or encoder than this job (one line
+    naming the key and both values; `trainer.models.meaning`). An export not written yet is checked when it loads."""
+    from trainer.models.meaning import meaning_of, mismatch
+
+    problem = mismatch(meaning_of(job.model_dump(mode="json")), export_dir, key, keys)
+    if problem:
+        raise ValueError(problem)
 
 
 FLARE_NOT_PARALLEL = ("tydiqa",)   # benchmarks whose languages hold different examples (no English by shared id)
@@ -948,6 +971,7 @@ class FlareJob(JobBase):
         if unknown:
             raise ValueError(f"flare.languages: {unknown} are not in task.target_languages "
                              f"{self.task.target_languages}")
+        _export_agrees(self, self.model.task_export, "model.task_export", ("llm", "bidirectional", "pooling"))
         return self
 
 

@@ -27,6 +27,7 @@ from trainer.models.heads import ClassificationHead, MultipleChoiceHead, SpanHea
 from trainer.models.llm_forward import run_llm
 from trainer.models.loading import load_llm
 from trainer.models.lora import add_lora
+from trainer.models.meaning import check_export, meaning_of, teacher_export
 from trainer.models.mt_llm import MTLLM, build_mt_llm
 from trainer.models.pooling import pool
 from trainer.models.weights import load_trainable
@@ -93,6 +94,8 @@ def build_task_model(cfg, task: str, num_labels: int) -> TaskModel:
     `ClassificationHead` with `num_labels` classes).
     """
     if cfg.stage1_export:
+        check_export(meaning_of({"recipe": "finetune", "model": cfg.model_dump(mode="json")}), cfg.stage1_export,
+                     "model.stage1_export")
         body = build_mt_llm(cfg)
         load_trainable(body, cfg.stage1_export)
         hidden_size = body.llm.config.hidden_size
@@ -118,19 +121,24 @@ def task_head(task: str, hidden_size: int, num_labels: int, pooling: str) -> nn.
 def build_stage2_model(cfg, task: str, num_labels: int) -> TaskModel:
     """Stage 2's student: the stage-1 MT-LLM (its export loaded) under the fine-tuned model's head (frozen).
 
-    Trainable: the stage-1 LoRA, and the projection when `cfg.train_projection`.
+    Trainable: the stage-1 LoRA, and the projection when `cfg.train_projection`. The head comes from the finetune
+    export `cfg.teacher_snapshot` picks (`trainer.models.meaning.teacher_export`); the stage-1 export must have
+    been trained under this LLM, attention direction, pooling and encoder (`ConfigError` naming both values).
     """
     from safetensors.torch import load_file
 
+    check_export(meaning_of({"recipe": "stage2", "model": cfg.model_dump(mode="json")}), cfg.stage1_export,
+                 "model.stage1_export")
     body = build_mt_llm(cfg)
     load_trainable(body, cfg.stage1_export)
     body.projection.requires_grad_(cfg.train_projection)
     hidden_size = body.llm.config.hidden_size
     head = task_head(task, hidden_size, num_labels, cfg.pooling)
-    exported = load_file(str(Path(cfg.task_export) / "trainable.safetensors"))
+    teacher = teacher_export(cfg.task_export, cfg.teacher_snapshot)   # the S-DEV snapshot by default
+    exported = load_file(str(teacher / "trainable.safetensors"))
     head_state = {k.removeprefix("head."): v for k, v in exported.items() if k.startswith("head.")}
     if set(head_state) != {"weight", "bias"}:
-        raise ValueError(f"{cfg.task_export}: no task head in the export (want head.weight and head.bias, "
+        raise ValueError(f"{teacher}: no task head in the export (want head.weight and head.bias, "
                          f"from a finetune run)")
     head.load_state_dict(head_state)
     head.requires_grad_(False)

@@ -4,6 +4,9 @@ An export directory (a run's OUTPUT_DIR/export, written by `export`) holds
 
     trainable.safetensors   every trained weight by its name in the model (projection, LoRA, heads)
     config.yaml             the resolved job
+    meaning.json            what fixes the weights' meaning: LLM, attention direction, pooling, tokenizers
+                            (`trainer.models.meaning`; loading under other ones fails naming both values)
+    snapshot.json           only in a finetune run's export_sdev/: the S-DEV step it holds
     adapter/                the LoRA weights as a standard PEFT adapter folder (adapter_config.json,
                             adapter_model.safetensors): PeftModel.from_pretrained(base_model, "adapter")
     model.safetensors       only with tracking.export: all, every weight, frozen ones included
@@ -23,6 +26,7 @@ from safetensors.torch import load_file, save_file
 
 from trainer.fsutil import current_umask, replace_dir, temp_dir_beside
 from trainer.models.fusion import FusionLinear
+from trainer.models.meaning import MEANING_FILE, meaning_json
 
 WEIGHTS_FILE = "trainable.safetensors"
 CONFIG_FILE = "config.yaml"
@@ -38,10 +42,10 @@ def save_trainable(state: dict[str, torch.Tensor], out_dir: str | Path, config_y
 
 
 def export(state: dict[str, torch.Tensor], out_dir: str | Path, config_yaml: str, model: torch.nn.Module | None = None,
-           frozen: dict[str, torch.Tensor] | None = None) -> Path:
+           frozen: dict[str, torch.Tensor] | None = None, notes: dict[str, str] | None = None) -> Path:
     """Write an export folder atomically: `state` (name -> full trained tensor) as trainable.safetensors, the
-    config, a PEFT adapter folder per peft model inside `model`, and with `frozen` (the other weights)
-    model.safetensors holding every weight.
+    config and its meaning.json, a PEFT adapter folder per peft model inside `model`, with `frozen` (the other
+    weights) model.safetensors holding every weight, and `notes` (file name -> text) beside them.
 
     The tensors come from `state`, not from `model`: under ZeRO-3 a parameter's own data is an empty
     partition, and the engine's gather has already made full copies. `model` only gives the peft
@@ -54,6 +58,9 @@ def export(state: dict[str, torch.Tensor], out_dir: str | Path, config_yaml: str
     tmp = temp_dir_beside(out)
     save_file(_contiguous(state), str(tmp / WEIGHTS_FILE))
     (tmp / CONFIG_FILE).write_text(config_yaml)
+    (tmp / MEANING_FILE).write_text(meaning_json(config_yaml))
+    for name, text in (notes or {}).items():
+        (tmp / name).write_text(text)
     if model is not None:
         save_peft_adapters(model, state, tmp)
     if frozen is not None:

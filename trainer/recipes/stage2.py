@@ -1,7 +1,9 @@
 """Stage 2 of MT-LLM (M1): task-specific distillation of the fine-tuned LLM into the stage-1 MT-LLM.
 
     teacher  x = phi(LLM_ft(llm_tokens(S)))            the finetune (FT) run's LLM + LoRA, pooled; computed
-                                                       once per training example into a cache keyed by id
+                                                       once per training example into a cache keyed by id;
+                                                       the run's S-DEV snapshot (export_sdev/) unless
+                                                       `model.teacher_snapshot: final`, as the study
     student  z = phi(LLM_s1(U(ENC(nllb_tokens(S)))))   the stage-1 MT-LLM; its LoRA (and U, by
                                                        `model.train_projection`) keep training
     loss     MSE(x, z) in fp32 on the English task examples; logged with the FVU
@@ -15,20 +17,26 @@ change which examples a batch holds, never which vector belongs to an example.
 
 from __future__ import annotations
 
+import logging
+
 from trainer.config import Stage2Job
 from trainer.data.batches import MicroBatches
 from trainer.data.benchmarks import BENCHMARKS
 from trainer.data.task import TaskExampleCollator
 from trainer.loop import Run, Sums, accumulate, train
 from trainer.models.loading import load_nllb_tokenizer
+from trainer.models.meaning import read_snapshot
 from trainer.models.task_model import build_stage2_model
 from trainer.objectives.distillation import distillation_mse, fraction_of_variance_unexplained
 from trainer.recipes import tasks
+
+log = logging.getLogger(__name__)
 
 
 def run(r: Run) -> dict:
     job: Stage2Job = r.job
     engine, t = r.engine, job.task
+    record_teacher(r)
     benchmark = BENCHMARKS[t.benchmark]
     train_examples = tasks.examples(job, t.train_benchmark or t.benchmark, t.source_language, "train")
     cache = tasks.teacher_cache(r, train_examples)
@@ -48,3 +56,16 @@ def run(r: Run) -> dict:
     predict = lambda batch: engine(**engine.to_device(batch)).logits  # noqa: E731
     return train(r, model, batches, lambda step: accumulate(r, batches, distil),
                  tasks.dev_test_hooks(r, collate, predict))
+
+
+def record_teacher(r: Run) -> None:
+    """Which finetune export teaches and predicts (`model.teacher_snapshot`): a log line, MLflow tags, and
+    `model.task_export` set to that folder, so the export's config.yaml names it (the S-DEV snapshot's step too)."""
+    job = r.job
+    folder = tasks.teacher_dir(job)
+    step = read_snapshot(folder).get("step")
+    log.info("stage2: teacher and head from the %s snapshot %s%s", job.model.teacher_snapshot, folder,
+             f" (finetune step {step})" if step is not None else "")
+    r.tracker.set_tags({"teacher_snapshot": job.model.teacher_snapshot, "teacher_export": str(folder),
+                        **({"teacher_step": str(step)} if step is not None else {})})
+    job.model.task_export = str(folder)

@@ -30,12 +30,13 @@ from trainer.data.tagging import TaggingCollator
 from trainer.data.task import TaskExampleCollator
 from trainer.eval.metrics import METRICS
 from trainer.eval.plots import plot_language_bars
-from trainer.eval.selection import select_checkpoints
+from trainer.eval.selection import best_step, select_checkpoints
 from trainer.eval.sharded import counts_over_ranks
 from trainer.eval.task_scores import ClassificationScorer, QAScorer, TaggingScorer
 from trainer.fsutil import sha256_file, write_atomic
 from trainer.loop import Hooks, Run
 from trainer.models.loading import load_llm_tokenizer
+from trainer.models.meaning import check_export, meaning_of, teacher_export
 from trainer.models.task_model import build_task_model
 from trainer.models.teacher_cache import META_FILE, TeacherCache, check_fingerprint, compute_teacher_cache
 from trainer.models.weights import load_trainable
@@ -96,13 +97,16 @@ def evaluation_sets(job) -> dict[str, dict[str, list]]:
 
 def dev_test_hooks(r: Run, collate: Callable[[list], dict], predict: Callable[[dict], torch.Tensor],
                    before: Callable[[], dict[str, float]] | None = None,
-                   sets: dict[str, dict[str, list]] | None = None, scorer=None) -> Hooks:
+                   sets: dict[str, dict[str, list]] | None = None, scorer=None,
+                   snapshot: Callable[[int, float], None] | None = None) -> Hooks:
     """Hooks that score every language's dev and test set every `task.eval_every` of the steps and select at the end.
 
     `predict(batch) -> scores [b, C]` scores a classification batch of `collate`; `scorer` (a
     `trainer.eval.task_scores` scorer: tagging, QA) replaces both. `before` adds metrics to the fresh
     run's first row. `sets`: split -> language -> examples (default `evaluation_sets(job)`); every test set is
-    reported, the target mean is over `task.target_languages`.
+    reported, the target mean is over `task.target_languages`. `snapshot(step, source_dev)` is called on every
+    rank (a collective may run in it) after an evaluation whose step is, so far, the S-DEV choice (the
+    source dev score beats every earlier step's: ties keep the earlier step, as `select_checkpoints`).
     """
     job, engine, t = r.job, r.engine, r.job.task
     benchmark = BENCHMARKS[t.benchmark]
@@ -126,6 +130,8 @@ def dev_test_hooks(r: Run, collate: Callable[[list], dict], predict: Callable[[d
             with history.open("a") as f:
                 f.write(json.dumps({"step": done, **scores}) + "\n")
         distributed.barrier()   # every rank reads the history at the end: rank 0's row must be on disk first
+        if snapshot is not None and sdev_so_far(history, t.source_language, done) == done:
+            snapshot(done, scores[f"dev_{t.source_language}"])
         return scores
 
     def fresh() -> dict[str, float]:
@@ -139,6 +145,17 @@ def dev_test_hooks(r: Run, collate: Callable[[list], dict], predict: Callable[[d
         return select_and_report(r, history, t.source_language, langs, t.resolved_metric, scorer.extras, targets)
 
     return Hooks(before=fresh, after_step=lambda done: evaluate(done) if done % every == 0 else {}, at_end=at_end)
+
+
+def sdev_so_far(history_path: Path, source: str, upto: int) -> int | None:
+    """The S-DEV step among the history's evaluations up to step `upto` (the last row of a step counts: a resumed
+    run's rows after its checkpoint are re-evaluated, so later rows of the interrupted run do not compete)."""
+    rows = {}
+    for line in history_path.read_text().splitlines():
+        row = json.loads(line)
+        if row["step"] <= upto:
+            rows[row["step"]] = row
+    return best_step({step: {source: row[f"dev_{source}"]} for step, row in rows.items()}, source)
 
 
 def task_head(r: Run, tokenizer, set_language: bool = False, forward: Callable[[dict], object] | None = None,
@@ -225,15 +242,24 @@ def select_and_report(r: Run, history_path, source: str, languages: list[str], m
 
 # --- stage 2's teacher cache ---------------------------------------------------------------------------
 
+def teacher_dir(job) -> Path:
+    """The finetune export a job reads: stage 2's `model.task_export` under `model.teacher_snapshot` (the S-DEV
+    snapshot by default: `trainer.models.meaning.teacher_export`); FLARE's `model.task_export` as given."""
+    snapshot = getattr(job.model, "teacher_snapshot", None)
+    return teacher_export(job.model.task_export, snapshot) if snapshot else Path(job.model.task_export)
+
+
 def teacher_config(job):
     """The fine-tuned teacher's model section (from its export's config.yaml), as a finetune job model."""
     import yaml
 
     from trainer.config import ConfigError, TaskModelConfig
 
-    path = Path(job.model.task_export) / "config.yaml"
+    path = teacher_dir(job) / "config.yaml"
     if not path.is_file():
         raise ConfigError(f"model.task_export: {path} not found (the export of a finetune run)")
+    check_export(meaning_of(job.model_dump(mode="json")), path.parent, "model.task_export",
+                 ("llm", "bidirectional", "pooling"))
     raw = yaml.safe_load(path.read_text()) or {}
     if raw.get("recipe") != "finetune" or (raw.get("model") or {}).get("stage1_export"):
         raise ConfigError(f"model.task_export: {path} is not the export of an FT finetune run (stage1_export unset)")
@@ -246,7 +272,7 @@ def teacher_config(job):
 def cache_fingerprint(job, train: list) -> dict:
     """What a teacher cache must have been made from: the teacher's weights, the training examples, the pooling."""
     ids = "\n".join(sorted(e.id for e in train))
-    return {"task_export": sha256_file(Path(job.model.task_export) / "trainable.safetensors"),
+    return {"task_export": sha256_file(teacher_dir(job) / "trainable.safetensors"),
             "examples": hashlib.sha256(ids.encode()).hexdigest(), "pooling": job.model.pooling}
 
 
@@ -254,7 +280,7 @@ def build_teacher_cache(job, train: list, device: str | None = None) -> TeacherC
     """The fine-tuned LLM's pooled vector of every training example (its LLM tokens), in sorted-id order."""
     cfg = teacher_config(job)
     teacher = build_task_model(cfg, BENCHMARKS[job.task.benchmark].task, BENCHMARKS[job.task.benchmark].num_labels)
-    load_trainable(teacher, job.model.task_export)
+    load_trainable(teacher, teacher_dir(job))
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     teacher.to(device).eval()
     collate = TaskExampleCollator(load_llm_tokenizer(cfg.llm, cfg.cache_dir), job.task.max_length)
