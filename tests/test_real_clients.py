@@ -45,7 +45,7 @@ def wait_for(url: str, timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
-            urllib.request.urlopen(url, timeout=2).close()
+            urllib.request.urlopen(url, timeout=15).close()   # a loaded machine answers slowly
             return
         except OSError:
             time.sleep(0.5)
