@@ -296,7 +296,10 @@ def with_(raw: dict, out: Path, **flare) -> dict:
 
 def test_flare_learns_the_targets_and_reports_the_test_table(task, tmp_path):
     root, raw = task
-    final = run_job(write(with_(raw, tmp_path / "fl", method="fusion"), tmp_path / "fl.yaml"))["metrics"]
+    # source_state input: on tiny:llama the un-normalised states (output, reference_hidden: norm ~0.2 against the
+    # normalised projection input's ~8, embeddings at std 0.02) barely reach the bottleneck in 40 steps (docs/flare.md)
+    final = run_job(write(with_(raw, tmp_path / "fl", method="fusion", source_state="input"),
+                          tmp_path / "fl.yaml"))["metrics"]
     assert {"test_sdev_deu_Latn", "test_tdev_ell_Grek", "target_mean_sdev", "s_dev_step"} <= final.keys()
     exported = (tmp_path / "fl" / "export")
     assert (exported / "trainable.safetensors").is_file() and not (exported / "adapter").exists()  # no lossy PEFT copy
