@@ -51,7 +51,7 @@ def job(args, out: Path) -> dict:
             "alignment": {"enabled": False},
             "optim": {"lr": args.lr, "warmup_steps": args.warmup_steps, "max_steps": args.steps,
                       "micro_batch_size": args.micro_batch, "grad_accum": 1, "weight_decay": 0.0},
-            "engine": {"deepspeed": "zero2", "precision": "fp32"},
+            "engine": {"deepspeed": args.deepspeed, "precision": "fp32"},
             "checkpoint": {"every": 0},
             "tracking": {"uri": f"sqlite:///{out / 'mlflow.db'}", "experiment": "peer_hf_trainer", "export": "none",
                          "system_metrics": False, "log_every": 1}}
@@ -203,6 +203,7 @@ def main(argv: list[str] | None = None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--order", default="project,hf", help="which side runs first")
+    p.add_argument("--deepspeed", default="zero2", help="the project's engine.deepspeed (a ds_configs name or a JSON)")
     p.add_argument("--cache-dir", default=".cache/tiny-models")
     p.add_argument("--work", help="working folder (default: a temporary one)")
     p.add_argument("--json", help="also write the summary here")
