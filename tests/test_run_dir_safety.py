@@ -19,16 +19,11 @@ from trainer.run import export_hash, training_config, training_hash
 from trainer.tiny.text import english_documents
 from trainer.train import main
 
+from test_errors import one_error   # one error line, no traceback: the shared check
+
 
 def snapshot(folder: Path) -> dict[str, bytes]:
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
-
-
-def one_error(capsys) -> str:
-    err = capsys.readouterr().err
-    assert "Traceback" not in err, err
-    assert len([line for line in err.splitlines() if line.startswith("error")]) == 1, err
-    return err
 
 
 @pytest.fixture(scope="module")
