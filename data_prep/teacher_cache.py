@@ -52,8 +52,8 @@ def main(argv: list[str] | None = None) -> int:
         cache.save(folder)
     except UserError as e:
         return report(e)
-    print(f"teacher cache: {len(cache.ids)} vectors of dimension {cache.vectors.shape[1]} in {folder} "
-          f"({time.perf_counter() - start:.1f}s)")
+    print(f"teacher cache: {len(cache.vectors)} vectors ({len(cache.ids)} examples) of dimension "
+          f"{cache.vectors.shape[1]} in {folder} ({time.perf_counter() - start:.1f}s)")
     return 0
 
 

@@ -1,7 +1,9 @@
 """Stage 2 of MT-LLM (M1): task-specific distillation of the fine-tuned LLM into the stage-1 MT-LLM.
 
     teacher  x = phi(LLM_ft(llm_tokens(S)))            the finetune (FT) run's LLM + LoRA, pooled; computed
-                                                       once per training example into a cache keyed by id;
+                                                       once per training example (multiple choice: per
+                                                       (example, choice), as the student's rows) into a cache
+                                                       keyed by id;
                                                        the run's S-DEV snapshot (export_sdev/) unless
                                                        `model.teacher_snapshot: final`, as the study
     student  z = phi(LLM_s1(U(ENC(nllb_tokens(S)))))   the stage-1 MT-LLM; its LoRA (and U, by
@@ -47,8 +49,12 @@ def run(r: Run) -> dict:
                            world_size=engine.world_size)
 
     def distil(batch: dict, sums: Sums):
-        student = engine(**batch, mode="pooled").pooled                     # [b, d] through NLLB
-        teacher = cache.lookup(batch["ids"]).to(student.device)             # [b, d], the same examples by id
+        student = engine(**batch, mode="pooled").pooled                     # [b, d] through NLLB; choices: [b * C, d]
+        width = batch["choice_mask"].shape[1] if "choice_mask" in batch else None   # multiple choice: C
+        teacher = cache.lookup(batch["ids"], width).to(student.device)      # the same examples (and choices) by id
+        if width is not None:   # row for row, an example's padded choices (repeats of its last) left out
+            own = cache.choice_positions(batch["ids"], width).to(student.device)
+            teacher, student = teacher[own], student[own]
         sums.add("fvu", fraction_of_variance_unexplained(teacher, student.detach()))   # on the device
         sums.count_tokens(batch["attention_mask"].sum())
         return distillation_mse(teacher, student)

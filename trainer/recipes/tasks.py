@@ -270,14 +270,16 @@ def teacher_config(job):
 
 
 def cache_fingerprint(job, train: list) -> dict:
-    """What a teacher cache must have been made from: the teacher's weights, the training examples, the pooling."""
-    ids = "\n".join(sorted(e.id for e in train))
+    """What a teacher cache must have been made from: the teacher's weights, the training examples (multiple
+    choice: with their numbers of choices), the pooling."""
+    ids = "\n".join(sorted(f"{e.id}\t{len(e.choices)}" if e.choices else e.id for e in train))
     return {"task_export": sha256_file(teacher_dir(job) / "trainable.safetensors"),
             "examples": hashlib.sha256(ids.encode()).hexdigest(), "pooling": job.model.pooling}
 
 
 def build_teacher_cache(job, train: list, device: str | None = None) -> TeacherCache:
-    """The fine-tuned LLM's pooled vector of every training example (its LLM tokens), in sorted-id order."""
+    """The fine-tuned LLM's pooled vector of every training example (its LLM tokens), in sorted-id order; multiple
+    choice: of every (example, choice), the collator's rows (`trainer.models.teacher_cache`)."""
     cfg = teacher_config(job)
     teacher = build_task_model(cfg, BENCHMARKS[job.task.benchmark].task, BENCHMARKS[job.task.benchmark].num_labels)
     load_trainable(teacher, teacher_dir(job))
@@ -304,6 +306,6 @@ def teacher_cache(r: Run, train: list) -> TeacherCache:
     with distributed.main_first():
         if r.engine.is_main and not (folder / META_FILE).is_file():
             build_teacher_cache(job, train).save(folder)
-    cache = TeacherCache.load(folder)
+    cache = TeacherCache.load(folder, multiple_choice=BENCHMARKS[job.task.benchmark].task == "multiple_choice")
     check_fingerprint(cache, cache_fingerprint(job, train), folder)
     return cache
