@@ -171,6 +171,25 @@ def test_layer_embeddings_averages_layers_and_checks_range(tiny_llama):
         layer_embeddings(hs, mask, [])
 
 
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_mean_skip_first_leaves_out_each_rows_first_real_token(side):
+    """alignment.pooling: mean_skip_first averages the real tokens after the first; a one-token row keeps it."""
+    ids, mask = _batch(side)
+    mask = torch.cat([mask, torch.tensor([[0, 0, 0, 0, 1]] if side == "left" else [[1, 0, 0, 0, 0]])])
+    states = torch.randn(3, 5, 4)
+    states[:, 0] += 1000.0 if side == "right" else 0.0   # a sink on a first token weighs on the plain mean only
+    expected = []
+    for b in range(3):
+        real = [t for t in range(5) if mask[b, t] == 1]
+        kept = real[1:] if len(real) > 1 else real
+        expected.append(sum(states[b, t] for t in kept) / len(kept))
+    got = layer_embeddings([states], mask, 0, mode="mean_skip_first")
+    torch.testing.assert_close(got, torch.stack(expected))
+    torch.testing.assert_close(layer_embeddings([states], mask, 0), _manual_mean(states, mask))
+    with pytest.raises(ValueError, match="alignment.pooling"):
+        layer_embeddings([states], mask, 0, mode="max")
+
+
 def test_sentence_embeddings_gets_lora_gradients(tiny_path):
     llm = load_llm(LLMConfig(name_or_path=tiny_path("llama"), attn_implementation="sdpa"))
     lora = add_lora(llm, r=2, alpha=4, dropout=0.0, target_modules=["q_proj", "v_proj"])

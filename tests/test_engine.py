@@ -102,6 +102,16 @@ def test_two_ranks_equal_one_rank_with_the_same_global_batch(workdir, two_ranks)
 
 
 @pytest.mark.slow
+def test_the_single_process_config_trains_the_same_losses(workdir, two_ranks):
+    """ds_configs/single.json (ZeRO stage 0: no partitioning, no gradient hooks) on one process = 2 ZeRO-3 ranks."""
+    ok(launch(workdir, "single", 1, "optim.grad_accum=2", "engine.deepspeed=single"))
+    single = losses(workdir, "single")
+    assert sorted(single) == list(range(1, MAX_STEPS + 1))
+    for step in two_ranks:
+        assert single[step] == pytest.approx(two_ranks[step], rel=LAUNCH_SHAPE_RTOL), step
+
+
+@pytest.mark.slow
 def test_killed_twice_and_during_a_checkpoint_write_resumes_to_the_same_losses(workdir, two_ranks):
     """Also two equivalences under 2 ZeRO-3 ranks: these launches read cached teacher targets and checkpoint
     every block's activations; the reference (`two_ranks`) ran the live teacher without checkpointing."""

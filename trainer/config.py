@@ -280,8 +280,9 @@ class EngineConfig(Section):
 
     deepspeed: str = Field(
         "zero2", description="A config in ds_configs/ by name (zero1: fp32 gradient accumulation; zero2; zero3; "
-                             "zero3_offload) or a path to a DeepSpeed JSON; its \"auto\" values are filled from this "
-                             "job")
+                             "zero3_offload; single: one process, ZeRO stage 0, no per-parameter gradient hooks, the "
+                             "fastest on one CPU or GPU) or a path to a DeepSpeed JSON; its \"auto\" values are "
+                             "filled from this job")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
         "auto", description="Training precision; auto = the LLM's dtype (model.llm.dtype; both auto: bf16 where "
                             "CUDA supports it, else fp32)")
@@ -611,6 +612,10 @@ class AlignmentConfig(Section):
     batch_size: int | None = Field(None, ge=2, description=(
         "Translation pairs per alignment micro-batch (in-batch negatives); null = optim.micro_batch_size"))
     max_length: int = Field(64, gt=0, description="Tokens per sentence of a pair (and of the retrieval set)")
+    pooling: Literal["mean", "mean_skip_first"] = Field("mean", description=(
+        "Which tokens a sentence vector averages, in training and in the retrieval evaluation. mean (both studies): "
+        "every real token; mean_skip_first: every real token but the first, for decoder LLMs whose first token "
+        "holds an attention sink of huge norm that makes every mean the same vector (SmolLM2: docs/real.md)"))
 
     @model_validator(mode="after")
     def _consistent(self) -> "AlignmentConfig":

@@ -40,7 +40,7 @@ import torch.nn.functional as F
 
 from trainer.fsutil import write_atomic
 from trainer.models.llm_forward import run_llm
-from trainer.models.pooling import masked_mean, resolve_layers
+from trainer.models.pooling import alignment_mask, masked_mean, resolve_layers
 
 DEFAULT_K = 4
 
@@ -236,7 +236,8 @@ def hidden_states_of(model: torch.nn.Module) -> HiddenStates:
 @torch.no_grad()
 def embed_languages(hidden_states: HiddenStates, tokenized: Mapping[str, Mapping[str, torch.Tensor]],
                     batch_size: int = 32, layers: Sequence[int] | None = None,
-                    dtype: torch.dtype = torch.float32) -> tuple[list[str], list[int], torch.Tensor]:
+                    dtype: torch.dtype = torch.float32, pooling: str = "mean",
+                    ) -> tuple[list[str], list[int], torch.Tensor]:
     """Masked-mean embeddings of every sentence at every layer -> (languages, layers, [N, n_layers, n, d]).
 
     `hidden_states(input_ids, attention_mask)` runs the model (`hidden_states_of(model)` for a
@@ -244,7 +245,7 @@ def embed_languages(hidden_states: HiddenStates, tokenized: Mapping[str, Mapping
     `attention_mask` [n, s] (either padding side); each batch is cut to the columns holding real
     tokens. `layers` are hidden_states indices (default: all, 0 = embeddings .. L = last,
     final-normed). Result on CPU in `dtype` (bf16 halves the memory: 20 x 33 x 997 x 4096 is
-    10.8 GB in fp32).
+    10.8 GB in fp32). `pooling`: the tokens averaged, as `alignment.pooling` (`mean`: every real one).
     """
     languages = list(tokenized)
     n = _common_size(tokenized)
@@ -256,7 +257,7 @@ def embed_languages(hidden_states: HiddenStates, tokenized: Mapping[str, Mapping
             if result is None:
                 chosen = list(range(len(states))) if layers is None else resolve_layers(list(layers), len(states))
                 result = torch.empty(len(languages), len(chosen), n, states[0].shape[-1], dtype=dtype)
-            mask_dev = mask.to(states[0].device)
+            mask_dev = alignment_mask(mask.to(states[0].device), pooling)
             for j, layer in enumerate(chosen):
                 pooled = masked_mean(states[layer], mask_dev)
                 result[li, j, start:start + ids.shape[0]] = pooled.to("cpu", dtype)

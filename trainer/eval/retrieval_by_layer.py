@@ -35,13 +35,14 @@ class RetrievalByLayer:
     def __init__(self, sentences: Mapping[str, Sequence[str]], tokenizer, hidden_states: HiddenStates,
                  layers: Sequence[int], aligned: Sequence[int], out_dir: Path, subset: Sequence[str] | None = None,
                  k: int = DEFAULT_K, batch_size: int = 32, max_length: int | None = None,
-                 rank: int = 0, world_size: int = 1, candidates: str = "knn"):
+                 rank: int = 0, world_size: int = 1, candidates: str = "knn", pooling: str = "mean"):
         self.sentences, self.tokenizer, self.hidden_states = sentences, tokenizer, hidden_states
         self.layers = sorted(set(layers) | set(aligned))
         self.aligned = list(aligned)
         self.subset = list(subset) if subset is not None else None
         self.out_dir = out_dir
         self.k, self.batch_size, self.max_length, self.candidates = k, batch_size, max_length, candidates
+        self.pooling = pooling
         self.rank, self.world_size = rank, world_size
         self.results: dict[str, RetrievalResult] = {}
 
@@ -55,7 +56,7 @@ class RetrievalByLayer:
     def __call__(self, tag: str) -> dict[str, float]:
         result = retrieval_over_ranks(self.hidden_states, self.tokenizer, self.sentences, self.layers, self.k,
                                       self.batch_size, self.max_length, self.rank, self.world_size,
-                                      self.candidates)
+                                      self.candidates, self.pooling)
         self.results[tag] = result
         means = dict(zip(result.layers, result.mean_per_layer().tolist()))
         metrics = {f"retrieval_{tag}": sum(means[i] for i in self.aligned) / len(self.aligned)}

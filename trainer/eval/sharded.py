@@ -32,7 +32,7 @@ def rank_slice(n: int, rank: int, world_size: int) -> tuple[list[int], int]:
 def retrieval_over_ranks(hidden_states: HiddenStates, tokenizer, sentences: Mapping[str, Sequence[str]],
                          layers: Sequence[int] | None = None, k: int = 4, batch_size: int = 32,
                          max_length: int | None = None, rank: int = 0, world_size: int = 1,
-                         candidates: str = "knn") -> RetrievalResult:
+                         candidates: str = "knn", pooling: str = "mean") -> RetrievalResult:
     """`trainer.eval.retrieval.evaluate_retrieval` with the sentences split over the ranks.
 
     Each rank embeds its slice of every language, rank 0 scores the gathered embeddings
@@ -43,7 +43,7 @@ def retrieval_over_ranks(hidden_states: HiddenStates, tokenizer, sentences: Mapp
     indices, real = rank_slice(n, rank, world_size)
     index = torch.tensor(indices)
     mine = {lang: {key: t[index] for key, t in enc.items()} for lang, enc in tokenized.items()}
-    languages, chosen, emb = embed_languages(hidden_states, mine, batch_size, layers)
+    languages, chosen, emb = embed_languages(hidden_states, mine, batch_size, layers, pooling=pooling)
     emb = emb[:, :, :real]
     if world_size == 1:
         return retrieval_accuracy(emb, languages, chosen, k, candidates)

@@ -4,7 +4,8 @@
 engine (one optimizer, one checkpoint); the recipes compute the losses from its outputs
 (`trainer.objectives`):
 
-- `embed`: sentence vectors [batch, d] fp32, the masked mean of `hidden_states[align_layers]`
+- `embed`: sentence vectors [batch, d] fp32, the masked mean of `hidden_states[align_layers]` (over the tokens
+  `align_pooling` keeps)
   (averaged over them when several; index convention in `trainer.models.pooling`). Only the
   backbone's body runs (a causal LM's output layer is skipped). The contrastive batch holds `2B`
   sentences, rows `0..B-1` English and `B..2B-1` their translations, in one forward pass.
@@ -49,13 +50,14 @@ class AlignedModel(nn.Module):
     attention_mask)`."""
 
     def __init__(self, backbone: nn.Module, task: TaskKind, align_layers: list[int], num_labels: int = 0,
-                 pooling: str = "mean"):
+                 pooling: str = "mean", align_pooling: str = "mean"):
         super().__init__()
         if task not in ("classify", "tag", "causal_lm"):
             raise ValueError(f"task must be classify, tag or causal_lm, got {task!r}")
         self.backbone = backbone
         self.task = task
         self.align_layers = align_layers
+        self.align_pooling = align_pooling
         self.num_labels = num_labels
         self.head = (ClassificationHead(self.hidden_size, num_labels, pooling) if task == "classify"
                      else TokenClassificationHead(self.hidden_size, num_labels) if task == "tag" else None)
@@ -87,7 +89,7 @@ class AlignedModel(nn.Module):
     def forward(self, mode: str, input_ids: torch.Tensor, attention_mask: torch.Tensor, **kwargs) -> AlignedOutput:
         if mode == "embed":
             return AlignedOutput(embeddings=sentence_embeddings(self.body(), input_ids, attention_mask,
-                                                                self.align_layers))
+                                                                self.align_layers, self.align_pooling))
         if mode == "logits":
             out = run_llm(self.backbone, attention_mask, input_ids=input_ids)
             if self.task == "classify":
@@ -116,7 +118,8 @@ class AlignedModel(nn.Module):
 
 
 def build_aligned_model(llm_cfg, lora_cfg, finetune: str, cache_dir: str, task: TaskKind,
-                        align_layers: int | Sequence[int] | str, num_labels: int, pooling: str = "mean") -> AlignedModel:
+                        align_layers: int | Sequence[int] | str, num_labels: int, pooling: str = "mean",
+                        align_pooling: str = "mean") -> AlignedModel:
     """Load `llm_cfg` as the backbone (a causal LM for `causal_lm`), make it trainable, wrap it.
 
     `finetune`: `lora` adds peft LoRA (`lora_cfg`) to the frozen backbone; `full` trains every
@@ -134,4 +137,5 @@ def build_aligned_model(llm_cfg, lora_cfg, finetune: str, cache_dir: str, task: 
         backbone.requires_grad_(True)
     n_layers = base_model_of(backbone).config.num_hidden_layers
     layers = n_layers // 2 if align_layers == "middle" else align_layers
-    return AlignedModel(backbone, task, resolve_layers(layers, n_layers + 1), num_labels=num_labels, pooling=pooling)
+    return AlignedModel(backbone, task, resolve_layers(layers, n_layers + 1), num_labels=num_labels, pooling=pooling,
+                        align_pooling=align_pooling)

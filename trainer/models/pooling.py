@@ -31,6 +31,34 @@ def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
     return masked.max(dim=1).values
 
 
+ALIGN_POOLING_MODES = ("mean", "mean_skip_first")
+
+
+def without_first_token(attention_mask: torch.Tensor) -> torch.Tensor:
+    """[batch, seq] -> the mask with each row's first real token cleared (rows of one real token kept whole).
+
+    For `alignment.pooling: mean_skip_first`. Decoder LLMs put an attention sink on the first token, a hidden
+    state whose norm dwarfs the others (SmolLM2-135M at hidden_states[15]: about 23,600 against about 170;
+    Sun et al. 2024, "Massive activations in large language models"), so a plain mean is that one vector for
+    every sentence (cosine 0.9998 between unrelated phrases) and a contrastive loss on it has no gradient.
+    """
+    first = first_token_index(attention_mask)
+    rows = torch.arange(attention_mask.shape[0], device=attention_mask.device)
+    keep = attention_mask.clone()
+    several = attention_mask.sum(dim=1) > 1
+    keep[rows[several], first[several]] = 0
+    return keep
+
+
+def alignment_mask(attention_mask: torch.Tensor, mode: str) -> torch.Tensor:
+    """The tokens a sentence vector averages under `alignment.pooling` (`mean`: every real token, the studies')."""
+    if mode == "mean":
+        return attention_mask
+    if mode == "mean_skip_first":
+        return without_first_token(attention_mask)
+    raise ValueError(f"alignment.pooling: unknown mode {mode!r}; choose one of {', '.join(ALIGN_POOLING_MODES)}")
+
+
 def masked_mean(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
     """[batch, seq, d], [batch, seq] -> [batch, d] mean over real tokens, in fp32."""
     weights = attention_mask.to(torch.float32).unsqueeze(-1)
@@ -85,20 +113,22 @@ def resolve_layers(layers: int | Sequence[int], n_hidden_states: int) -> list[in
 
 
 def layer_embeddings(hidden_states: Sequence[torch.Tensor], attention_mask: torch.Tensor,
-                     layers: int | Sequence[int]) -> torch.Tensor:
+                     layers: int | Sequence[int], mode: str = "mean") -> torch.Tensor:
     """Masked mean of `hidden_states[i]` over real tokens, averaged over `layers` -> [batch, d] fp32.
 
     `hidden_states`: tuple of [batch, seq, d] (transformers' convention, in the comment above);
     `attention_mask`: [batch, seq], 1 = real token (either padding side). Several layers are
-    averaged after pooling each (equal weights), as M3 allows "the chosen layer(s)".
+    averaged after pooling each (equal weights), as M3 allows "the chosen layer(s)". `mode`: `alignment.pooling`
+    (`alignment_mask`).
     """
     indices = resolve_layers(layers, len(hidden_states))
-    pooled = [masked_mean(hidden_states[i], attention_mask) for i in indices]
+    mask = alignment_mask(attention_mask, mode)
+    pooled = [masked_mean(hidden_states[i], mask) for i in indices]
     return torch.stack(pooled, dim=0).mean(dim=0)
 
 
 def sentence_embeddings(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                        layers: int | Sequence[int]) -> torch.Tensor:
-    """Run `model` (plain or peft-wrapped) and pool `layers` -> [batch, d] fp32 (gradients kept)."""
+                        layers: int | Sequence[int], mode: str = "mean") -> torch.Tensor:
+    """Run `model` (plain or peft-wrapped) and pool `layers` by `mode` -> [batch, d] fp32 (gradients kept)."""
     out = run_llm(model, attention_mask, input_ids=input_ids, output_hidden_states=True)
-    return layer_embeddings(out.hidden_states, attention_mask, layers)
+    return layer_embeddings(out.hidden_states, attention_mask, layers, mode)

@@ -36,7 +36,7 @@ def build_model(job: AlignmentJob, task: TaskKind, num_labels: int) -> AlignedMo
     m = job.model
     try:
         model = build_aligned_model(m.llm, m.lora, m.finetune, m.cache_dir, task, job.alignment.layers,
-                                    num_labels, m.pooling)
+                                    num_labels, m.pooling, job.alignment.pooling)
     except LayerIndexError as e:
         raise ConfigError(f"alignment.layers: {e}") from None
     return model.train()
@@ -130,7 +130,8 @@ class Evaluations:
             subset = [job.parallel.english, *job.parallel.languages] if job.parallel is not None else None
             self.retrieval_eval = RetrievalByLayer(
                 sentences, tokenizer, model.hidden_states, layers, model.align_layers, out_dir, subset, job.eval.k,
-                job.eval.batch_size, job.alignment.max_length, engine.rank, engine.world_size, job.eval.candidates)
+                job.eval.batch_size, job.alignment.max_length, engine.rank, engine.world_size, job.eval.candidates,
+                job.alignment.pooling)
         t = job.task
         if isinstance(t, TaskDataConfig) and t.eval_languages and job.alignment.task:   # a benchmark: tasks.py
             rows = eval_sets(t.eval_dir, t.eval_languages, t.text_column, t.label_column, t.num_labels,
