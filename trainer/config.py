@@ -913,9 +913,9 @@ class Stage2Job(JobBase):
     model: Stage2ModelConfig = Field(description="The stage-1 MT-LLM, the fine-tuned teacher and head (required)")
     task: BenchmarkTaskConfig = Field(default_factory=BenchmarkTaskConfig, description="Benchmark, languages, files")
     teacher_cache: str | None = Field(None, description=(
-        "Folder of the teacher vectors (one per training example, by id): reused when it matches the teacher "
-        "and the data, else built (python -m data_prep.teacher_cache JOB.yaml builds it ahead; needed under "
-        "ZeRO-3). null = OUTPUT_DIR/teacher_cache"))
+        "Folder of the teacher vectors (one per training example, by id; multiple choice: one per (example, "
+        "choice)): reused when it matches the teacher and the data, else built (python -m data_prep.teacher_cache "
+        "JOB.yaml builds it ahead; needed under ZeRO-3). null = OUTPUT_DIR/teacher_cache"))
 
     @model_validator(mode="after")
     def _sentence_level_task(self) -> "Stage2Job":

@@ -297,7 +297,9 @@ def render() -> str:
     shared = frozenset(JobBase.model_fields)
     for name, schema in RECIPE_SCHEMAS.items():
         lines += ["", f"## Recipe `{name}` (`trainer.config.{schema.__name__}`)", "", _paragraph(_doc(schema))]
-        lines += render_tables(walk(schema, seen=seen, skip=shared)[1:], f"recipe {name}")
+        own, *sections = walk(schema, seen=seen, skip=shared)
+        own.intro = []   # the schema's docstring is the paragraph above
+        lines += render_tables([own, *sections] if own.rows else sections, f"Top level: the keys of recipe `{name}`")
     lines += ["", "## Sweep files (`trainer.sweep.SweepConfig`)", "",
               "A sweep names a base job and searches over its keys; see docs/sweeps.md."]
     lines += render_tables(walk(SweepConfig), "Top level of a sweep")
