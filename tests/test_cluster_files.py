@@ -47,14 +47,61 @@ def test_the_readme_gives_commands_for_compose_slurm_and_kubernetes():
     for needed in ("docker build -f docker/Dockerfile", "docker compose -f docker/compose.yaml up -d",
                    "-f docker/compose.multinode.yaml --profile head up -d",
                    "-f docker/compose.multinode.yaml --profile worker up -d",
-                   "sbatch jobs/ray_slurm.sbatch", "kubectl apply -f docker/k8s/rayjob.yaml",
-                   "export RAY_AUTH_MODE=token"):
+                   "sbatch jobs/ray_slurm.sbatch", "docker/k8s/rayjob.yaml | kubectl apply -f -",
+                   "set -a && . docker/cluster.env && set +a"):
         assert needed in commands, needed
-    submits = [c for c in commands.replace("\\\n", " ").splitlines() if "ray job submit" in c]
-    assert submits
-    for submit in submits:   # every submit uploads code only, and runs the README's sweep command
+    submits = [" ".join(c.split()) for c in commands.replace("\\\n", " ").splitlines() if "ray job submit" in c]
+    assert len(submits) == 2   # one machine, several machines
+    for submit in submits:   # every submit checks the upload first, uploads code only, runs the README's sweep command
+        assert submit.startswith("python -m trainer.tune --check-upload jobs/runtime_env.yaml && ray job submit "), submit
         assert "--runtime-env jobs/runtime_env.yaml" in submit and "--runtime-env-json" not in submit, submit
         assert submit.split(" -- ", 1)[1].strip() == SWEEP_COMMAND, submit
+
+
+def test_the_cluster_commands_are_valid_bash():
+    blocks = re.findall(r"```bash\n(.*?)```", cluster_section(), re.S)
+    assert len(blocks) >= 5
+    for block in blocks:
+        subprocess.run(["bash", "-n"], input=block, text=True, check=True)
+
+
+def test_the_multinode_commands_fill_in_a_token_and_give_the_submitter_the_cluster_env(tmp_path):
+    """The README's lines from `cp` to `set +a`, run in a copy: cluster.env gets a fresh token, and sourcing it
+    sets what the submit commands use."""
+    block = next(b for b in re.findall(r"```bash\n(.*?)```", cluster_section(), re.S) if "compose.multinode" in b)
+    lines = [line for line in block.splitlines() if line.startswith(("cp ", "sed -i ", "set -a"))]
+    assert len(lines) == 3, lines
+    (tmp_path / "docker").mkdir()
+    (tmp_path / "docker" / "cluster.env.example").write_text((DOCKER / "cluster.env.example").read_text())
+    script = "\n".join(lines + ['echo "$RAY_HEAD_IP $RAY_AUTH_MODE $RAY_AUTH_TOKEN"'])
+    out = subprocess.run(["bash", "-c", script], cwd=tmp_path, capture_output=True, text=True, check=True).stdout
+    head_ip, mode, token = out.split()
+    assert head_ip == "10.0.0.1" and mode == "token" and re.fullmatch(r"[0-9a-f]{64}", token), out
+    assert variables(block.replace("$RAY_HEAD_IP", "${RAY_HEAD_IP}")) <= {"RAY_HEAD_IP"}
+
+
+def test_the_kubernetes_commands_put_the_registry_and_mlflow_into_the_manifest():
+    """The README's `sed ... | kubectl apply -f -`, run on the manifest: every pod's image is the registry's, and
+    the job's MLflow URI is the exported one."""
+    block = next(b for b in re.findall(r"```bash\n(.*?)```", cluster_section(), re.S) if "kubectl" in b)
+    joined = block.replace("\\\n", " ")
+    [pipeline] = [line for line in joined.splitlines() if line.startswith("sed ")]
+    sed = pipeline.split(" | kubectl apply -f -")[0]
+    env = {"REGISTRY": "reg.example/team", "MLFLOW_TRACKING_URI": "http://mlflow.example:5000", "PATH": "/usr/bin:/bin"}
+    text = subprocess.run(["bash", "-c", sed], cwd=ROOT, env=env, capture_output=True, text=True, check=True).stdout
+    job = yaml.safe_load(text)
+    cluster = job["spec"]["rayClusterSpec"]
+    pods = [cluster["headGroupSpec"]["template"]["spec"]] + [g["template"]["spec"] for g in cluster["workerGroupSpecs"]]
+    assert {c["image"] for pod in pods for c in pod["containers"]} == {"reg.example/team/trainer-gpu:latest"}
+    assert yaml.safe_load(job["spec"]["runtimeEnvYAML"])["env_vars"]["MLFLOW_TRACKING_URI"] == "http://mlflow.example:5000"
+    assert "docker push \"$REGISTRY/trainer-gpu:latest\"" in block and "kubectl get pvc trainer-shared" in block
+
+
+def test_every_file_the_cluster_section_names_is_checked_by_a_test():
+    named = set(re.findall(r"\b((?:docker|jobs)/[\w./-]*\w)", cluster_section())) - {"docker/cluster.env"}
+    tests = (Path(__file__).read_text() + (ROOT / "tests" / "test_docker.py").read_text())
+    unchecked = sorted(path for path in named if f'"{Path(path).name}"' not in tests and path not in tests)
+    assert not unchecked, f"files the README's cluster section names that no test reads: {unchecked}"
 
 
 @pytest.fixture(scope="module")
@@ -166,11 +213,23 @@ def test_the_dry_run_prints_the_disk_footprint_of_the_paper_sweep_without_ray(ca
     assert not ray.is_initialized()
     assert "125 trials" in after and "FacebookAI/xlm-roberta-large: 560M parameters" in after
     docs = (ROOT / "docs" / "sweeps.md").read_text()
-    for out, per_trial, sweep in ((before, "58.2 GB", "7.28 TB"), (after, "22.4 GB", "2.80 TB")):
+    for out, per_trial, sweep in ((before, "31.4 GB", "3.92 TB"), (after, "15.7 GB", "1.96 TB")):
         assert re.search(rf"per trial\s+{per_trial}", out), out
         assert re.search(rf"whole sweep \(125 trials\)\s+{sweep}", out), out
         assert f"**{per_trial}**" in docs and f"**{sweep}**" in docs, "docs/sweeps.md shows the dry run's numbers"
     assert re.search(r"uploaded to MLflow artifacts\s+0.0 GB", after)
+    for out in (before, after):   # each checkpoint kept once: Ray storage, not the trial folder
+        assert re.search(r"trial folder checkpoints\s+0.0 GB", out), out
+
+
+def test_a_trial_with_best_metric_keeps_its_checkpoints_in_its_folder_too():
+    """Ray keeps only the newest checkpoints, so `checkpoint.best_metric` keeps the trial folder's (and its best)."""
+    from trainer.sweep import footprint_report, load_sweep
+
+    sweep = load_sweep(ROOT / "jobs" / "subsets.yaml", ["overrides=[checkpoint.best_metric=loss]"], prepare=False)
+    out = footprint_report(sweep)
+    assert re.search(r"trial folder checkpoints\s+26.9 GB\s+\(keep_last x checkpoint", out), out
+    assert re.search(r"per trial\s+58.2 GB", out), out
 
 
 def test_the_footprint_counts_lora_and_full_fine_tuning_from_the_config():

@@ -106,11 +106,11 @@ def test_the_crashed_trial_resumed_from_its_checkpoint_not_step_zero(sweep_run):
         # missing: accepted, but never an earlier step than the checkpoint's (open question, see the closing note).
         assert last_checkpoint + 1 <= after[0] <= CRASH_AT + 1, steps
         assert after == sorted(after) and after[-1] == MAX_STEPS, steps
-        assert sorted(p.name for p in (trial / "checkpoints").glob("step-*"))[-1] == f"step-{MAX_STEPS:08d}"
-        assert not (trial / "checkpoints" / f"step-{last_checkpoint:08d}").exists()   # lost with the "node"
     stored = list(store.glob("train-*/checkpoint_*/trainer_state.json"))
     assert len(stored) == 2 * 2, stored                          # the newest two of each trial, in Ray's storage
     assert {json.loads(p.read_text())["step"] for p in stored} == {MAX_STEPS - CHECKPOINT_EVERY, MAX_STEPS}
+    for trial in trials:   # each checkpoint is kept once: Ray deleted the trial folder's copy after the upload
+        assert not list((trial / "checkpoints").glob("*step-*")), trial.name
 
 
 @pytest.mark.slow

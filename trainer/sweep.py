@@ -334,6 +334,14 @@ ADAM_BYTES = 12            # per trainable parameter: DeepSpeed's fp32 master co
 GB = 1e9
 
 
+def trial_keeps_local_checkpoints(checkpoint: Any) -> bool:
+    """Whether a sweep trial's folder keeps its checkpoints (`checkpoint`: the job's CheckpointConfig). No by
+    default: Ray storage is the copy that survives a node, so each checkpoint is deleted from the trial folder once
+    Ray has uploaded it (trainer.tune). Yes with `checkpoint.best_metric`: Ray keeps only the newest
+    RAY_CHECKPOINTS_KEPT, so the trial folder keeps its best (and `keep_last`) as a plain job does."""
+    return checkpoint.best_metric is not None
+
+
 def model_config(name_or_path: str):
     """The transformers config of a model without its weights: a local directory's or the HF cache's config.json,
     else KNOWN_CONFIGS; None when neither (a hub model never downloaded here, a tiny:* model)."""
@@ -385,8 +393,9 @@ def zero_stage(deepspeed: str) -> int:
 
 def trial_footprint(job: Any) -> dict[str, Any] | None:
     """Disk bytes one trial of `job` (a validated job) writes, from its model config, or None when the model's size
-    is unknown. Keys: params, trained, checkpoint (one step-N folder), local_checkpoints (the trial folder keeps
-    checkpoint.keep_last of them), ray_checkpoints (Ray storage keeps RAY_CHECKPOINTS_KEPT), export (the trial's
+    is unknown. Keys: params, trained, checkpoint (one step-N folder), local_checkpoints (what the trial folder
+    keeps: none, each is deleted once Ray has it, or checkpoint.keep_last with checkpoint.best_metric:
+    `trial_keeps_local_checkpoints`), ray_checkpoints (Ray storage keeps RAY_CHECKPOINTS_KEPT), export (the trial's
     export/ folder), uploaded (what tracking.export sends to MLflow), total.
 
     One checkpoint = DeepSpeed's state (ADAM_BYTES per trained parameter, plus the 16-bit module weights under
@@ -411,7 +420,7 @@ def trial_footprint(job: Any) -> dict[str, Any] | None:
     uploaded = 0 if job.tracking.export == "none" else export
     every = job.checkpoint.every
     saves = 0 if every <= 0 else job.optim.max_steps // every + (1 if job.checkpoint.save_final else 0)
-    local = checkpoint * min(job.checkpoint.keep_last, saves)
+    local = checkpoint * min(job.checkpoint.keep_last, saves) if trial_keeps_local_checkpoints(job.checkpoint) else 0
     ray = checkpoint * min(RAY_CHECKPOINTS_KEPT, saves)
     return {"params": total, "trained": trained, "checkpoint": checkpoint, "local_checkpoints": local,
             "ray_checkpoints": ray, "export": export, "uploaded": uploaded, "total": local + ray + export + uploaded}
@@ -430,17 +439,22 @@ def footprint_report(sweep: Sweep) -> str:
     trials = sweep.grid_size()
     gb = lambda n: f"{n / GB:.1f} GB"   # noqa: E731
     storage = sweep.config.storage_path or f"{sweep.config.output_dir}/{sweep.config.name} (the sweep dir)"
+    keep_local = trial_keeps_local_checkpoints(job.checkpoint)
     lines = [
         f"disk per trial ({where}: {est['params'] / 1e6:.0f}M parameters, {est['trained'] / 1e6:.1f}M trained; "
-        f"checkpoint.portable={job.checkpoint.portable}, checkpoint.keep_last={job.checkpoint.keep_last}, "
-        f"tracking.export={job.tracking.export}):",
+        f"checkpoint.portable={job.checkpoint.portable}, "
+        + (f"checkpoint.keep_last={job.checkpoint.keep_last}, " if keep_local else "")
+        + f"tracking.export={job.tracking.export}):",
         f"  one checkpoint                  {gb(est['checkpoint'])}",
-        f"  trial folder checkpoints        {gb(est['local_checkpoints'])}   (keep_last x checkpoint; "
-        f"{sweep.config.output_dir})",
+        f"  trial folder checkpoints        {gb(est['local_checkpoints'])}   ("
+        + ("keep_last x checkpoint, for checkpoint.best_metric" if keep_local
+           else "each deleted once Ray has uploaded it") + f"; {sweep.config.output_dir})",
         f"  Ray storage checkpoints         {gb(est['ray_checkpoints'])}   (newest {RAY_CHECKPOINTS_KEPT}; {storage})",
         f"  export/ in the trial folder     {gb(est['export'])}",
         f"  uploaded to MLflow artifacts    {gb(est['uploaded'])}",
         f"  per trial                       {gb(est['total'])}",
         f"  whole sweep ({trials} trials)      {est['total'] * trials / 1e12:.2f} TB",
+        f"  (while a checkpoint is written and uploaded, one more in the trial folder and one more in Ray storage: "
+        f"+{gb(2 * est['checkpoint'])} per running trial)",
     ]
     return "\n".join(lines)

@@ -11,9 +11,11 @@ child run tagged with the parent id, subset, languages and settings. At the
 end the parent gets a summary table (CSV) and a plot.
 
 Fault tolerance: each trial writes checkpoints to a fixed directory under the
-sweep directory and runs with `resume: auto`, so a retried trial (Ray Train's
-`max_failures`) continues from its last checkpoint; an interrupted sweep
-resumes with `--resume`, skipping finished trials (`Tuner.restore`).
+sweep directory and reports each to Ray Train, which uploads it to the sweep's
+Ray storage and deletes the trial folder's copy (kept once); a retried trial
+(Ray Train's `max_failures`) continues from its last checkpoint in storage; an
+interrupted sweep resumes with `--resume`, skipping finished trials
+(`Tuner.restore`), and its unfinished trials restore from storage as well.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from typing import Any
 from trainer.config import ConfigError, JobConfig, validate
 from trainer.errors import UserError, report
 from trainer.fsutil import write_atomic
-from trainer.sweep import Sweep, load_sweep
+from trainer.sweep import Sweep, load_sweep, trial_keeps_local_checkpoints
 
 log = logging.getLogger("trainer.tune")
 STATE_FILE = "sweep_state.json"
@@ -187,10 +189,14 @@ def _run_trial_job(config: dict[str, Any], raw: dict[str, Any]) -> None:
                     shutil.rmtree(Path(job.output_dir) / "checkpoints", ignore_errors=True)
             raise RuntimeError(f"injected crash at step {step} (testing fault tolerance)")
 
+    keep_local = trial_keeps_local_checkpoints(job.checkpoint)
+
     def upload(folder: Path, step: int) -> None:
-        # Ray copies rank 0's checkpoint folder to the run's storage (a path or a URI: no shared disk needed)
+        # Ray copies rank 0's checkpoint folder to the run's storage (a path or a URI: no shared disk needed), then
+        # deletes the folder: Ray's copy is the one that survives a node, and a retry restores from it
         checkpoint = ray.train.Checkpoint.from_directory(str(folder)) if rank == 0 else None
-        ray.train.report({**latest, "step": step}, checkpoint=checkpoint)
+        ray.train.report({**latest, "step": step}, checkpoint=checkpoint,
+                         delete_local_checkpoint_after_upload=not keep_local)
 
     run_job(job, report=report, on_checkpoint=upload)
     # The last step's rows (training, evaluations, final metrics) go to Tune once the run has ended: a
@@ -623,10 +629,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error (or TRAINER_DEBUG=1)")
     parser.add_argument("--runtime-env", nargs="?", const="", default=None, metavar="FILE", help=(
         "print the --runtime-env-json for `ray job submit` from this checkout (FILE's runtime env, e.g. "
-        "jobs/runtime_env.yaml, plus the checkout's git commit and dirty flag and $MLFLOW_TRACKING_URI) and exit"))
+        "jobs/runtime_env.yaml, plus the checkout's git commit and dirty flag and $MLFLOW_TRACKING_URI) and exit; "
+        "refused like --check-upload"))
+    parser.add_argument("--check-upload", nargs="?", const="", default=None, metavar="FILE", help=(
+        "before `ray job submit --working-dir .`: size what Ray would upload from here under FILE's excludes (e.g. "
+        "jobs/runtime_env.yaml) and exit; over Ray's 512 MiB package limit, exit 2 naming the biggest folders"))
     args = parser.parse_args(argv)
-    if args.runtime_env is not None:
-        print(runtime_env_json(args.runtime_env or None))
+    if args.runtime_env is not None or args.check_upload is not None:
+        from trainer.upload import check_upload, upload_summary
+
+        runtime_env = args.runtime_env if args.runtime_env is not None else args.check_upload
+        try:
+            upload = check_upload(runtime_env or None)
+        except UserError as e:
+            return report(e, args.debug)
+        print(runtime_env_json(runtime_env or None) if args.runtime_env is not None else upload_summary(upload))
         return 0
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
