@@ -103,8 +103,11 @@ def test_two_ranks_equal_one_rank_with_the_same_global_batch(workdir, two_ranks)
 
 @pytest.mark.slow
 def test_the_single_process_config_trains_the_same_losses(workdir, two_ranks):
-    """ds_configs/single.json (ZeRO stage 0: no partitioning, no gradient hooks) on one process = 2 ZeRO-3 ranks."""
-    ok(launch(workdir, "single", 1, "optim.grad_accum=2", "engine.deepspeed=single"))
+    """ds_configs/single.json (ZeRO stage 0: no partitioning, no gradient hooks) on one process, killed after step 5
+    and resumed from its step-4 checkpoint, trains the losses of 2 uninterrupted ZeRO-3 ranks."""
+    args = ("optim.grad_accum=2", "engine.deepspeed=single")
+    assert launch(workdir, "single", 1, *args, fault="after_step:5").returncode != 0
+    assert "resuming from" in ok(launch(workdir, "single", 1, *args)).stderr
     single = losses(workdir, "single")
     assert sorted(single) == list(range(1, MAX_STEPS + 1))
     for step in two_ranks:

@@ -172,7 +172,7 @@ def build_ds_config(job: JobBase, world_size: int) -> dict[str, Any]:
     path = ds_config_path(job.engine.deepspeed)
     try:
         raw = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ConfigError(f"engine.deepspeed: {path} is not valid JSON: {e}") from None
     return fill_auto(raw, auto_values(job, world_size), source=str(path))
 
@@ -362,10 +362,10 @@ class Engine:
         for name, p in self.module.named_parameters():
             if not p.requires_grad:
                 continue
-            full = [safe_get_full_fp32_param(p)] + [safe_get_full_optimizer_state(p, key) for key in ADAM_STATE]
+            full = self._full_state(p)
             if any(t is None for t in full):
                 raise RuntimeError(f"engine: DeepSpeed keeps no fp32 master or Adam state for {name}; a portable "
-                                   f"checkpoint needs ZeRO stage 1, 2 or 3")
+                                   f"checkpoint needs ZeRO stage 1, 2 or 3, or stage 0 in fp32")
             if self.is_main:
                 params[name] = full[0].detach().to("cpu", torch.float32, copy=True)
                 moments[name] = {key: t.detach().to("cpu", torch.float32, copy=True)
@@ -389,6 +389,11 @@ class Engine:
         for name, p in self.module.named_parameters():
             if p.requires_grad:
                 full = state["params"][name].to(self.device)
+                if self._unwrapped_fp32():                 # stage 0 in fp32: the parameter is the master
+                    p.data.copy_(full)
+                    for key in ADAM_STATE:
+                        torch_optimizer(self.optimizer).state[p][key].copy_(state["moments"][name][key])
+                    continue
                 safe_set_full_fp32_param(p, full)          # the optimizer's fp32 master partition
                 with self.modifying([p]):                  # and the weights the forward reads
                     p.data.copy_(full.to(p.dtype))
@@ -403,6 +408,18 @@ class Engine:
             group["lr"] = lr
         self.ds.global_steps = int(state["global_step"])
         self.ds.global_samples = int(state["global_samples"])
+
+    def _unwrapped_fp32(self) -> bool:
+        """ZeRO stage 0 in fp32 (ds_configs/single.json): DeepSpeed keeps no master copy, the torch optimizer steps
+        the parameters themselves, and `safe_get_full_*` return None."""
+        return self.ds.zero_optimization_stage() == 0 and self.precision == "fp32"
+
+    def _full_state(self, p: torch.nn.Parameter) -> list[torch.Tensor | None]:
+        """[fp32 weights, exp_avg, exp_avg_sq] of one trainable parameter, full (gathered from the ZeRO partitions)."""
+        if self._unwrapped_fp32():
+            moments = torch_optimizer(self.optimizer).state.get(p, {})
+            return [p.data] + [moments.get(key) for key in ADAM_STATE]
+        return [safe_get_full_fp32_param(p)] + [safe_get_full_optimizer_state(p, key) for key in ADAM_STATE]
 
     def _create_optimizer_state(self) -> None:
         """Make AdamW's state exist before the first step, so that it can be overwritten.
@@ -445,7 +462,7 @@ class Engine:
         for name, p in self.module.named_parameters():
             if p.requires_grad != trainable:
                 continue
-            full = safe_get_full_fp32_param(p) if trainable else None
+            full = self._full_state(p)[0] if trainable else None
             if full is None:
                 with deepspeed.zero.GatheredParameters([p], modifier_rank=None):
                     full = p.data.detach().clone()
