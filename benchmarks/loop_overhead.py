@@ -73,6 +73,7 @@ def overhead_job(work: Path, llm: Path, nllb: Path, args, name: str) -> dict:
             "data": {"files": [str(docs)], "max_length": args.seq},
             "optim": {"lr": 2e-4, "warmup_steps": 2, "max_steps": args.warmup + args.steps,
                       "micro_batch_size": args.micro_batch, "grad_accum": args.grad_accum},
+            "engine": {"deepspeed": args.deepspeed},
             "checkpoint": {"every": 0},
             "tracking": {"uri": f"sqlite:///{work / 'mlflow.db'}", "experiment": "loop_overhead", "export": "none",
                          "system_metrics": False}}
@@ -150,6 +151,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--repeats", type=int, default=1, help="project runs, each bracketed by bare runs")
     p.add_argument("--threads", type=int, default=1, help="torch threads (one keeps a shared machine's noise down)")
     p.add_argument("--cache-dir", default=".cache/tiny-models")
+    p.add_argument("--deepspeed", default="zero2", help="the project's engine.deepspeed (single: one process, no "
+                                                         "ZeRO gradient hooks)")
     p.add_argument("--work", help="working folder (default: a temporary one)")
     p.add_argument("--json", help="also write the results here")
     args = p.parse_args(argv)
@@ -168,8 +171,9 @@ def main(argv: list[str] | None = None) -> dict:
     mean = {kind: statistics.fmean(d) for kind, d in steps.items()}
     reference = runs[0][1]["losses"]
     max_diff = max(abs(a - b) / abs(b) for _, r, _ in runs for a, b in zip(r["losses"], reference))
-    print(f"stage-1 steps, LLM hidden {args.hidden} x {args.layers} blocks, {args.seq} tokens per view, micro-batch "
-          f"{args.micro_batch} x grad_accum {args.grad_accum}, {args.steps} timed steps after {args.warmup}; "
+    print(f"stage-1 steps (project on engine.deepspeed={args.deepspeed}), LLM hidden {args.hidden} x {args.layers} "
+          f"blocks, {args.seq} tokens per view, micro-batch {args.micro_batch} x grad_accum {args.grad_accum}, "
+          f"{args.steps} timed steps after {args.warmup}; "
           f"torch {torch.__version__}, {args.threads} thread(s), {os.cpu_count()} cores")
     print("| run | median s/step | mean s/step | load average after (1, 5, 15 min) |\n|---|---|---|---|")
     for kind, r, load in runs:
