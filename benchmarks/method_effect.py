@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import statistics
 from collections import defaultdict
 from pathlib import Path
@@ -44,9 +45,12 @@ def read_run(folder: Path, layer: int | None) -> dict:
     config = yaml.safe_load((folder / "config.yaml").read_text())
     aligned = config["alignment"]["layers"]
     if layer is None:
-        layer = aligned if isinstance(aligned, int) else aligned[0]
-        if layer == "middle" or isinstance(layer, str):
-            raise SystemExit(f"error: {folder}: alignment.layers is {aligned!r}: give --layer")
+        layer = aligned if isinstance(aligned, (int, str)) else aligned[0]
+        if layer == "middle":   # block L // 2 of the run's LLM (M2's default), read from its local config.json
+            llm = Path(config["model"]["llm"]["name_or_path"]) / "config.json"
+            if not llm.is_file():
+                raise SystemExit(f"error: {folder}: alignment.layers is 'middle' and {llm} is not here: give --layer")
+            layer = json.loads(llm.read_text())["num_hidden_layers"] // 2
     english = config["parallel"].get("english", "eng_Latn")
     scores = {tag: pair_scores(folder / "eval" / f"retrieval_{tag}" / "retrieval_pairs.csv", layer, english)
               for tag in ("before", "after")}
