@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from trainer.errors import UserError, report
+from trainer.errors import UserError, report, user_error
 from trainer.fsutil import check_destination, replace_dir, temp_dir_beside
 from trainer.languages.table import Language, language_table
 
@@ -276,8 +276,10 @@ def main(argv: list[str] | None = None) -> dict[str, Counts]:
     args = parser.parse_args(argv)
     try:
         counts = write_cldr_pairs(args.out, args.languages, args.eval_fraction, args.seed, args.overwrite)
-    except UserError as e:
-        sys.exit(report(e, args.debug))
+    except Exception as e:   # noqa: BLE001 - a UserError or a full disk is one message; anything else a traceback
+        if user_error(e, args.out) is None:
+            raise
+        sys.exit(report(e, args.debug, where=args.out))
     manifest = json.loads((Path(args.out) / MANIFEST).read_text(encoding="utf-8"))
     print(format_table(counts, len(manifest["items"]["train"]) + len(manifest["items"]["eval"]),
                        manifest["retrieval_size"]))

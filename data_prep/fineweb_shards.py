@@ -61,6 +61,7 @@ from trainer.data.shards import (
     sha256_bytes,
     verify_manifest,
 )
+from trainer.errors import report as report_error, user_error
 from trainer.fsutil import listed_path, write_atomic
 
 COMPRESSION = "zstd"
@@ -379,9 +380,10 @@ def main(argv: list[str] | None = None) -> int:
                             sample_rate=args.sample_rate, seed=args.seed,
                             keep_columns=[c for c in args.keep_columns.split(",") if c])
         report = prepare_shards(params, args.out, overwrite=args.overwrite, progress=False if args.quiet else None)
-    except (ShardError, ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    except Exception as e:   # noqa: BLE001 - a refusal or a full disk is one message; anything else a traceback
+        if user_error(e, args.out, also=(ShardError, ValueError, FileNotFoundError)) is None:
+            raise
+        return report_error(e, where=args.out)
     for problem in report.problems:
         print(problem)
     m = report.manifest

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from data_prep.cli_checks import require_count
 from trainer.config import ConfigError, load_job
-from trainer.errors import UserError, report
+from trainer.errors import report, user_error
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -50,7 +50,9 @@ def main(argv: list[str] | None = None) -> int:
         folder = Path(job.teacher_cache) if job.teacher_cache else Path(job.output_dir) / "teacher_cache"
         cache = tasks.build_teacher_cache(job, train, args.device)
         cache.save(folder)
-    except UserError as e:
+    except Exception as e:   # noqa: BLE001 - a UserError or a full disk is one message; anything else a traceback
+        if user_error(e) is None:
+            raise
         return report(e)
     print(f"teacher cache: {len(cache.vectors)} vectors ({len(cache.ids)} examples) of dimension "
           f"{cache.vectors.shape[1]} in {folder} ({time.perf_counter() - start:.1f}s)")

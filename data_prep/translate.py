@@ -50,7 +50,7 @@ from trainer import faults
 from trainer.data.benchmark_files import benchmark_rows
 from trainer.data.benchmarks import BENCHMARKS, TaskExample, load_benchmark
 from trainer.data.files import expand_files, read_jsonl
-from trainer.errors import DataError, OutputExistsError, UserError, report
+from trainer.errors import DataError, OutputExistsError, UserError, report, user_error
 from trainer.fsutil import check_destination, listed_path, sha256_file, write_atomic
 from trainer.languages.nllb import NllbLanguage, nllb_language
 from trainer.languages.table import UnknownLanguageError, language_table
@@ -582,8 +582,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         run(args)
-    except UserError as e:
-        return report(e, args.debug)
+    except Exception as e:   # noqa: BLE001 - a UserError or a full disk is one message; anything else a traceback
+        if user_error(e, args.out) is None:
+            raise
+        return report(e, args.debug, where=args.out)
     return 0
 
 

@@ -37,6 +37,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import pickle
 import re
 import shutil
 import time
@@ -44,10 +45,12 @@ from pathlib import Path
 from collections.abc import Callable
 from typing import Any, Protocol
 
+import numpy as np
 import torch
 
 from trainer import distributed, faults
 from trainer.config import CheckpointConfig
+from trainer.errors import ResumeError, on_every_rank
 from trainer.fsutil import replace_dir, sha256_file, write_atomic
 
 log = logging.getLogger(__name__)
@@ -140,6 +143,27 @@ def check_complete(ckpt: Path, verify: bool = False) -> str | None:
     return None
 
 
+# numpy's RNG state (a uint32 array) in each rank file: the only objects beyond tensors and plain values (the
+# array's constructor under numpy 2's name and under numpy 1's, which files written with numpy 1 name)
+_reconstruct = (np._core if hasattr(np, "_core") else np.core).multiarray._reconstruct
+NUMPY_GLOBALS = [np.ndarray, np.dtype, type(np.dtype(np.uint32)), _reconstruct,
+                 (_reconstruct, "numpy.core.multiarray._reconstruct")]
+
+
+def load_own(path: Path) -> Any:
+    """A file this module wrote (`rank-N.pt`, `portable.pt`), loaded with `weights_only=True`: tensors, plain values
+    and numpy arrays only, so a crafted file cannot run code (docs/errors.md, "Trusted inputs"). DeepSpeed's
+    files in ds/ go through DeepSpeed's own loader, which does not restrict them."""
+    try:
+        with torch.serialization.safe_globals(NUMPY_GLOBALS):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        unsafe = ", ".join(torch.serialization.get_unsafe_globals_in_checkpoint(path)) or "objects of other types"
+        raise ResumeError(f"{path}: holds {unsafe} beyond tensors, plain values and numpy arrays: not a file the "
+                          f"trainer wrote, and loading it could run code; start over without it "
+                          f"(checkpoint.resume=none --overwrite)") from None
+
+
 def read_trainer_state(ckpt: str | Path) -> dict[str, Any]:
     return json.loads((Path(ckpt) / TRAINER_STATE).read_text())
 
@@ -197,17 +221,26 @@ class Checkpointer:
                 found = find_latest_complete(self.root)
                 target = str(found) if found else None
             else:
-                reason = check_complete(Path(mode), verify=True)
-                if reason is not None:
-                    error = f"checkpoint.resume: {mode} is not a usable checkpoint: {reason}"
+                error = self._check_resume_path(Path(mode))
                 target = mode
         target, error = distributed.broadcast_object((target, error))
         if error:
-            raise RuntimeError(error)
+            raise on_every_rank(ResumeError(error))
         self.resume_from = Path(target) if target else None
         if self.resume_from:
             log.info("checkpoint: resuming from %s", self.resume_from)
         return self.resume_from
+
+    def _check_resume_path(self, path: Path) -> str | None:
+        """Why `checkpoint.resume: PATH` cannot be resumed (naming what would be valid), or None."""
+        reason = "it does not exist" if not path.exists() else check_complete(path, verify=True)
+        if reason is None:
+            return None
+        found = [p.name for _, p in list_checkpoints(self.root) if check_complete(p) is None]
+        here = f"; complete checkpoints in {self.root}: {', '.join(found)}" if found else ""
+        return (f"checkpoint.resume: {path} is not a usable checkpoint ({reason}); give a complete checkpoint folder "
+                f"(step-N holding {MANIFEST}), auto (the newest complete one in {self.root}) or none (start from "
+                f"step 0){here}")
 
     def run_id(self) -> str | None:
         """The MLflow run id stored with the checkpoint being resumed (None when starting fresh)."""
@@ -229,10 +262,11 @@ class Checkpointer:
         per_step = int(state.get("micro_batches_per_step", engine.world_size * engine.job.optim.grad_accum))
         if int(state["world_size"]) == engine.world_size:
             if per_step != engine.world_size * engine.job.optim.grad_accum:
-                raise RuntimeError(f"checkpoint {ckpt}: written with optim.grad_accum={per_step // engine.world_size} "
-                                   f"on {engine.world_size} ranks; resume with the same grad_accum")
-            engine.load_state(ckpt / DS_TAG)
-            mine = torch.load(ckpt / rank_file(engine.rank), map_location="cpu", weights_only=False)
+                raise on_every_rank(ResumeError(
+                    f"checkpoint {ckpt}: written with optim.grad_accum={per_step // engine.world_size} on "
+                    f"{engine.world_size} ranks; resume with the same grad_accum"))
+            engine.load_state(ckpt / DS_TAG)   # DeepSpeed's own loader (torch.load, weights_only=False)
+            mine = load_own(ckpt / rank_file(engine.rank))
             data.load_state_dict(mine["data"])
             distributed.set_rng_state(mine["rng"])
         else:
@@ -253,21 +287,23 @@ class Checkpointer:
         per_step = int(state.get("micro_batches_per_step", 0))   # 0: written before the portable state existed
         accum = engine.job.optim.grad_accum
         if not hasattr(data, "restart_at"):
-            raise RuntimeError(f"checkpoint {ckpt} was written by {old_world} ranks, this run has {new_world}: "
-                               f"{type(data).__name__} resumes only on the number of ranks that wrote it")
+            raise on_every_rank(ResumeError(
+                f"checkpoint {ckpt} was written by {old_world} ranks, this run has {new_world}: "
+                f"{type(data).__name__} resumes only on the number of ranks that wrote it"))
         if not (ckpt / PORTABLE).is_file():
-            raise RuntimeError(f"checkpoint {ckpt} was written by {old_world} ranks, this run has {new_world}, and it "
-                               f"has no {PORTABLE} (checkpoint.portable was off): resume with {old_world} ranks")
+            raise on_every_rank(ResumeError(
+                f"checkpoint {ckpt} was written by {old_world} ranks, this run has {new_world}, and it has no "
+                f"{PORTABLE} (checkpoint.portable was off): resume with {old_world} ranks"))
         if per_step != new_world * accum:
             want = per_step / new_world
             hint = f"optim.grad_accum={int(want)}" if want == int(want) else f"a world size dividing {per_step}"
-            raise RuntimeError(f"checkpoint {ckpt}: an optimizer step held {per_step} micro-batches ({old_world} ranks "
-                               f"x grad_accum {per_step // old_world}); with {new_world} ranks set {hint} to "
-                               f"resume on the same batches")
+            raise on_every_rank(ResumeError(
+                f"checkpoint {ckpt}: an optimizer step held {per_step} micro-batches ({old_world} ranks x grad_accum "
+                f"{per_step // old_world}); with {new_world} ranks set {hint} to resume on the same batches"))
         log.info("checkpoint: %s was written by %d ranks; resuming on %d from its portable state", ckpt,
                  old_world, new_world)
         data.restart_at(int(state["step"]) * per_step)   # first: a stream that cannot refuses before anything loads
-        engine.load_portable_state(torch.load(ckpt / PORTABLE, map_location="cpu", weights_only=False))
+        engine.load_portable_state(load_own(ckpt / PORTABLE))
 
     # ---- saving -------------------------------------------------------------------------------
     def due(self, step: int, max_steps: int) -> bool:

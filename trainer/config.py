@@ -1199,10 +1199,19 @@ def apply_override(raw: dict[str, Any], override: str) -> None:
 def load_raw(path: str | Path, overrides: list[str] | None = None) -> dict[str, Any]:
     """Read a YAML file into a dict and apply dotted overrides."""
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{path} is a folder, not a job file: give a YAML file (e.g. jobs/demo_stage1.yaml)")
     if not path.is_file():
         raise ConfigError(f"job file not found: {path}")
     try:
-        raw = safe_load_unique(path.read_text(), str(path)) or {}      # a key given twice: ConfigError
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not a text file (byte {e.object[e.start]:#04x} at offset {e.start} is not UTF-8); "
+                          f"a job file is YAML text (e.g. jobs/demo_stage1.yaml)") from None
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot be read ({e.strerror})") from None
+    try:
+        raw = safe_load_unique(text, str(path)) or {}      # a key given twice: ConfigError
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {e}") from None
     if not isinstance(raw, dict):

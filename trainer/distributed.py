@@ -31,7 +31,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from trainer.errors import UserError
+from trainer.errors import UserError, on_every_rank
 
 log = logging.getLogger(__name__)
 
@@ -197,10 +197,10 @@ def check_same_config(text: str) -> str:
     if len(set(hashes)) > 1:
         reference = hashes[0]
         odd = [r for r, h in enumerate(hashes) if h != reference]
-        raise ConfigMismatchError(
+        raise on_every_rank(ConfigMismatchError(   # the same message on every rank: rank 0 prints it
             f"ranks disagree on the resolved job config: rank(s) {odd} differ from rank 0 "
             f"(hashes {', '.join(f'{r}:{h[:12]}' for r, h in enumerate(hashes))}); "
-            f"launch every rank with the same job file and overrides")
+            f"launch every rank with the same job file and overrides"))
     return mine
 
 

@@ -1,9 +1,9 @@
 """Writing files and folders so that a kill never leaves them half-written: the one place that does it.
 
 `write_atomic` for a file (a temporary file in the same folder, fsynced, renamed over the target),
-`replace_dir` for a folder written completely beside its target. Every writer of a file that a
-resumed run, a sweep or a user reads back uses them: checkpoints and their pointers, manifests,
-metrics, configs, exports, tables.
+`replace_dir` for a folder written completely beside its target (`write_dir` makes, fills and renames it).
+Every writer of a file that a resumed run, a sweep or a user reads back uses them: checkpoints and their
+pointers, manifests, metrics, configs, exports, tables.
 """
 
 from __future__ import annotations
@@ -73,6 +73,18 @@ def replace_dir(new: Path, target: Path) -> Path:
     return target
 
 
+def write_dir(target: str | os.PathLike, write) -> Path:
+    """Write a folder atomically: `write(tmp)` fills a temporary sibling, which then replaces `target` (complete or
+    absent). A failed write or rename (a full disk) leaves no temporary folder behind."""
+    tmp = temp_dir_beside(target)
+    try:
+        write(tmp)
+        return replace_dir(tmp, Path(target))
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
 def sha256_file(path: str | os.PathLike, block: int = 1 << 22) -> str:
     """Hex SHA-256 of a file, read in 4 MiB blocks."""
     digest = hashlib.sha256()
@@ -84,8 +96,9 @@ def sha256_file(path: str | os.PathLike, block: int = 1 << 22) -> str:
 
 def check_destination(out: str | os.PathLike, inputs: list[str | os.PathLike], overwrite: bool = False,
                       written_by: str | None = None, key: str = "--out") -> Path:
-    """Refuse an output folder that would destroy something: an input of the command, a folder holding
-    an input or inside one, or a non-empty folder that this command did not write (unless `overwrite`).
+    """Refuse an output folder that would destroy something: the current directory or a folder holding it, an
+    input of the command, a folder holding an input or inside one, or a non-empty folder that this command did
+    not write (unless `overwrite`).
 
     `written_by`: a file this command leaves in its outputs (e.g. merge.json); a folder holding it
     is a previous output and may be replaced. Raises OutputExistsError naming `key` and the way out.
@@ -93,6 +106,11 @@ def check_destination(out: str | os.PathLike, inputs: list[str | os.PathLike], o
     from trainer.errors import OutputExistsError
 
     target = Path(out).resolve()
+    here = Path.cwd().resolve()
+    if target == here or target in here.parents:
+        raise OutputExistsError(f"{key} {out} is the current directory{'' if target == here else ' or holds it'} "
+                                f"({target}): the output needs a folder of its own; choose a new one (--overwrite "
+                                f"does not apply here)")
     for item in inputs:
         source = Path(item).resolve()
         if target == source or target in source.parents or source in target.parents:

@@ -41,7 +41,7 @@ import torch
 from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
-from trainer.errors import UserError
+from trainer.errors import UserError, user_error
 from trainer.fsutil import check_destination
 from trainer.models.merging import (
     MERGE_INFO_FILE,
@@ -339,10 +339,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             weight = PAPER_TASK_WEIGHT if args.weight is None else args.weight
         out = merge_adapter_dirs(args.task_dir, args.align_dir, args.out, weight, only_in_one, progress, extra)
-    except (ValueError, FileNotFoundError, UserError) as e:
+    except Exception as e:   # noqa: BLE001 - a refusal or a full disk is one line; anything else is raised
+        problem = user_error(e, args.out, also=(ValueError, FileNotFoundError))
+        if problem is None:
+            raise
         for bar in bars:
             bar.close()  # the error gets a line of its own
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {problem}", file=sys.stderr)
         return 1
     log(f"merged {args.task_dir} (weight {weight}) and {args.align_dir} (weight {round(1 - weight, 6)}) "
         f"into {out} in {time.perf_counter() - start:.1f}s")

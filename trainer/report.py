@@ -51,7 +51,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
 from trainer import tracking
-from trainer.errors import TrackingError, UserError, report as report_error
+from trainer.errors import TrackingError, UserError, report as report_error, user_error
 from trainer.eval.plots import plot_language_bars, save_figure
 from trainer.fsutil import write_atomic
 
@@ -154,6 +154,7 @@ def find_source(target: str | Path, uri: str | None = None) -> Source:
     if os.sep in str(target):
         raise ReportError(f"{target}: no such sweep directory (sweep directories here: {sweeps})")
     uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or tracking.DEFAULT_URI
+    tracking.check_reachable(uri, key="--uri")   # a store that is no SQLite file, a server away: named in seconds
     try:
         runs = tracking.read_runs(uri, experiment=str(target))
     except TrackingError:
@@ -176,6 +177,7 @@ def sweep_source(sweep_dir: Path, uri: str | None = None) -> Source:
                           f"output_dir/NAME when it starts){hint}")
     state = json.loads(state_path.read_text())
     uri = uri or state.get("tracking_uri") or _state_uri(state)
+    tracking.check_reachable(uri, key="--uri")
     parent = tracking.read_run(uri, state["parent_run_id"])
     runs = [r for r in tracking.read_runs(uri, parent_run_id=state["parent_run_id"])
             if "superseded_by" not in r["tags"]]
@@ -604,8 +606,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         source = find_source(args.target, args.uri)
         result = build_report(source, args.out, log=not args.no_log)
-    except UserError as e:
-        return report_error(e, args.debug)
+    except Exception as e:   # noqa: BLE001 - a UserError or a full disk is one message; anything else a traceback
+        if user_error(e, args.out) is None:
+            raise
+        return report_error(e, args.debug, where=args.out)
     drawn = ", ".join(p.name for p in result.figures.values()) or "no figure"
     skipped = "".join(f"\n  not drawn: {name}: {why}" for name, why in result.skipped.items())
     partial = "\n  partial: runs still RUNNING (marked in the report)" if result.partial else ""

@@ -2,11 +2,13 @@
 
     summary = run_job(job)              # 1 process, a launcher's rank, or a Ray Train worker
 
-Every rank: refuse a bf16/fp16 job with float32 weights; check the ranks agree on the config and on
-the checkpoint to resume from; refuse an output directory whose checkpoints were trained under another
-configuration (compared with the checkpoint's own recorded config and hash) and a start from step 0 that
-would replace another configuration's export or checkpoints, unless `overwrite` (before anything is written
-there); make the job's data (`prepare`); seed torch; make the
+Every rank: refuse a bf16/fp16 job with float32 weights; check the ranks agree on the config; refuse what can
+be refused before `prepare` and before anything is written (`check_before_writing`: output_dir, input folders,
+engine.deepspeed, the tracking store, the exports a job starts from); agree on the checkpoint to resume from;
+refuse an output directory whose checkpoints were trained under another configuration (compared with the
+checkpoint's own recorded config and hash) and a start from step 0 that would replace another configuration's
+export or checkpoints, unless `overwrite` (before anything is written there); make the job's data (`prepare`)
+and check the exports it may have made; seed torch; make the
 engine (before the model: under ZeRO-3 the frozen weights load partitioned) with `dtype: auto` resolved
 (`trainer.config.resolve_dtypes`); run the recipe. Rank 0 only: write the
 resolved config, and track the run in MLflow, continuing the checkpoint's MLflow run when resuming.
@@ -18,6 +20,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import socket
 import time
@@ -29,16 +32,16 @@ import yaml
 
 from trainer import distributed
 from trainer.checkpoint import LATEST, Checkpointer, list_checkpoints, read_trainer_state
-from trainer.config import JobBase, check_gpu_options, check_precision, resolve_dtypes
-from trainer.engine import Engine
-from trainer.errors import RunDirError, UserError
+from trainer.config import ConfigError, JobBase, check_gpu_options, check_precision, resolve_dtypes
+from trainer.engine import Engine, build_ds_config
+from trainer.errors import RunDirError, UserError, on_every_rank, user_error
 from trainer.errors import report as report_error
 from trainer.fsutil import write_atomic
 from trainer.loop import FINAL_METRICS_FILE, METRICS_FILE, Run
 from trainer.models.loading import build_tiny_models_in, check_model_paths
 from trainer.prepare import run_prepare
-from trainer.recipes import align, finetune, flare, realign, stage1, stage2
-from trainer.tracking import BUFFER_FILE, Tracker, check_reachable, tracking_uri
+from trainer.recipes import align, finetune, flare, realign, stage1, stage2, tasks
+from trainer.tracking import BUFFER_FILE, Tracker, check_reachable, check_store, tracking_uri
 
 RECIPES = {"stage1": stage1.run, "align": align.run, "realign": realign.run, "finetune": finetune.run,
            "stage2": stage2.run, "flare": flare.run}
@@ -67,12 +70,12 @@ def run_job(job: JobBase, report: Callable[[dict[str, float], int], None] | None
     (a Ray Train worker passes `ray.train.report` through it); `on_checkpoint(folder, step)` is
     called on every rank after each complete checkpoint (a Ray Train worker reports it to Ray's storage).
 
-    Every rank: check the ranks agree on the config, agree on a checkpoint to resume from;
-    before anything is written, refuse another job's run directory, a missing local model path
-    and an unreachable tracking server (or buffer, `tracking.if_unreachable`); make the data
-    (`prepare`), seed torch, make the engine (before the model: under ZeRO-3 the frozen weights
-    load partitioned), run the recipe. Rank 0 only: write the resolved config, and track the run
-    in MLflow, continuing the checkpoint's MLflow run when resuming.
+    Every rank: check the ranks agree on the config, refuse what `check_before_writing` can, agree on a
+    checkpoint to resume from; before anything is written, refuse another job's run directory, a missing local
+    model path and an unreachable tracking server (or buffer, `tracking.if_unreachable`); make the data
+    (`prepare`) and check the exports it may have made (`check_exports`), seed torch, make the engine (before
+    the model: under ZeRO-3 the frozen weights load partitioned), run the recipe. Rank 0 only: write the
+    resolved config, and track the run in MLflow, continuing the checkpoint's MLflow run when resuming.
 
     `overwrite`: a start that would replace another configuration's run in `output_dir` (its checkpoints,
     its export) goes ahead and removes them first; without it such a start is refused, naming what would
@@ -83,6 +86,7 @@ def run_job(job: JobBase, report: Callable[[dict[str, float], int], None] | None
     distributed.setup(job.engine.backend, job.engine.timeout_minutes)
     config_yaml = job.to_yaml()
     distributed.check_same_config(config_yaml)
+    _agree(lambda: check_before_writing(job))   # what can be refused before `prepare` and before anything is written
     config = job.model_dump(mode="json")
     out = Path(job.output_dir)
     checkpoints = Checkpointer(job.checkpoint, out, training_hash(config), config=config, on_save=on_checkpoint)
@@ -103,6 +107,12 @@ def run_job(job: JobBase, report: Callable[[dict[str, float], int], None] | None
 def _run(job: JobBase, out: Path, config_yaml: str, checkpoints: Checkpointer, buffer: Path | None,
          report: Callable[[dict[str, float], int], None] | None, replaced: list[Path] = ()) -> dict:
     main = distributed.is_main()
+    with distributed.main_first():
+        if main:
+            run_prepare(job.prepare)   # the job's data, made or found before anything reads it
+        build_tiny_models_in(job.model_dump(), job.model.cache_dir)
+    if job.prepare:
+        _agree(lambda: check_exports(job))   # what `prepare` was to make: before config.yaml and an MLflow run
     if main:
         for path in replaced:   # the previous run's results, asked to be replaced (--overwrite)
             if path.is_dir() and not path.is_symlink():
@@ -111,10 +121,6 @@ def _run(job: JobBase, out: Path, config_yaml: str, checkpoints: Checkpointer, b
                 path.unlink(missing_ok=True)
         out.mkdir(parents=True, exist_ok=True)
         write_atomic(out / CONFIG_FILE, config_yaml)
-    with distributed.main_first():
-        if main:
-            run_prepare(job.prepare)   # the job's data, made or found before anything reads it
-        build_tiny_models_in(job.model_dump(), job.model.cache_dir)
     tracker = Tracker(job.tracking, enabled=main, report=report, buffer=buffer)
     _start_tracker(tracker, job, checkpoints.run_id(), checkpoints.config_hash)
     if main:
@@ -139,6 +145,83 @@ def _run(job: JobBase, out: Path, config_yaml: str, checkpoints: Checkpointer, b
     summary["run_id"] = tracker.run_id
     summary["resumed_from"] = str(checkpoints.resume_from) if checkpoints.resume_from else None
     return summary
+
+
+# Keys whose values are not inputs the run reads: where it writes, how it tracks, its commands, the tiny-model cache
+NOT_INPUTS = ("output_dir", "checkpoint.", "tracking.", "prepare", "model.cache_dir")
+PATTERN = re.compile(r"[*?\[{]")   # a glob or a `{language}` template: the folder before it is read
+WRITTEN = (EXPORT_DIR, "export_sdev", "checkpoints")   # what a run replaces inside its output_dir
+
+
+def check_before_writing(job: JobBase) -> None:
+    """What can be refused before `prepare` runs and before anything is written (rank 0): an output_dir or
+    checkpoint.dir that is a file (or lies under one) or cannot be written, an output_dir that is one of the job's
+    input folders (or holds an input where the run writes its export or checkpoints), an engine.deepspeed that is
+    neither a shipped name nor valid JSON, a local tracking store that is no SQLite file; and, for a job without
+    `prepare` (its commands may make them), the exports it starts from (`check_exports`)."""
+    for key, value in (("output_dir", job.output_dir), ("checkpoint.dir", job.checkpoint.dir)):
+        if value is None:
+            continue
+        path = Path(value)
+        blocking = next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), None)
+        if blocking is not None:
+            where = "" if blocking == path else f": {blocking}"
+            raise RunDirError(f"{key}: {value}{where} is a file, not a folder; choose another {key}")
+        existing = next(p for p in (path, *path.parents, Path(".")) if p.exists())
+        if not os.access(existing, os.W_OK | os.X_OK):
+            raise RunDirError(f"{key}: {value}: {existing.absolute()} cannot be written by this user; choose another "
+                              f"{key}")
+    out = Path(job.output_dir).resolve()
+    for key, value, folder in input_folders(job.model_dump(mode="json")):
+        folder = folder.resolve()
+        inside = next((out / name for name in WRITTEN if folder == out / name or out / name in folder.parents), None)
+        if folder == out or inside is not None:
+            where = "is the folder of" if folder == out else f"holds, in {inside}, which the run replaces,"
+            raise RunDirError(f"output_dir {job.output_dir} {where} the input {key} ({value}): the run writes "
+                              f"config.yaml, metrics.jsonl, export/ and checkpoints/ there; choose another output_dir "
+                              f"(e.g. outputs/NAME)")
+    build_ds_config(job, distributed.world_size())   # engine.deepspeed: a shipped name or a JSON file, auto values fit
+    check_store(tracking_uri(job.tracking))
+    if not job.prepare:
+        check_exports(job)
+
+
+def input_folders(config: dict, prefix: str = "") -> list[tuple[str, str, Path]]:
+    """(dotted key, value, folder) of every path in a resolved job's inputs (every key but `NOT_INPUTS`): a folder,
+    a file's folder, the folder a glob or `{language}` template reads in; a name without a slash counts only when it
+    is a folder here. Hub names (org/name) come out as folders that do not exist, which no output_dir equals."""
+    found = []
+    for key, value in config.items():
+        dotted = f"{prefix}{key}"
+        if dotted.startswith(NOT_INPUTS):
+            continue
+        for item in value if isinstance(value, list) else [value]:
+            if isinstance(item, dict):
+                found += input_folders(item, dotted + ".")
+            elif isinstance(item, str) and not item.startswith("tiny:") and ("/" in item or Path(item).is_dir()):
+                found.append((dotted, item, _folder_of(item)))
+    return found
+
+
+def _folder_of(value: str) -> Path:
+    pattern = PATTERN.search(value)
+    if pattern:
+        before = value[:pattern.start()]
+        return Path(before) if before.endswith("/") else Path(before).parent
+    path = Path(value)
+    return path.parent if path.is_file() or (not path.exists() and path.suffix) else path
+
+
+def check_exports(job: JobBase) -> None:
+    """The exports a job starts from are there: `model.stage1_export` (S1+FT, stage 2) an export folder, and
+    `model.task_export` (stage 2, FLARE) a finetune (FT) export (`tasks.teacher_config`); ConfigError naming the key."""
+    stage1_export = getattr(job.model, "stage1_export", None)
+    if stage1_export and not (Path(stage1_export) / CONFIG_FILE).is_file():
+        missing = "does not exist" if not Path(stage1_export).exists() else f"holds no {CONFIG_FILE}"
+        raise ConfigError(f"model.stage1_export: {stage1_export} {missing}: give the export folder of a stage1 run "
+                          f"(its OUTPUT_DIR/export)")
+    if getattr(job.model, "task_export", None):
+        tasks.teacher_config(job)
 
 
 LOCK_FILE = ".lock"
@@ -193,24 +276,21 @@ def _tracking_buffer(job: JobBase, out: Path) -> Path | None:
 
 def _on_main(check: Callable[[], None]) -> UserError | None:
     """Run `check` on rank 0 -> the UserError it raised (or None), on every rank alike."""
-    problem = None
-    if distributed.is_main():
-        try:
-            check()
-        except UserError as e:
-            problem = e
-    return distributed.broadcast_object(problem)
+    problem = _on_main_value(check)
+    return problem if isinstance(problem, UserError) else None
 
 
 def _on_main_value(decide: Callable[[], object]) -> object:
-    """Run `decide` on rank 0 -> its value, or the UserError it raised, on every rank alike."""
+    """Run `decide` on rank 0 -> its value, or the UserError it raised, on every rank alike (rank 0 alone prints
+    that error: `on_every_rank`)."""
     value = None
     if distributed.is_main():
         try:
             value = decide()
         except UserError as e:
             value = e
-    return distributed.broadcast_object(value)
+    value = distributed.broadcast_object(value)
+    return on_every_rank(value) if isinstance(value, UserError) else value
 
 
 def _agree(check: Callable[[], None]) -> None:
@@ -426,8 +506,11 @@ def run_from_cli(job: JobBase, debug: bool = False, overwrite: bool = False) -> 
         _configure_logging()
         is_main = distributed.is_main()
         summary = run_job(job, overwrite=overwrite)
-    except UserError as e:
-        return report_error(e, debug, prefix=f"error [rank {distributed.rank()}]")
+    except Exception as e:   # noqa: BLE001 - a UserError or a full disk is one message; anything else a traceback
+        if user_error(e, job.output_dir) is None:
+            raise
+        rank = distributed.rank()
+        return report_error(e, debug, prefix=f"error [rank {rank}]", where=job.output_dir, rank=rank)
     if is_main:
         losses = summary.get("losses") or []
         trained = (f"first loss {losses[0]:.4f}, last loss {losses[-1]:.4f}" if losses

@@ -108,12 +108,45 @@ def detect_launcher() -> str:
     return "python"
 
 
-def check_reachable(uri: str, timeout: float = 5.0) -> None:
+SQLITE_HEADER = b"SQLite format 3\x00"   # the first 16 bytes of every SQLite database file
+
+
+def sqlite_file(uri: str) -> Path | None:
+    """The file of a local SQLite store (`sqlite:///mlflow.db`, `sqlite:////abs/path.db`); None for other stores."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    name = uri[len("sqlite:///"):].split("?", 1)[0]
+    return None if name in ("", ":memory:") else Path(name)
+
+
+def check_store(uri: str, key: str = "tracking.uri") -> None:
+    """A local SQLite store must be an SQLite file, or a new name in a folder that exists (MLflow creates the file);
+    TrackingError naming the file otherwise (MLflow itself fails with a database traceback that names no path)."""
+    path = sqlite_file(uri)
+    if path is None:
+        return
+    where = f"{key}: {uri}: {path.absolute()}"
+    if path.is_dir():
+        raise TrackingError(f"{where} is a folder, not an SQLite database file; name a file (e.g. sqlite:///mlflow.db)")
+    if path.is_file():
+        with open(path, "rb") as f:
+            head = f.read(len(SQLITE_HEADER))
+        if head and head != SQLITE_HEADER:
+            raise TrackingError(f"{where} is not an SQLite database (it starts with {head!r}); point {key} at an "
+                                f"MLflow SQLite store, or at a new file name (MLflow creates it)")
+    elif not path.parent.is_dir():
+        raise TrackingError(f"{where}: the folder {path.parent} does not exist (MLflow creates the database file, "
+                            f"not its folder)")
+
+
+def check_reachable(uri: str, timeout: float = 5.0, key: str = "tracking.uri") -> None:
     """A tracking server (http/https URI) must answer within `timeout` seconds; TrackingError names the URI.
 
     MLflow's own client retries an unreachable server for minutes before failing; this probe
-    makes the refusal immediate. File and database stores are not probed.
+    makes the refusal immediate. A local SQLite store is checked to be one (`check_store`); other file
+    and database stores are not probed.
     """
+    check_store(uri, key)
     if not uri.startswith(("http://", "https://")):
         return
     import urllib.error
@@ -125,8 +158,8 @@ def check_reachable(uri: str, timeout: float = 5.0) -> None:
         return   # the server answered (an older server without /health, or one behind an auth proxy)
     except (urllib.error.URLError, OSError) as e:
         reason = getattr(e, "reason", e)
-        raise TrackingError(f"tracking.uri: the MLflow server {uri} cannot be reached ({reason}); start it, fix "
-                            f"tracking.uri / $MLFLOW_TRACKING_URI, or use a local store such as "
+        raise TrackingError(f"{key}: the MLflow server {uri} cannot be reached ({reason}); start it, fix "
+                            f"{key} / $MLFLOW_TRACKING_URI, or use a local store such as "
                             f"sqlite:///mlflow.db") from None
 
 
@@ -602,8 +635,9 @@ def upload_buffer(run_dir: str | Path, uri: str | None = None) -> list[str]:
     if not path.is_file():
         raise TrackingError(f"{path}: no buffered tracking (the run reached its server, or was uploaded already)")
     config = yaml.safe_load((run_dir / "config.yaml").read_text()) if (run_dir / "config.yaml").is_file() else {}
+    given = uri is not None
     uri = uri or (config or {}).get("tracking", {}).get("uri") or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
-    check_reachable(uri)
+    check_reachable(uri, key="--uri" if given else "tracking.uri")
     mlflow.set_tracking_uri(uri)
     run_ids: list[str] = []
     for line in path.read_text().splitlines():
@@ -639,7 +673,7 @@ def main(argv: list[str] | None = None) -> int:
     import argparse
     import sys
 
-    from trainer.errors import UserError, report
+    from trainer.errors import report, user_error
 
     parser = argparse.ArgumentParser(prog="python -m trainer.tracking", description=main.__doc__)
     argv = sys.argv[1:] if argv is None else argv
@@ -653,8 +687,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         run_ids = upload_buffer(args.run_dir, args.uri)
-    except UserError as e:
-        return report(e)
+    except Exception as e:   # noqa: BLE001 - a UserError or a full disk is one message; anything else a traceback
+        if user_error(e, args.run_dir) is None:
+            raise
+        return report(e, where=args.run_dir)
     print(f"uploaded {len(run_ids)} run(s): {', '.join(run_ids)}")
     return 0
 

@@ -16,10 +16,21 @@ is reported at once (`trainer.run` does the run).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from trainer.config import load_job
-from trainer.errors import UserError, report
+from trainer.errors import UserError, on_every_rank, report
+
+
+def launch_rank() -> int:
+    """This process's rank as its launcher set it (torchrun, deepspeed: RANK; srun: SLURM_PROCID), before any
+    process group exists; 0 for a single process."""
+    if "RANK" in os.environ:
+        return int(os.environ["RANK"])
+    if int(os.environ.get("SLURM_NTASKS", "1")) > 1:
+        return int(os.environ.get("SLURM_PROCID", "0"))
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -36,8 +47,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         job = load_job(args.job, args.overrides)
-    except UserError as e:
-        return report(e, args.debug)
+    except UserError as e:   # the same file on every rank of a launch: rank 0 alone prints it
+        return report(on_every_rank(e), args.debug, rank=launch_rank())
     from trainer.run import run_from_cli   # torch, DeepSpeed and the models load only for a valid job
 
     return run_from_cli(job, args.debug, overwrite=args.overwrite)

@@ -37,13 +37,22 @@ def looks_local(name_or_path: str) -> bool:
     return name_or_path.startswith(("/", ".", "~")) or name_or_path.count("/") > 1
 
 
+MODEL_NAMES = "hub names look like org/name, e.g. meta-llama/Meta-Llama-3-8B; tiny models: tiny:llama, tiny:nllb"
+
+
+def local_intent(name_or_path: str) -> bool:
+    """A path meant as local: `looks_local`, or `org/name` whose `org` is a folder here (`models/foo` beside a
+    models/ folder): a hub name would not share its first part with a local folder by chance."""
+    return looks_local(name_or_path) or ("/" in name_or_path and Path(name_or_path.split("/")[0]).is_dir())
+
+
 def resolve_model_path(name_or_path: str, cache_dir: str | os.PathLike = ".cache/tiny-models") -> str:
     """`tiny:NAME` -> a built local directory (built once, atomically); a local path must exist; a hub name
     is returned unchanged (a missing local path would otherwise end, minutes later, in a hub connection error)."""
     if not name_or_path.startswith("tiny:"):
-        if looks_local(name_or_path) and not Path(name_or_path).expanduser().exists():
-            raise ModelPathError(f"model path {name_or_path} does not exist (a local path; hub names look like "
-                                 f"org/name, e.g. meta-llama/Meta-Llama-3-8B; tiny models: tiny:llama, tiny:nllb)")
+        if local_intent(name_or_path) and not Path(name_or_path).expanduser().exists():
+            raise ModelPathError(f"model path {name_or_path} does not exist (a local path: "
+                                 f"{Path(name_or_path).expanduser().absolute()}; {MODEL_NAMES})")
         return str(Path(name_or_path).expanduser()) if name_or_path.startswith("~") else name_or_path
     name = name_or_path.split(":", 1)[1]
     if name not in tiny.TINY_NAMES:
@@ -69,13 +78,42 @@ def resolve_model_path(name_or_path: str, cache_dir: str | os.PathLike = ".cache
 
 
 def check_model_paths(tree: Any) -> None:
-    """Every `name_or_path` in a (config) tree that looks local must exist (ModelPathError naming it)."""
+    """Every `name_or_path` in a (config) tree: a local path must exist, a hub name must be in the local Hugging Face
+    cache or known to the hub (`check_hub_name`); ModelPathError naming it, in seconds."""
     if isinstance(tree, dict):
         for key, value in tree.items():
             if key == "name_or_path" and isinstance(value, str) and not value.startswith("tiny:"):
-                resolve_model_path(value)
+                if resolve_model_path(value) == value and not local_intent(value):
+                    check_hub_name(value)
             else:
                 check_model_paths(value)
+
+
+def check_hub_name(name: str, timeout: float = 10.0) -> None:
+    """A hub name (`org/name`, no such local path) that is not in the local Hugging Face cache: ask the hub once, with
+    `timeout`, whether it knows the model. Unknown, or the hub cannot be reached (offline, HF_HUB_OFFLINE): a
+    ModelPathError naming it at once, not transformers' minute of retries. Any other answer lets the load decide."""
+    import huggingface_hub
+    from huggingface_hub import constants
+    from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, RepositoryNotFoundError
+
+    if isinstance(huggingface_hub.try_to_load_from_cache(name, "config.json"), str):
+        return
+    not_here = f"model {name} is not a local path (no {Path(name).absolute()}) and not in the Hugging Face cache"
+    if constants.HF_HUB_OFFLINE:
+        raise ModelPathError(f"{not_here}, and HF_HUB_OFFLINE is set; {MODEL_NAMES}")
+    try:
+        huggingface_hub.model_info(name, timeout=timeout)
+    except GatedRepoError:
+        return   # it exists; access is the load's business
+    except RepositoryNotFoundError:
+        raise ModelPathError(f"{not_here}, and the hub has no model {name} (or it is private: log in with hf auth "
+                             f"login or set HF_TOKEN); {MODEL_NAMES}") from None
+    except HfHubHTTPError:
+        return   # the hub answered otherwise (rate-limited, a mirror without this API): the load decides
+    except Exception as e:   # noqa: BLE001 - a connection that fails: DNS, refused, timed out (httpx or requests)
+        raise ModelPathError(f"{not_here}, and the hub cannot be reached to fetch it ({type(e).__name__}: {e}); "
+                             f"check the network (or HF_ENDPOINT), or give a local path; {MODEL_NAMES}") from None
 
 
 def build_tiny_models_in(tree: Any, cache_dir: str | os.PathLike) -> list[str]:

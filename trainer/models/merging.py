@@ -39,7 +39,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from trainer.fsutil import replace_dir, temp_dir_beside, write_atomic
+from trainer.fsutil import write_atomic, write_dir
 from trainer.models.weights import CONFIG_FILE, WEIGHTS_FILE, save_trainable
 
 PEFT_WEIGHTS_FILE = "adapter_model.safetensors"
@@ -178,7 +178,7 @@ def _merge_peft_dirs(task_dir: Path, alignment_dir: Path, out_dir: Path, task_we
         shutil.copyfile(task_dir / PEFT_CONFIG_FILE, tmp / PEFT_CONFIG_FILE)
         write_atomic(tmp / MERGE_INFO_FILE, json.dumps(info, indent=2) + "\n")
 
-    return _atomic_dir(out_dir, write)
+    return write_dir(out_dir, write)
 
 
 def merge_with_peft(model, task_adapter: str, alignment_adapter: str, task_weight: float = PAPER_TASK_WEIGHT,
@@ -232,12 +232,3 @@ def _normalised(value):
     return sorted(value) if isinstance(value, list) else value
 
 
-def _atomic_dir(out_dir: Path, write: Callable[[Path], None]) -> Path:
-    """Write into a temporary sibling directory, then rename to `out_dir` (complete or absent)."""
-    tmp = temp_dir_beside(out_dir)
-    try:
-        write(tmp)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return replace_dir(tmp, out_dir)

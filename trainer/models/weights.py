@@ -24,7 +24,7 @@ import peft
 import torch
 from safetensors.torch import load_file, save_file
 
-from trainer.fsutil import current_umask, replace_dir, temp_dir_beside
+from trainer.fsutil import current_umask, write_dir
 from trainer.models.fusion import FusionLinear
 from trainer.models.meaning import MEANING_FILE, meaning_json
 
@@ -55,21 +55,22 @@ def export(state: dict[str, torch.Tensor], out_dir: str | Path, config_yaml: str
     empty = [name for name, t in state.items() if t.numel() == 0]
     if not state or empty:
         raise ValueError(f"refusing to export empty trainable weights: {empty or 'no tensors'}")
-    tmp = temp_dir_beside(out)
-    save_file(_contiguous(state), str(tmp / WEIGHTS_FILE))
-    (tmp / CONFIG_FILE).write_text(config_yaml)
-    (tmp / MEANING_FILE).write_text(meaning_json(config_yaml))
-    for name, text in (notes or {}).items():
-        (tmp / name).write_text(text)
-    if model is not None:
-        save_peft_adapters(model, state, tmp)
-    if frozen is not None:
-        save_file(_contiguous({**frozen, **state}), str(tmp / FULL_MODEL_FILE))
-    mode = 0o666 & ~current_umask()   # safetensors writes 0600: colleagues on a shared cluster could not read it
-    for path in tmp.rglob("*"):
-        if path.is_file():
-            path.chmod(mode)
-    return replace_dir(tmp, out)
+    def write(tmp: Path) -> None:
+        save_file(_contiguous(state), str(tmp / WEIGHTS_FILE))
+        (tmp / CONFIG_FILE).write_text(config_yaml)
+        (tmp / MEANING_FILE).write_text(meaning_json(config_yaml))
+        for name, text in (notes or {}).items():
+            (tmp / name).write_text(text)
+        if model is not None:
+            save_peft_adapters(model, state, tmp)
+        if frozen is not None:
+            save_file(_contiguous({**frozen, **state}), str(tmp / FULL_MODEL_FILE))
+        mode = 0o666 & ~current_umask()   # safetensors writes 0600: colleagues on a shared cluster could not read it
+        for path in tmp.rglob("*"):
+            if path.is_file():
+                path.chmod(mode)
+
+    return write_dir(out, write)   # a full disk leaves no half-written export beside it
 
 
 def _contiguous(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
