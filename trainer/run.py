@@ -147,8 +147,9 @@ def _run(job: JobBase, out: Path, config_yaml: str, checkpoints: Checkpointer, b
     return summary
 
 
-# Keys whose values are not inputs the run reads: where it writes, how it tracks, its commands, the tiny-model cache
-NOT_INPUTS = ("output_dir", "checkpoint.", "tracking.", "prepare", "model.cache_dir")
+# Keys whose values are not inputs the run reads: where it writes, how it tracks, its commands, the tiny-model cache,
+# a teacher cache (stage 2 builds its own, by default in OUTPUT_DIR/teacher_cache; files beside its parts are harmless)
+NOT_INPUTS = ("output_dir", "checkpoint.", "tracking.", "prepare", "model.cache_dir", "teacher_cache")
 PATTERN = re.compile(r"[*?\[{]")   # a glob or a `{language}` template: the folder before it is read
 WRITTEN = (EXPORT_DIR, "export_sdev", "checkpoints")   # what a run replaces inside its output_dir
 
