@@ -24,6 +24,10 @@ FORBIDDEN = {
     "trainer.data": ["trainer.models", "trainer.engine", "trainer.objectives", "trainer.loop", "trainer.recipes",
                      "trainer.eval", "trainer.tracking", "trainer.checkpoint", "trainer.tune", "trainer.train",
                      "trainer.tiny"],
+    # the one base of every section: below the schema and every package that holds a section
+    "trainer.schema_base": ["trainer.config", "trainer.data", "trainer.models", "trainer.engine", "trainer.objectives",
+                            "trainer.loop", "trainer.recipes", "trainer.eval", "trainer.tiny", "trainer.tune",
+                            "trainer.train", "trainer.sweep"],
     # language typology stands alone (the schema and data use it, not the other way round)
     "trainer.languages": ["trainer.data", "trainer.models", "trainer.engine", "trainer.objectives", "trainer.loop",
                           "trainer.recipes", "trainer.eval", "trainer.config", "trainer.tiny"],
@@ -99,6 +103,7 @@ def test_module_boundaries_hold():
     ("trainer.eval.retrieval_by_layer", "trainer.engine"),
     ("trainer.report", "mlflow"),
     ("trainer.report", "trainer.tune"),
+    ("trainer.schema_base", "trainer.data.parallel_config"),
 ])
 def test_the_rules_catch_a_forbidden_import(module, imported):
     assert violations({module: {imported}}), f"{module} -> {imported} should be forbidden"

@@ -134,3 +134,60 @@ def test_an_encoder_the_job_does_not_load_is_not_checked(tmp_path):
     raw = {"recipe": "finetune", "task": {"benchmark": "topic"}, "model": {"llm": {"dtype": "bfloat16"},
                                                                           "encoder": {"dtype": "float32"}}}
     check_precision(load_job(write(tmp_path, raw)))
+
+
+ALIGNMENT = {"recipe": "realign", "parallel": {"files": ["x.tsv"]}, "alignment": {"task": False},
+             "eval": {"retrieval": {"files": ["x.tsv"]}}}
+
+
+@pytest.mark.parametrize("raw, override, key", [
+    (ALIGNMENT, "parallel.temperature=.inf", "parallel.temperature"),    # a data section's float
+    (ALIGNMENT, "parallel.temperature=.nan", "parallel.temperature"),
+    (ALIGNMENT, "eval.retrieval.temperature=-.inf", "eval.retrieval.temperature"),
+    ({"recipe": "stage1", "data": {"manifest": "m.json"}}, "data.shuffle_window=.inf", "data.shuffle_window"),
+    ({"recipe": "stage1", "data": {"manifest": "m.json"}}, "data.consumers=.nan", "data.consumers"),
+    (BASE, "optim.lr=.inf", "optim.lr"),
+])
+def test_a_non_finite_value_in_any_section_is_refused_naming_the_key(tmp_path, raw, override, key):
+    with pytest.raises(ConfigError) as err:
+        load_job(write(tmp_path, raw), [override])
+    assert key in str(err.value)
+    assert "finite" in str(err.value)
+
+
+def section_models(annotation, found):
+    """Every pydantic model inside a field annotation (unions, Annotated, lists, dicts), and the models inside them."""
+    from typing import get_args
+
+    from pydantic import BaseModel
+
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        if annotation not in found:
+            found.add(annotation)
+            for field in annotation.model_fields.values():
+                section_models(field.annotation, found)
+        return found
+    for arg in get_args(annotation):
+        section_models(arg, found)
+    return found
+
+
+def test_every_section_shares_the_one_base():
+    """One base for every section of every recipe (and the sections a key chooses): unknown keys, assignment and
+    inf/nan behave the same in each, wherever the section is defined."""
+    from trainer import config
+    from trainer.data.parallel_config import HubSource, ParallelDataConfig
+    from trainer.data.stream_config import StreamConfig, StreamOptions
+    from trainer.config import TextDataConfig
+    from trainer.languages.subsets import SelectionConfig
+    from trainer.schema_base import Section
+
+    found: set = set()
+    section_models(JobConfig, found)
+    for schema in [*config.RECIPE_SCHEMAS.values(), *config.SECTION_TAGS.values()]:
+        section_models(schema, found)
+    assert {ParallelDataConfig, HubSource, TextDataConfig, config.OptimConfig} <= found
+    for model in found | {StreamOptions, StreamConfig, SelectionConfig}:
+        assert issubclass(model, Section), f"{model.__module__}.{model.__qualname__} is not a trainer.schema_base.Section"
+    assert config.Section is Section
+    assert Section.model_config["allow_inf_nan"] is False and Section.model_config["extra"] == "forbid"

@@ -16,19 +16,13 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union, get_args
 
 import yaml
-from pydantic import (BaseModel, ConfigDict, Discriminator, Field, Tag, TypeAdapter, ValidationError, field_validator,
+from pydantic import (BaseModel, Discriminator, Field, Tag, TypeAdapter, ValidationError, field_validator,
                       model_validator)
 
 from trainer.data.parallel_config import ParallelDataConfig
 from trainer.data.stream_config import StreamOptions
 from trainer.errors import UserError
-from trainer.languages.table import language_table
-
-
-class Section(BaseModel):
-    """Base of every config section: unknown keys are errors, assignment is validated, inf and nan refused."""
-
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+from trainer.schema_base import Section, flores_code, flores_codes
 
 
 # --- models -------------------------------------------------------------------------------------
@@ -332,15 +326,9 @@ class TaskDataConfig(Section):
     num_labels: int = Field(3, ge=2, description="Number of classes")
     max_length: int = Field(64, gt=0, description="Tokens per example (align: prompt and answer together)")
     eval_examples: int | None = Field(None, gt=0, description="Evaluate at most the first N examples per language")
-    @field_validator("eval_languages")
-    @classmethod
-    def _languages(cls, v: list[str]) -> list[str]:
-        return language_table().resolve(v, "eval_languages")
 
-    @field_validator("source_language")
-    @classmethod
-    def _source(cls, v: str) -> str:
-        return language_table().flores(v, "source_language")
+    _languages = field_validator("eval_languages")(flores_codes)
+    _source = field_validator("source_language")(flores_code)
 
 
 class PromptTaskConfig(TaskDataConfig):
@@ -730,12 +718,9 @@ class GenerativeTaskConfig(Section):
 
         own = BENCHMARKS[info.data["benchmark"]].languages if "benchmark" in info.data else {}
         own_codes = [code for code in v if code in own and "_" not in code]   # MASSIVE's locales (en-US)
-        return [own[code] if code in own_codes else language_table().flores(code, info.field_name) for code in v]
+        return [own[code] if code in own_codes else flores_code(code, info) for code in v]
 
-    @field_validator("translation_pivot")
-    @classmethod
-    def _pivot(cls, v: str) -> str:
-        return language_table().flores(v, "translation_pivot")
+    _pivot = field_validator("translation_pivot")(flores_code)
 
     @model_validator(mode="after")
     def _languages_of_the_benchmark(self) -> "GenerativeTaskConfig":

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from trainer.languages.table import language_table
+from trainer.schema_base import Section, flores_code, flores_codes
 
 
-class HubSource(BaseModel):
+class HubSource(Section):
     """A hub dataset of parallel text; templates are filled per language pair.
 
     Placeholders (paired layout): `{eng_flores}`, `{oth_flores}`, `{eng_iso1}`,
@@ -21,8 +21,6 @@ class HubSource(BaseModel):
     Multiway layout: `config` is filled per language with `{flores}`, `{iso1}`,
     `{iso3}`, `{macro}`, and the two configs are aligned row by row (checked on `id_field`).
     """
-
-    model_config = ConfigDict(extra="forbid")
 
     name: str = Field(description="hub dataset id, e.g. Helsinki-NLP/opus-100")
     config: str | None = Field(None, description="config name template (see placeholders)")
@@ -45,10 +43,8 @@ HUB_PRESETS: dict[str, HubSource] = {
 }
 
 
-class ParallelDataConfig(BaseModel):
+class ParallelDataConfig(Section):
     """Where (English, other) pairs come from and how they are sampled."""
-
-    model_config = ConfigDict(extra="forbid")
 
     languages: list[str] = Field(default_factory=list, description=(
         "non-English languages to load (any code the language table knows; stored as FLORES-200 codes); "
@@ -68,18 +64,11 @@ class ParallelDataConfig(BaseModel):
         "keep at most this many pairs per language (a seeded random sample)"))
     min_chars: int = Field(1, ge=0, description="drop pairs whose either side is shorter than this after stripping")
     temperature: float | None = Field(None, gt=0, description=(
-        "language sampling p_l ~ n_l^(1/T); null or inf: uniform over languages; 1: proportional to size"))
+        "language sampling p_l ~ n_l^(1/T); null: uniform over languages; 1: proportional to size"))
     seed: int = Field(0, description="seed of sampling, shuffling and sharding")
 
-    @field_validator("english")
-    @classmethod
-    def _english(cls, v: str) -> str:
-        return language_table().flores(v, "english")
-
-    @field_validator("languages")
-    @classmethod
-    def _languages(cls, v: list[str]) -> list[str]:
-        return language_table().resolve(v, "languages")
+    _english = field_validator("english")(flores_code)
+    _languages = field_validator("languages")(flores_codes)
 
     @field_validator("hub")
     @classmethod

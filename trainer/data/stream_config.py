@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
+
+from trainer.schema_base import Section
 
 
-class StreamOptions(BaseModel):
+class StreamOptions(Section):
     """How shards are read, shuffled and batched: the options a stage-1 job's `data` section shares
     with the reader (`trainer.config.TextDataConfig` inherits them)."""
-
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
     shuffle: bool = Field(True, description="Seeded shuffling of shard order, documents (window) and chunks (pool)")
     shuffle_window: int = Field(10_000, ge=1, description="Documents are permuted inside consecutive windows of this "

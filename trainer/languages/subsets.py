@@ -48,13 +48,14 @@ from typing import Callable, Literal
 
 import numpy as np
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 from tqdm.auto import tqdm
 
 from trainer.fsutil import write_atomic
 from trainer.languages import subset_search
 from trainer.languages.table import Language, LanguageTable, language_table
 from trainer.languages.uriel import URIELPLUS_KNN_NEIGHBOURS, FeatureMode, distance_matrix
+from trainer.schema_base import Section
 
 HEURISTICS: dict[str, str] = {
     "featural_max": "most diverse: n-subset maximising the summed pairwise URIEL angular distance, English counted",
@@ -85,10 +86,8 @@ DEFAULT_SEEDS = (17, 23, 42, 66)
 OBJECTIVE = "sum of pairwise URIEL angular distances over the subset plus English (arccos(cos)/pi)"
 
 
-class SelectionConfig(BaseModel):
+class SelectionConfig(Section):
     """Inputs of `select_subsets` (the CLI `python -m data_prep.select_languages` fills it)."""
-
-    model_config = ConfigDict(extra="forbid")
 
     pool: list[str] = Field(description="candidate languages (any code the language table knows)")
     sizes: list[int] = Field(default_factory=lambda: list(DEFAULT_SIZES), description="subset sizes n")
