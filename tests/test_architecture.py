@@ -20,10 +20,11 @@ FORBIDDEN = {
     # models are building blocks: no data, no training machinery, no losses
     "trainer.models": ["trainer.data", "trainer.engine", "trainer.objectives", "trainer.loop", "trainer.recipes",
                        "trainer.eval", "trainer.tracking", "trainer.checkpoint", "trainer.tune", "trainer.train"],
-    # data takes tokenizers, never models; it trains and evaluates nothing
+    # data takes tokenizers, never models; it trains and evaluates nothing; its sections sit beside it and the
+    # job schema imports them, never the other way round
     "trainer.data": ["trainer.models", "trainer.engine", "trainer.objectives", "trainer.loop", "trainer.recipes",
                      "trainer.eval", "trainer.tracking", "trainer.checkpoint", "trainer.tune", "trainer.train",
-                     "trainer.tiny"],
+                     "trainer.tiny", "trainer.config"],
     # the one base of every section: below the schema and every package that holds a section
     "trainer.schema_base": ["trainer.config", "trainer.data", "trainer.models", "trainer.engine", "trainer.objectives",
                             "trainer.loop", "trainer.recipes", "trainer.eval", "trainer.tiny", "trainer.tune",
@@ -103,6 +104,7 @@ def test_module_boundaries_hold():
     ("trainer.eval.retrieval_by_layer", "trainer.engine"),
     ("trainer.report", "mlflow"),
     ("trainer.report", "trainer.tune"),
+    ("trainer.data.text", "trainer.config"),
     ("trainer.schema_base", "trainer.data.parallel_config"),
 ])
 def test_the_rules_catch_a_forbidden_import(module, imported):

@@ -178,7 +178,7 @@ def test_every_section_shares_the_one_base():
     from trainer import config
     from trainer.data.parallel_config import HubSource, ParallelDataConfig
     from trainer.data.stream_config import StreamConfig, StreamOptions
-    from trainer.config import TextDataConfig
+    from trainer.data.text_config import TextDataConfig
     from trainer.languages.subsets import SelectionConfig
     from trainer.schema_base import Section
 
@@ -189,5 +189,5 @@ def test_every_section_shares_the_one_base():
     assert {ParallelDataConfig, HubSource, TextDataConfig, config.OptimConfig} <= found
     for model in found | {StreamOptions, StreamConfig, SelectionConfig}:
         assert issubclass(model, Section), f"{model.__module__}.{model.__qualname__} is not a trainer.schema_base.Section"
-    assert config.Section is Section
+    assert config.Section is Section and config.TextDataConfig is TextDataConfig    # still importable from config
     assert Section.model_config["allow_inf_nan"] is False and Section.model_config["extra"] == "forbid"

@@ -11,7 +11,7 @@ from trainer.schema_base import Section
 
 class StreamOptions(Section):
     """How shards are read, shuffled and batched: the options a stage-1 job's `data` section shares
-    with the reader (`trainer.config.TextDataConfig` inherits them)."""
+    with the reader (`trainer.data.text_config.TextDataConfig` inherits them)."""
 
     shuffle: bool = Field(True, description="Seeded shuffling of shard order, documents (window) and chunks (pool)")
     shuffle_window: int = Field(10_000, ge=1, description="Documents are permuted inside consecutive windows of this "

@@ -23,13 +23,13 @@ import numpy as np
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from trainer.config import TextDataConfig
 from trainer.data.batches import MicroBatches
 from trainer.data.chunking import DualChunker
 from trainer.data.files import expand_files
 from trainer.data.shards import load_manifest, read_shard_texts
 from trainer.data.stream import StreamConfig, StreamLoader
 from trainer.data.teacher_targets import Part
+from trainer.data.text_config import TextDataConfig
 from trainer.errors import DataError
 from trainer.fsutil import sha256_file
 
