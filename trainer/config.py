@@ -959,22 +959,27 @@ def resolve_dtypes(job: JobBase) -> JobBase:
     return job.model_copy(update={"model": model.model_copy(update=update)})
 
 
-def resolve_precision(job: JobBase) -> str:
-    """engine.precision, with auto = the LLM's (resolved) weights dtype."""
+def resolve_precision(job: JobBase, resolved: JobBase | None = None) -> str:
+    """engine.precision, with auto = the LLM's (resolved) weights dtype (`resolved`: `resolve_dtypes(job)`, when
+    the caller has it)."""
     if job.engine.precision != "auto":
         return job.engine.precision
-    return PRECISION_OF_DTYPE[resolve_dtypes(job).model.llm.dtype]
+    return PRECISION_OF_DTYPE[(resolved or resolve_dtypes(job)).model.llm.dtype]
 
 
-def check_precision(job: JobBase) -> None:
+def check_precision(job: JobBase) -> tuple[JobBase, str]:
     """Refuse a bf16/fp16 job whose LLM (or the NLLB encoder it uses) would load in float32 (`ConfigError`).
 
     DeepSpeed casts a ZeRO-2 model to the training dtype but leaves ZeRO-3's partitioned weights as
     loaded, so such a job would silently run (part of) the model in float32, at twice the memory.
+
+    Returns what the run resolves once, before the engine is built: the job as it loads (`resolve_dtypes`) and
+    its training precision (`resolve_precision`), handed on to the engine.
     """
-    precision, resolved = resolve_precision(job), resolve_dtypes(job)
+    resolved = resolve_dtypes(job)
+    precision = resolve_precision(job, resolved)
     if precision == "fp32":
-        return
+        return resolved, precision
     said = f"engine.precision={job.engine.precision}" + (
         f" (resolved to {precision} from model.llm.dtype)" if job.engine.precision == "auto" else "")
     sections = [("model.llm.dtype", resolved.model.llm)]
@@ -987,6 +992,7 @@ def check_precision(job: JobBase) -> None:
                 f"partitioned weights), training part of the model in another precision than asked. Set {key}: "
                 f"{DTYPE_OF_PRECISION[precision]} (or auto, which follows engine.precision), or "
                 f"engine.precision: fp32")
+    return resolved, precision
 
 
 def check_gpu_options(job: JobBase, cuda: bool | None = None) -> None:

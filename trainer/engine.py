@@ -112,10 +112,9 @@ def check_zero_stage(job: JobBase, zero_stage: int) -> None:
                           f"4-bit weights cannot be partitioned; use zero2 (a 4-bit 8B LLM fits every GPU whole)")
 
 
-def auto_values(job: JobBase, world_size: int) -> dict[str, Any]:
-    """Dotted DeepSpeed key -> the value the job implies."""
+def auto_values(job: JobBase, world_size: int, precision: str) -> dict[str, Any]:
+    """Dotted DeepSpeed key -> the value the job implies (`precision`: resolved, `trainer.config.check_precision`)."""
     o = job.optim
-    precision = resolve_precision(job)
     return {
         "train_micro_batch_size_per_gpu": o.micro_batch_size,
         "gradient_accumulation_steps": o.grad_accum,
@@ -167,14 +166,14 @@ def _same(a: Any, b: Any) -> bool:
     return a == b
 
 
-def build_ds_config(job: JobBase, world_size: int) -> dict[str, Any]:
-    """The job's DeepSpeed config with every "auto" filled."""
+def build_ds_config(job: JobBase, world_size: int, precision: str) -> dict[str, Any]:
+    """The job's DeepSpeed config with every "auto" filled (`precision`: resolved, never auto)."""
     path = ds_config_path(job.engine.deepspeed)
     try:
         raw = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ConfigError(f"engine.deepspeed: {path} is not valid JSON: {e}") from None
-    return fill_auto(raw, auto_values(job, world_size), source=str(path))
+    return fill_auto(raw, auto_values(job, world_size, precision), source=str(path))
 
 
 def warmup_linear_decay(warmup_steps: int, max_steps: int):
@@ -225,7 +224,9 @@ def reset_optimizer_moments(optimizer: Any) -> None:
 class Engine:
     """One DeepSpeed engine for one job, in the current process group."""
 
-    def __init__(self, job: JobBase):
+    def __init__(self, job: JobBase, precision: str | None = None):
+        """`precision`: the job's training precision as the run resolved it (`trainer.config.check_precision`);
+        None resolves it here (an engine built outside `trainer.run`: tests, benchmarks)."""
         self.job = job
         distributed.setup(job.engine.backend, job.engine.timeout_minutes)
         from datetime import timedelta
@@ -233,8 +234,8 @@ class Engine:
                                    timeout=timedelta(minutes=job.engine.timeout_minutes), verbose=False)
         self.rank = distributed.rank()
         self.world_size = distributed.world_size()
-        self.precision = resolve_precision(job)
-        self.config = build_ds_config(job, self.world_size)
+        self.precision = precision or resolve_precision(job)
+        self.config = build_ds_config(job, self.world_size, self.precision)
         self.zero_stage = int(self.config.get("zero_optimization", {}).get("stage", 0))
         check_zero_stage(job, self.zero_stage)
         # Kept referenced until close(): transformers holds only a weak reference to it.

@@ -9,8 +9,9 @@ refuse an output directory whose checkpoints were trained under another configur
 checkpoint's own recorded config and hash) and a start from step 0 that would replace another configuration's
 export or checkpoints, unless `overwrite` (before anything is written there); make the job's data (`prepare`)
 and check the exports it may have made; seed torch; make the
-engine (before the model: under ZeRO-3 the frozen weights load partitioned) with `dtype: auto` resolved
-(`trainer.config.resolve_dtypes`); run the recipe. Rank 0 only: write the
+engine (before the model: under ZeRO-3 the frozen weights load partitioned) from the job as it loads (`dtype: auto`
+made concrete) and its precision, both resolved once at the start (`trainer.config.check_precision`); run the
+recipe. Rank 0 only: write the
 resolved config, and track the run in MLflow, continuing the checkpoint's MLflow run when resuming.
 """
 
@@ -32,7 +33,7 @@ import yaml
 
 from trainer import distributed
 from trainer.checkpoint import LATEST, Checkpointer, list_checkpoints, read_trainer_state
-from trainer.config import ConfigError, JobBase, check_gpu_options, check_precision, resolve_dtypes
+from trainer.config import ConfigError, JobBase, check_gpu_options, check_precision
 from trainer.engine import Engine, build_ds_config
 from trainer.errors import RunDirError, UserError, on_every_rank, user_error
 from trainer.errors import report as report_error
@@ -63,8 +64,10 @@ EXPORT_DIR = "export"
 
 
 def run_job(job: JobBase, report: Callable[[dict[str, float], int], None] | None = None,
-            on_checkpoint: Callable[[Path, int], None] | None = None, overwrite: bool = False) -> dict:
-    """Run `job` in the current process group (joined, or created for a single process).
+            on_checkpoint: Callable[[Path, int], None] | None = None, overwrite: bool = False,
+            log_per_rank: bool = False) -> dict:
+    """Run `job` in the current process group (joined, or created for a single process: the run's one
+    `distributed.setup`, before anything else, so that every refusal below knows its rank).
 
     `report(metrics, step)`, when given, receives every logged metric row on every rank
     (a Ray Train worker passes `ray.train.report` through it); `on_checkpoint(folder, step)` is
@@ -79,14 +82,19 @@ def run_job(job: JobBase, report: Callable[[dict[str, float], int], None] | None
 
     `overwrite`: a start that would replace another configuration's run in `output_dir` (its checkpoints,
     its export) goes ahead and removes them first; without it such a start is refused, naming what would
-    be lost (`check_resume`, `check_fresh_start`).
+    be lost (`check_resume`, `check_fresh_start`). `log_per_rank` (the CLI): INFO logs from rank 0 only, set
+    once the ranks are known.
     """
-    check_precision(job)   # a bf16 job with float32 weights, before anything starts (every rank alike)
-    check_gpu_options(job)   # QLoRA / 8-bit AdamW where there is no GPU or no bitsandbytes
     distributed.setup(job.engine.backend, job.engine.timeout_minutes)
+    if log_per_rank:
+        _configure_logging()
+    # a bf16 job with float32 weights, refused before anything starts (every rank alike); what loads (dtype auto
+    # made concrete: config.yaml and MLflow keep auto) and the training precision, resolved here once
+    loaded, precision = check_precision(job)
+    check_gpu_options(job)   # QLoRA / 8-bit AdamW where there is no GPU or no bitsandbytes
     config_yaml = job.to_yaml()
     distributed.check_same_config(config_yaml)
-    _agree(lambda: check_before_writing(job))   # what can be refused before `prepare` and before anything is written
+    _agree(lambda: check_before_writing(job, precision))   # what can be refused before `prepare` and before anything is written
     config = job.model_dump(mode="json")
     out = Path(job.output_dir)
     checkpoints = Checkpointer(job.checkpoint, out, training_hash(config), config=config, on_save=on_checkpoint)
@@ -99,13 +107,16 @@ def run_job(job: JobBase, report: Callable[[dict[str, float], int], None] | None
     buffer = _tracking_buffer(job, out)
     _agree(lambda: claim_run_dir(out))   # one writer per run directory, from here to the end of the run
     try:
-        return _run(job, out, config_yaml, checkpoints, buffer, report, replaced)
+        return _run(job, loaded, precision, out, config_yaml, checkpoints, buffer, report, replaced)
     finally:
         release_run_dir(out)
 
 
-def _run(job: JobBase, out: Path, config_yaml: str, checkpoints: Checkpointer, buffer: Path | None,
-         report: Callable[[dict[str, float], int], None] | None, replaced: list[Path] = ()) -> dict:
+def _run(job: JobBase, loaded: JobBase, precision: str, out: Path, config_yaml: str, checkpoints: Checkpointer,
+         buffer: Path | None, report: Callable[[dict[str, float], int], None] | None,
+         replaced: list[Path] = ()) -> dict:
+    """The run past the refusals: `job` as written (config.yaml, MLflow, checkpoints), `loaded` (dtype auto made
+    concrete) and `precision` as `check_precision` resolved them, for the engine and the recipe."""
     main = distributed.is_main()
     with distributed.main_first():
         if main:
@@ -129,10 +140,9 @@ def _run(job: JobBase, out: Path, config_yaml: str, checkpoints: Checkpointer, b
         tracker.log_artifact(str(out / CONFIG_FILE))
     try:
         torch.manual_seed(job.seed)
-        job = resolve_dtypes(job)   # what loads: dtype auto made concrete (config.yaml and MLflow keep auto)
-        engine = Engine(job)
+        engine = Engine(loaded, precision)
         try:
-            summary = RECIPES[job.recipe](Run(job, engine, tracker, checkpoints))
+            summary = RECIPES[job.recipe](Run(loaded, engine, tracker, checkpoints))
         finally:
             engine.close()
     except BaseException:
@@ -154,7 +164,7 @@ PATTERN = re.compile(r"[*?\[{]")   # a glob or a `{language}` template: the fold
 WRITTEN = (EXPORT_DIR, "export_sdev", "checkpoints")   # what a run replaces inside its output_dir
 
 
-def check_before_writing(job: JobBase) -> None:
+def check_before_writing(job: JobBase, precision: str) -> None:
     """What can be refused before `prepare` runs and before anything is written (rank 0): an output_dir or
     checkpoint.dir that is a file (or lies under one) or cannot be written, an output_dir that is one of the job's
     input folders (or holds an input where the run writes its export or checkpoints), an engine.deepspeed that is
@@ -181,7 +191,7 @@ def check_before_writing(job: JobBase) -> None:
             raise RunDirError(f"output_dir {job.output_dir} {where} the input {key} ({value}): the run writes "
                               f"config.yaml, metrics.jsonl, export/ and checkpoints/ there; choose another output_dir "
                               f"(e.g. outputs/NAME)")
-    build_ds_config(job, distributed.world_size())   # engine.deepspeed: a shipped name or a JSON file, auto values fit
+    build_ds_config(job, distributed.world_size(), precision)   # engine.deepspeed: a shipped name or a JSON file, auto values fit
     check_store(tracking_uri(job.tracking))
     if not job.prepare:
         check_exports(job)
@@ -502,17 +512,14 @@ def _configure_logging() -> None:
 def run_from_cli(job: JobBase, debug: bool = False, overwrite: bool = False) -> int:
     """`python -m trainer.train`'s run: logging per rank, one line at the end; a UserError is one message."""
     start = time.perf_counter()
-    distributed.setup(job.engine.backend, job.engine.timeout_minutes)
     try:
-        _configure_logging()
-        is_main = distributed.is_main()
-        summary = run_job(job, overwrite=overwrite)
+        summary = run_job(job, overwrite=overwrite, log_per_rank=True)   # joins the process group first
     except Exception as e:   # noqa: BLE001 - a UserError or a full disk is one message; anything else a traceback
         if user_error(e, job.output_dir) is None:
             raise
         rank = distributed.rank()
         return report_error(e, debug, prefix=f"error [rank {rank}]", where=job.output_dir, rank=rank)
-    if is_main:
+    if distributed.is_main():   # the group lives until the process exits
         losses = summary.get("losses") or []
         trained = (f"first loss {losses[0]:.4f}, last loss {losses[-1]:.4f}" if losses
                    else "no steps left to train")
