@@ -376,3 +376,92 @@ def test_the_summary_names_every_setting_and_draws_chance(tmp_path):
     draw_summary([row, {**row, "trial": "x_00002", "zero_shot_accuracy": 0.3433}], "zero_shot_accuracy",
                  tmp_path / "summary.png", ["optim.lr", "seed"], 1 / 3)
     assert (tmp_path / "summary.png").stat().st_size > 0
+
+
+# --- issue 32: a trial's configuration or data error is not retried, its cause in the summary; another Ray ----
+
+@pytest.mark.slow
+def test_a_trial_with_a_data_error_is_not_retried_and_the_summary_names_its_cause(data, tiny_cache, tmp_path,  # noqa: F811
+                                                                                   capsys):
+    """2 tiny trials (1 worker, 2 steps): one trains on pairs with a malformed line, the other on good pairs and
+    crashes once (an injected RuntimeError: retried). The data error ends its trial at the first try (of 3),
+    the summary names the file and line, the sweep exits non-zero; the good trial finishes after its retry."""
+    bad = tmp_path / "bad-pairs"
+    bad.mkdir()
+    for path in (data / "pairs").iterdir():
+        (bad / path.name).write_text(path.read_text())
+    broken = bad / "eng_Latn-ell_Grek.jsonl"
+    broken.write_text(broken.read_text().replace("\n", "\nnot json\n", 1))
+    job = realign_job(data, tiny_cache, "full", checkpoint={"every": 0})
+    job["optim"].update(max_steps=2, warmup_steps=0)
+    job["alignment"]["steps"] = 1
+    job["eval"]["retrieval_sentences"] = 10
+    job["tracking"]["export"] = "none"
+    rows, uri = run_test_sweep(tmp_path, job, {
+        "name": "bad-data", "search": {"parallel.files": {"grid": [[str(data / "pairs")], [str(bad)]]}},
+        "metric": "loss", "mode": "min", "resources": {"workers": 1, "cpus_per_worker": 1}, "max_failures": 2},
+        crash_at_step=1, crash_trials=1)   # trial 0 (the good pairs) crashes once at step 1
+    out = capsys.readouterr().out
+    good, failed = sorted(rows, key=lambda r: r["trial"])
+    assert good["status"] == "OK" and "error" not in good, good
+    assert failed["status"] == "ERROR", failed
+    assert failed["error"].startswith("DataError: ") and f"{broken}:2: not valid JSON" in failed["error"]
+    assert f"trial {failed['trial']} failed: DataError: {broken}:2: not valid JSON" in out
+    store = tmp_path / "sweeps" / "bad-data"
+    [result_file] = (store / "tune").glob(f"*{failed['trial']}*/result.json")
+    reports = [json.loads(line) for line in result_file.read_text().splitlines()]
+    assert reports[-1]["attempts"] == 1                            # max_failures 2: not retried
+    assert "error" in (store / "summary.csv").read_text().splitlines()[0].split(",")
+    trial_dirs = {p.name.rsplit("_", 1)[-1]: p for p in (store / TRIALS_DIR).iterdir()}
+    assert (trial_dirs["00000"] / ".injected_crash_done").exists()  # the good trial crashed once, then finished
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    parent = [r for r in client.search_runs([client.get_experiment_by_name("bad-data").experiment_id])
+              if r.data.tags.get("role") == "sweep-parent"][0]
+    assert parent.info.status == "FAILED"
+
+
+def test_a_sweep_beside_another_ray_cluster_is_one_line_naming_ray_stop_and_ray_address(tmp_path, monkeypatch,
+                                                                                        capsys):
+    """`ray start` left a cluster on this machine (its address in RAY_TMPDIR/ray/ray_current_cluster): Ray joins
+    it and refuses the local Ray's num_cpus. One line, what Ray said and the ways out, exit 2, nothing written."""
+    import ray
+
+    monkeypatch.setenv("RAY_TMPDIR", str(tmp_path))
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    (tmp_path / "ray").mkdir()
+    (tmp_path / "ray" / "ray_current_cluster").write_text("127.0.0.1:1\n")
+    (tmp_path / "job.yaml").write_text(yaml.safe_dump({"recipe": "stage1", "data": {"files": ["x.jsonl"]}}))
+    (tmp_path / "sweep.yaml").write_text(yaml.safe_dump({
+        "name": "beside", "job": "job.yaml", "search": {"optim.lr": {"grid": [1e-3]}},
+        "output_dir": str(tmp_path / "sweeps")}))
+    assert main([str(tmp_path / "sweep.yaml")]) == 2
+    err = capsys.readouterr().err
+    [line] = [line for line in err.splitlines() if line.startswith("error:")]
+    assert "another Ray cluster runs on this machine (127.0.0.1:1" in line and "num_cpus" in line
+    assert "`ray stop`" in line and "RAY_ADDRESS=auto" in line and "RAY_ADDRESS=local" in line
+    # no traceback of Ray's ValueError (not "Traceback" itself: a logging handler an earlier test bound to its
+    # captured stream may print a "Logging error" one)
+    assert err.count("When connecting to an existing cluster") == 1 and not ray.is_initialized()
+    assert not (tmp_path / "sweeps").exists()
+
+
+def test_a_full_disk_in_a_sweep_is_named_by_report(tmp_path, monkeypatch, capsys):
+    """A write of the driver (sweep_state.json, summary.csv, the MLflow store) on a full disk: trainer.errors'
+    disk-full message, with the path and the free space; exit 2, no traceback."""
+    import errno
+
+    import trainer.tune as tune_module
+
+    (tmp_path / "job.yaml").write_text(yaml.safe_dump({"recipe": "stage1", "data": {"files": ["x.jsonl"]}}))
+    (tmp_path / "sweep.yaml").write_text(yaml.safe_dump({
+        "name": "full", "job": "job.yaml", "search": {"optim.lr": {"grid": [1e-3]}},
+        "output_dir": str(tmp_path / "sweeps")}))
+    state = tmp_path / "sweeps" / "full" / "sweep_state.json"
+
+    def no_space(sweep, sweep_dir=None, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(state))
+
+    monkeypatch.setattr(tune_module, "run_sweep", no_space)
+    assert main([str(tmp_path / "sweep.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert f"error: disk full while writing {state} (free space on " in err and "tune.py" not in err

@@ -13,7 +13,8 @@ end the parent gets a summary table (CSV) and a plot.
 Fault tolerance: each trial writes checkpoints to a fixed directory under the
 sweep directory and reports each to Ray Train, which uploads it to the sweep's
 Ray storage and deletes the trial folder's copy (kept once); a retried trial
-(Ray Train's `max_failures`) continues from its last checkpoint in storage; an
+(the sweep's `max_failures`, see `run_trial`; never one whose job raised a
+configuration or data error) continues from its last checkpoint in storage; an
 interrupted sweep resumes with `--resume`, skipping finished trials
 (`Tuner.restore`), and its unfinished trials restore from storage as well.
 """
@@ -34,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from trainer.config import ConfigError, JobConfig, validate
-from trainer.errors import UserError, report
+from trainer.errors import UserError, report, user_error
 from trainer.fsutil import write_atomic
 from trainer.sweep import Sweep, load_sweep, trial_keeps_local_checkpoints
 
@@ -145,11 +146,18 @@ def train_worker(config: dict[str, Any]) -> None:
                                           else logging.WARNING)
     os.environ.update(config.get("env") or {})   # the driver's git commit and dirty flag, launcher=ray
     raw = config["raw"]
-    stored = ray.train.get_checkpoint()   # the newest checkpoint this trial reported to Ray's storage
-    if stored is not None:
-        with stored.as_directory() as folder:   # a remote store: downloaded to this node
-            return _run_trial_job(config, resume_from(raw, Path(folder)))
-    return _run_trial_job(config, raw)
+    try:
+        stored = ray.train.get_checkpoint()   # the newest checkpoint this trial reported to Ray's storage
+        if stored is not None:
+            with stored.as_directory() as folder:   # a remote store: downloaded to this node
+                return _run_trial_job(config, resume_from(raw, Path(folder)))
+        return _run_trial_job(config, raw)
+    except Exception as e:  # noqa: BLE001 - a configuration or data error, or a full disk, is one short line
+        problem = user_error(e, raw["output_dir"])
+        if problem is None:
+            raise   # a crash or a bug: its traceback, and a retry (`run_trial`)
+        # Ray logs the worker's traceback: only this frame's; `run_trial` does not retry a UserError
+        raise problem.with_traceback(None) from None
 
 
 def resume_from(raw: dict[str, Any], stored: Path) -> dict[str, Any]:
@@ -206,9 +214,17 @@ def _run_trial_job(config: dict[str, Any], raw: dict[str, Any]) -> None:
 
 
 def run_trial(trial_config: dict[str, Any], ctx: TrialContext) -> None:
-    """One Tune trial: a TorchTrainer over `resources.workers` DeepSpeed ranks."""
+    """One Tune trial: a TorchTrainer over `resources.workers` DeepSpeed ranks.
+
+    A trial whose workers fail is retried up to the sweep's `max_failures` times, each retry resuming the newest
+    checkpoint the trial reported to Ray's storage (a new `fit` of the same Ray Train run name restores it). Not
+    a configuration or data error (a `UserError` a worker raised, a full disk): the same job would fail alike on
+    every try, so the trial ends at once, reporting its one-line cause to Tune (`trial_error`) for the summary.
+    (Ray Train's own `FailureConfig.max_failures` retries every failure alike, so it is 0 here.)
+    """
     from ray import tune
-    from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
+    from ray.train import (CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig,
+                           TrainingFailedError)
     from ray.train.torch import TorchConfig, TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
 
@@ -220,19 +236,51 @@ def run_trial(trial_config: dict[str, Any], ctx: TrialContext) -> None:
     res = sweep.config.resources
     use_gpu = res.gpus_per_worker > 0
     resources = {"CPU": res.cpus_per_worker, **({"GPU": res.gpus_per_worker} if use_gpu else {})}
-    trainer = TorchTrainer(
-        train_worker,
-        train_loop_config={"raw": raw, "workdir": ctx.workdir, "crash_at_step": crash_at_step(ctx, trial_name),
-                           "crash_loses_disk": ctx.crash_loses_disk, "env": ctx.env},
-        scaling_config=ScalingConfig(num_workers=res.workers, use_gpu=use_gpu, resources_per_worker=resources),
-        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo", timeout_s=process_group_timeout(raw)),
-        run_config=RunConfig(name=f"train-{trial_name}", storage_path=storage_root(sweep, Path(ctx.sweep_dir)),
-                             checkpoint_config=CheckpointConfig(num_to_keep=2),   # the newest two in storage
-                             callbacks=[TuneReportCallback()],
-                             logging_config=LoggingConfig(log_level=sweep.config.ray.train_log_level),
-                             failure_config=FailureConfig(max_failures=sweep.config.max_failures)),
-    )
-    trainer.fit()
+    retries = sweep.config.max_failures
+    for attempt in range(retries + 1):
+        trainer = TorchTrainer(
+            train_worker,
+            train_loop_config={"raw": raw, "workdir": ctx.workdir, "crash_at_step": crash_at_step(ctx, trial_name),
+                               "crash_loses_disk": ctx.crash_loses_disk, "env": ctx.env},
+            scaling_config=ScalingConfig(num_workers=res.workers, use_gpu=use_gpu, resources_per_worker=resources),
+            torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo", timeout_s=process_group_timeout(raw)),
+            run_config=RunConfig(name=f"train-{trial_name}", storage_path=storage_root(sweep, Path(ctx.sweep_dir)),
+                                 checkpoint_config=CheckpointConfig(num_to_keep=2),   # the newest two in storage
+                                 callbacks=[TuneReportCallback()],
+                                 logging_config=LoggingConfig(log_level=sweep.config.ray.train_log_level),
+                                 failure_config=FailureConfig(max_failures=0)),
+        )
+        try:
+            trainer.fit()
+            return
+        except TrainingFailedError as e:   # its worker_failures: the exceptions the workers raised
+            cause, deterministic = failure_cause(e)
+            if deterministic:
+                log.error("trial %s failed, not retried (a configuration or data error): %s", trial_name, cause)
+                tune.report({TRIAL_ERROR: cause, "attempts": attempt + 1})
+                return
+            if attempt == retries:
+                raise
+            log.warning("trial %s failed (%s); retry %d of %d, from its newest checkpoint", trial_name, cause,
+                        attempt + 1, retries)
+
+
+TRIAL_ERROR = "trial_error"   # the metric a trial that failed for good by a UserError reports: its cause
+
+
+def failure_cause(error: BaseException) -> tuple[str, bool]:
+    """(one-line cause, whether it is a configuration or data error) of a failed trial: `error` is Ray Train's
+    `TrainingFailedError` (its `worker_failures`: rank -> the exception the worker raised) or anything else.
+    A UserError on any rank is the cause (the other ranks' errors are then its consequences)."""
+    failures = getattr(error, "worker_failures", None) or {}
+    ranked = sorted(failures.items(), key=lambda item: (not isinstance(item[1], UserError), item[0]))
+    if not ranked:
+        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+        return (lines[-1] if lines else type(error).__name__), isinstance(error, UserError)
+    rank, first = ranked[0]
+    text = "; ".join(line.strip() for line in str(first).splitlines() if line.strip())
+    where = f" [rank {rank}]" if rank != 0 else ""
+    return f"{type(first).__name__}{where}: {text}", isinstance(first, UserError)
 
 
 def process_group_timeout(raw: dict) -> int:
@@ -257,19 +305,52 @@ def storage_root(sweep: Sweep, sweep_dir: Path) -> str:
     return str(Path(path).resolve() / sweep.config.name)
 
 
+class RayClusterError(UserError):
+    """Ray cannot be started or joined as the sweep asks (another Ray on this machine, an address without one)."""
+
+
+def ray_address(sweep: Sweep) -> str | None:
+    """The Ray to join: `ray.address` / $RAY_ADDRESS; None (or `local`): start one of the sweep's own."""
+    address = sweep.config.ray.address or os.environ.get("RAY_ADDRESS")
+    return None if address in (None, "", "local") else address
+
+
 def init_ray(sweep: Sweep) -> None:
-    """Connect to `ray.address` / $RAY_ADDRESS, or start a local Ray."""
+    """Connect to `ray.address` / $RAY_ADDRESS, or start a local Ray (`local`: even beside another Ray).
+
+    Ray joins the Ray that `ray start` left on this machine when no address is given, and refuses the local
+    Ray's settings then: one line (what Ray said, and the ways out), no traceback."""
     import ray
 
     if ray.is_initialized():
         return
-    address = sweep.config.ray.address or os.environ.get("RAY_ADDRESS")
-    if address:
-        ray.init(address=address)
-    else:
-        num_cpus = sweep.config.ray.num_cpus or (os.cpu_count() or 1) + 1
-        ray.init(num_cpus=num_cpus, include_dashboard=True,
-                 runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false"}})
+    address = ray_address(sweep)
+    try:
+        if address:
+            ray.init(address=address)
+        else:
+            num_cpus = sweep.config.ray.num_cpus or (os.cpu_count() or 1) + 1
+            ray.init(num_cpus=num_cpus, include_dashboard=True,
+                     runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false"}})
+    except (ValueError, ConnectionError) as e:
+        said = " ".join(str(e).split())
+        if address:
+            raise RayClusterError(f"cannot join the Ray cluster at {address} (ray.address / RAY_ADDRESS; Ray said: "
+                                  f"{said}); start it (ray start --head), fix the address, or unset it to start a "
+                                  f"local Ray") from None
+        if "existing cluster" not in said:
+            raise
+        try:   # the address `ray start` recorded (Ray's own lookup; private, hence guarded)
+            from ray._private.services import find_bootstrap_address
+
+            found = find_bootstrap_address(None) or "an address Ray found"
+        except Exception:  # noqa: BLE001 - only for the message
+            found = "an address Ray found"
+        raise RayClusterError(
+            f"another Ray cluster runs on this machine ({found}, started by `ray start`; Ray said: {said}): stop it "
+            f"with `ray stop` (it stops every Ray of this user here), join it with RAY_ADDRESS=auto (or "
+            f"RAY_ADDRESS={found}; ray.address in the sweep file), or give this sweep a Ray of its own beside it "
+            f"with RAY_ADDRESS=local") from None
 
 
 def trial_needs(sweep: Sweep) -> dict[str, float]:
@@ -317,7 +398,7 @@ def check_cluster(sweep: Sweep) -> None:
 
     nodes = [node["Resources"] for node in ray.nodes() if node.get("Alive")]
     node_max = {kind: max((float(n.get(kind, 0)) for n in nodes), default=0.0) for kind in ("CPU", "GPU")}
-    address = sweep.config.ray.address or os.environ.get("RAY_ADDRESS")
+    address = ray_address(sweep)
     if address:
         try:
             address = ray.get_runtime_context().gcs_address   # `auto` under `ray job submit`: say which
@@ -412,6 +493,8 @@ def summary_rows(sweep: Sweep, results) -> list[dict[str, Any]]:
         row = {"trial": trial, "subset": config.get("subset") or "", **settings,
                sweep.config.metric: metrics.get(sweep.config.metric), "step": metrics.get("step"),
                "status": trial_status(result, sweep.config.metric, max_steps)}
+        if row["status"] == "ERROR":   # its one-line cause (summary.csv's `error` column; printed below the table)
+            row["error"] = metrics.get(TRIAL_ERROR) or failure_cause(result.error)[0]
         rows.append(row)
     return rows
 
@@ -428,10 +511,11 @@ def result_trial_id(result) -> str:
 
 
 def trial_status(result, metric: str, max_steps: int) -> str:
-    """ERROR: it raised after its retries. STOPPED: the scheduler (ASHA) ended it before max_steps.
-    OK: it reported the metric. INCOMPLETE: none of these (interrupted, or it never logs the metric)."""
+    """ERROR: it raised after its retries, or failed by a configuration or data error (not retried). STOPPED: the
+    scheduler (ASHA) ended it before max_steps. OK: it reported the metric. INCOMPLETE: none of these (interrupted,
+    or it never logs the metric)."""
     metrics = result.metrics or {}
-    if result.error:
+    if result.error or metrics.get(TRIAL_ERROR):
         return "ERROR"
     if metrics.get(metric) is None:
         return "INCOMPLETE"
@@ -572,9 +656,12 @@ def run_sweep(sweep: Sweep, sweep_dir: Path | None = None, resume: bool = False,
                  ", ".join(f"{run_id[:8]} {end}" for run_id, end in closed.items()))
     tracking.finish_parent_run(uri, parent_run_id, rows, sweep.config.metric, sweep.config.mode, sweep_dir, status,
                                settings=list(sweep.config.search), chance=chance_level(sweep, sweep.config.metric))
+    failed = [row for row in rows if row.get("error")]
     print(f"\nsweep {sweep.config.name}: {len(rows)} trials in {elapsed:.0f}s; "
-          f"MLflow parent run {parent_run_id} ({status}); results in {sweep_dir}\n{format_table(rows)}\n"
-          f"MLflow: the sweep's runs, best {sweep.config.metric} first: {url}")
+          f"MLflow parent run {parent_run_id} ({status}); results in {sweep_dir}\n"
+          f"{format_table([{k: v for k, v in row.items() if k != 'error'} for row in rows])}\n"
+          + "".join(f"trial {row['trial']} failed: {row['error']}\n" for row in failed)
+          + f"MLflow: the sweep's runs, best {sweep.config.metric} first: {url}")
     if interrupted:
         print(f"\nsweep incomplete (interrupted, or trials that never report {sweep.config.metric}): "
               f"continue it with  python -m trainer.tune --resume {sweep_dir}")
@@ -667,16 +754,21 @@ def main(argv: list[str] | None = None) -> int:
 
         print(footprint_report(sweep))
         return 0
+    where = sweep_dir or Path(sweep.config.output_dir) / sweep.config.name
     try:
         rows = run_sweep(sweep, sweep_dir, resume=bool(args.resume))
-    except ClusterTooSmallError as e:
-        return report(e, args.debug)
+    except Exception as e:   # noqa: BLE001 - a UserError or a full disk is one message; anything else a traceback
+        if user_error(e, where) is None:
+            raise
+        return report(e, args.debug, where=where)
     except SweepStopped as e:   # SIGTERM: the MLflow runs are KILLED; 128 + signal, as a shell reports it
         print(f"sweep {sweep.config.name} stopped by {signal.Signals(e.signum).name}", file=sys.stderr)
         return 128 + e.signum
     except KeyboardInterrupt:   # a second Ctrl-C: Tune's graceful stop cut short
         print(f"sweep {sweep.config.name} interrupted", file=sys.stderr)
         return 130
+    if rows and all(r["status"] == "ERROR" for r in rows):
+        print(f"error: every trial of sweep {sweep.config.name} failed (the causes above)", file=sys.stderr)
     return 0 if all(r["status"] in ("OK", "STOPPED") for r in rows) else 1
 
 
