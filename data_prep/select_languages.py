@@ -27,7 +27,7 @@ from trainer.languages import subset_search
 from trainer.languages.subsets import (DEFAULT_SEEDS, DEFAULT_SIZES, HEURISTICS, SEEN_PRESETS, SelectionConfig,
                                       select_subsets, validate_subsets, write_subsets)
 from trainer.languages.table import language_table
-from trainer.languages.uriel import FEATURE_MODES
+from trainer.languages.uriel import FEATURE_MODES, IMPUTATIONS
 
 
 def read_codes(path: Path) -> list[str]:
@@ -61,8 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
     seen.add_argument("--seen", nargs="+", default=None, help="languages seen in pre-training, as codes")
     seen.add_argument("--seen-file", type=Path, default=None, help="languages seen in pre-training, from a file")
     p.add_argument("--english", default="eng_Latn", help="anchor language (counted in objectives, never selected)")
-    p.add_argument("--imputation", default="none", choices=["none", "knn"],
-                   help="with --features urielplus: none (the study) or knn (KNNImputer over the URIEL+ table)")
+    p.add_argument("--imputation", default="none", choices=list(IMPUTATIONS),
+                   help="with --features urielplus: none (default: distances over shared features), knn (KNNImputer over the URIEL+ table) or "
+                        "softimpute (URIEL+'s default strategy, its parameters, over the URIEL+ table)")
     p.add_argument("--features", default="imputed", choices=list(FEATURE_MODES),
                    help="URIEL features: imputed (observed, gaps filled by kNN; default), observed, knn; or urielplus "
                         "(URIEL+ as the subset study used it: sources by union, no imputation)")

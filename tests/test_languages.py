@@ -216,7 +216,7 @@ def test_subsets_metadata_and_the_cli_name_the_imputation_used(tmp_path, capsys)
 
     pool = ["gaz_Latn", "kaz_Cyrl", "deu_Latn", "jpn_Jpan", "swh_Latn"]
     docs, printed = {}, {}
-    for imputation in ("none", "knn"):
+    for imputation in ("none", "knn", "softimpute"):
         out = tmp_path / f"{imputation}.yaml"
         select_languages.main(["--features", "urielplus", "--imputation", imputation, "--languages", *pool,
                                "--heuristics", "featural_max", "--sizes", "2", "--no-progress", "--out", str(out)])
@@ -234,6 +234,12 @@ def test_subsets_metadata_and_the_cli_name_the_imputation_used(tmp_path, capsys)
     assert handling["knn"] == [f"  handling: {knn['missing_features']}"] and "no imputation" not in printed["knn"]
     assert "mode=urielplus, imputation=knn;" in printed["knn"]
     assert all(knn["imputed_features"][c] > 0 for c in pool)      # what the line says is what the run did
+    soft = docs["softimpute"]
+    assert soft["imputation"] == "softimpute" and "softimpute imputation" in soft["missing_features"]
+    assert "largest singular value / 50" in soft["missing_features"] and "no imputation" not in printed["softimpute"]
+    assert handling["softimpute"] == [f"  handling: {soft['missing_features']}"]
+    assert "mode=urielplus, imputation=softimpute;" in printed["softimpute"]
+    assert all(soft["imputed_features"][c] > 0 for c in pool)
 
 
 @pytest.mark.slow
@@ -262,3 +268,87 @@ def test_urielplus_knn_imputation_fills_every_observed_feature_and_is_explicit()
     np.testing.assert_array_equal(knn[observed], none[observed])          # observed values are kept
     with pytest.raises(ValueError, match="applies to features urielplus"):
         feature_matrix(langs, "observed", imputation="knn")
+
+
+def test_soft_impute_hand_worked_two_by_two_fixed_points():
+    """[[1, 2], [2, z]], z missing, no clipping. softImpute's fixed point z = S_lambda([[1, 2], [2, z]])[1, 1].
+    lambda = 0.5 keeps both singular values (3 and 1 at z = 1): S = M - lambda (v1 v1' - v2 v2') for eigenvalues of
+    opposite sign, whose [1, 1] entry vanishes when the eigenvectors are at 45 degrees, i.e. z = 1 (hand-worked).
+    lambda = 2 drops the second (|e2| < 2): z solves z = (e1 - lambda) v1y^2 with the 2 x 2 closed-form eigenpair,
+    found here by bisection."""
+
+    from trainer.languages.uriel import soft_impute
+
+    x = np.array([[1.0, 2.0], [2.0, np.nan]])
+    kw = dict(convergence_threshold=1e-14, max_iters=100_000, min_value=None, max_value=None)
+    r = soft_impute(x, shrinkage=0.5, **kw)
+    assert r.converged and r.values[1, 1] == pytest.approx(1.0, abs=1e-9)
+
+    lam = 2.0
+
+    def gap(z):
+        e1 = (1 + z + math.sqrt((1 - z) ** 2 + 16)) / 2
+        v1y2 = (e1 - 1) ** 2 / (4 + (e1 - 1) ** 2)           # eigenvector (2, e1 - 1), normalised, second entry^2
+        return (e1 - lam) * v1y2 - z
+
+    lo, hi = 0.0, 10.0
+    for _ in range(200):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if gap(mid) > 0 else (lo, mid)
+    e2 = (1 + lo - math.sqrt((1 - lo) ** 2 + 16)) / 2
+    assert abs(e2) < lam                                      # the second component is thresholded away
+    r = soft_impute(x, shrinkage=lam, **kw)
+    assert r.converged and r.values[1, 1] == pytest.approx(lo, abs=1e-9)
+    np.testing.assert_array_equal(r.values[[0, 0, 1], [0, 1, 0]], [1.0, 2.0, 2.0])
+
+
+def _soft_threshold_by_svd(m: np.ndarray, lam: float) -> np.ndarray:
+    """S_lambda(m) = U diag(max(s - lambda, 0)) V' from LAPACK's SVD (the implementation goes through the
+    eigendecomposition of a Gram matrix instead)."""
+    u, s, vt = np.linalg.svd(m, full_matrices=False)
+    return (u * np.maximum(s - lam, 0.0)) @ vt
+
+
+def test_soft_impute_reaches_the_fixed_point_of_an_independent_soft_threshold():
+    from trainer.languages.uriel import soft_impute
+
+    rng = np.random.default_rng(0)
+    truth = (rng.random((40, 2)) @ rng.random((2, 25)) > 0.5).astype(float)      # 0/1, low rank
+    x = truth.copy()
+    missing = rng.random(x.shape) < 0.3
+    x[missing] = np.nan
+    zero_filled = np.where(missing, 0.0, x)
+    default = soft_impute(x)
+    assert default.shrinkage == pytest.approx(np.linalg.svd(zero_filled, compute_uv=False)[0] / 50)
+    assert default.converged and default.iterations < 400
+
+    lam = 1.0
+    r = soft_impute(x, shrinkage=lam, convergence_threshold=1e-12, max_iters=20_000)
+    z = r.values
+    assert r.converged and not np.isnan(z).any()
+    np.testing.assert_array_equal(z[~missing], truth[~missing])                  # observed entries never change
+    assert z.min() >= 0 and z.max() <= 1                                          # URIEL+'s bounds
+    expected = np.clip(_soft_threshold_by_svd(z, lam), 0, 1)
+    np.testing.assert_allclose(z[missing], expected[missing], atol=1e-8)          # a fixed point of S_lambda
+    s = np.linalg.svd(_soft_threshold_by_svd(z, lam), compute_uv=False)
+    assert (s > 1e-9).sum() < min(x.shape) // 2                                   # the reconstruction is low-rank
+    assert np.abs(z - truth)[missing].mean() < np.abs(zero_filled - truth)[missing].mean()   # better than 0s
+
+
+def test_urielplus_softimpute_keeps_observed_values_and_fills_0_1():
+    from trainer.languages.uriel import load_urielplus, soft_impute, urielplus_softimpute_imputed
+
+    langs = ["gaz_Latn", "eng_Latn", "swh_Latn", "kaz_Cyrl"]
+    none = feature_matrix(langs, "urielplus")
+    soft = feature_matrix(langs, "urielplus", imputation="softimpute")
+    observed = ~np.isnan(none)
+    np.testing.assert_array_equal(soft[observed], none[observed])
+    assert not np.isnan(soft).any() and set(np.unique(soft)) <= {0.0, 1.0}
+    _, _, values = load_urielplus()
+    kept = ~np.isnan(values).all(axis=0)
+    np.testing.assert_array_equal(urielplus_softimpute_imputed()[:, kept], np.round(soft_impute(values[:, kept]).values))
+    assert soft_impute(values[:, kept]).converged
+    dist, report = distance_matrix(langs, "urielplus", imputation="softimpute")
+    assert not np.isnan(dist).any() and report.imputed_features["gaz_Latn"] == len(values[0]) - observed[0].sum()
+    with pytest.raises(ValueError, match="applies to features urielplus"):
+        feature_matrix(langs, "observed", imputation="softimpute")

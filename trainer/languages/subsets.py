@@ -54,7 +54,8 @@ from tqdm.auto import tqdm
 from trainer.fsutil import write_atomic
 from trainer.languages import subset_search
 from trainer.languages.table import Language, LanguageTable, language_table
-from trainer.languages.uriel import URIELPLUS_KNN_NEIGHBOURS, FeatureMode, distance_matrix
+from trainer.languages.uriel import (SOFTIMPUTE_MAX_ITERS, SOFTIMPUTE_SHRINKAGE_DIVISOR, URIELPLUS_KNN_NEIGHBOURS,
+                                    FeatureMode, Imputation, distance_matrix)
 from trainer.schema_base import Section
 
 HEURISTICS: dict[str, str] = {
@@ -100,9 +101,9 @@ class SelectionConfig(Section):
     features: FeatureMode = Field("imputed", description=(
         "Feature source and mode (trainer.languages.uriel): imputed, observed, knn (URIEL via lang2vec) or urielplus "
         "(URIEL+ as the subset study used it: sources by union, no imputation)"))
-    imputation: Literal["none", "knn"] = Field("none", description=(
-        "urielplus only: none (the study: distances over shared features) or knn (KNNImputer, k = 9, over the "
-        "shipped URIEL+ table)"))
+    imputation: Imputation = Field("none", description=(
+        "urielplus only: none (default: distances over shared features), knn (KNNImputer, k = 9, over the "
+        "shipped URIEL+ table) or softimpute (URIEL+'s default strategy with its parameters, rounded to 0/1)"))
     min_shared: int = Field(1, ge=1, description="observed mode: fewest shared features for a defined distance")
     on_undefined: Literal["error", "drop"] = Field("error", description=(
         "observed mode: fail naming the pairs without a distance, or drop those languages"))
@@ -366,6 +367,11 @@ URIELPLUS_IMPUTATION_HANDLING = {
     "knn": f"URIEL+ values (sources by union), knn imputation: every missing value filled by scikit-learn's "
            f"KNNImputer (k = {URIELPLUS_KNN_NEIGHBOURS}, URIEL+'s kNN strategy) over the shipped URIEL+ table, so "
            f"every pair has a distance over the features any language has",
+    "softimpute": f"URIEL+ values (sources by union), softimpute imputation: every missing value filled by "
+                  f"softImpute (URIEL+'s default strategy and parameters: shrinkage = largest singular value / "
+                  f"{SOFTIMPUTE_SHRINKAGE_DIVISOR:g}, at most {SOFTIMPUTE_MAX_ITERS} iterations, values in [0, 1], "
+                  f"rounded to 0/1) over the shipped URIEL+ table, so every pair has a distance over the features "
+                  f"any language has",
 }
 
 
