@@ -1,7 +1,7 @@
 """Every file the demo jobs and the demo sweep read, generated (no downloads):
 
     python -m data_prep.demo_data    # -> data/demo/{shards,parallel/{train,eval},task,task_dev,task_translated,tags,qa,
-                                     #               qa_translated,slots,mt}
+                                     #               qa_translated,slots,mt,mc}
 
 - `shards/`: stage 1's English shards and manifest (`data_prep.demo_text`);
 - `parallel/train`: 2,000 (English, X) pairs per demo language (seed 0);
@@ -17,7 +17,10 @@
   answers): FLARE's translate-train data for QA;
 - `slots/`: the generated slot filling task (`topic_slots`, MASSIVE's format), `train/`, `dev/` and `test/`
   in every language (M2 trains on several);
-- `mt/`: generated multi-way parallel sentences (`topic_mt`, FLORES+'s `id`/`text`), the same three folders.
+- `mt/`: generated multi-way parallel sentences (`topic_mt`, FLORES+'s `id`/`text`), the same three folders;
+- `mc/`: the generated multiple-choice task (which object the passage names), small: `train/eng_Latn.jsonl` in
+  RACE's format (400 questions, as the study trains Belebele's model on RACE), `dev/` and `test/` in Belebele's
+  format per language (100 each).
 
 Each part is written to a temporary folder and renamed when complete, so an interrupted run
 leaves nothing half-written, and a part that exists is kept: re-running costs nothing. The
@@ -35,10 +38,11 @@ from data_prep.demo_text import write_demo_shards
 from data_prep.make_parallel_data import DEFAULT_LANGUAGES, write_parallel_data
 from data_prep.make_task_data import write_task_data
 from trainer.fsutil import temp_dir_beside
-from trainer.tiny.text import (write_qa_files, write_sentence_files, write_slot_files, write_tagging_files,
-                               write_task_files)
+from trainer.tiny.text import (write_belebele_files, write_qa_files, write_race_files, write_sentence_files,
+                               write_slot_files, write_tagging_files, write_task_files)
 
 TRAIN_PAIRS, EVAL_SENTENCES, TASK_TRAIN, TASK_EVAL = 2000, 200, 2000, 200
+MC_TRAIN, MC_EVAL = 400, 100
 
 
 def parts(languages: list[str]) -> dict[str, Callable[[Path], object]]:
@@ -55,7 +59,15 @@ def parts(languages: list[str]) -> dict[str, Callable[[Path], object]]:
         "qa_translated": lambda out: write_qa_files(out, languages, TASK_TRAIN, seed=0),
         "slots": lambda out: write_splits(out, write_slot_files, languages, train=["eng_Latn", *languages]),
         "mt": lambda out: write_splits(out, write_sentence_files, languages, train=["eng_Latn", *languages]),
+        "mc": lambda out: write_multiple_choice(out, languages),
     }
+
+
+def write_multiple_choice(out: Path, languages: list[str]) -> None:
+    """The multiple-choice demo task: English `train/` in RACE's format, `dev/` and `test/` in Belebele's."""
+    write_race_files(out / "train", ["eng_Latn"], MC_TRAIN, seed=0)
+    write_belebele_files(out / "dev", ["eng_Latn", *languages], MC_EVAL, seed=1)
+    write_belebele_files(out / "test", ["eng_Latn", *languages], MC_EVAL, seed=2)
 
 
 def write_splits(out: Path, write: Callable, languages: list[str], train: list[str] | None = None) -> None:

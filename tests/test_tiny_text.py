@@ -50,3 +50,24 @@ def test_generated_text_is_byte_identical_to_the_uncached_generator():
             for row in rows:
                 h.update((json.dumps(row, ensure_ascii=False) + "\n").encode())
     assert h.hexdigest() == "a2caec5b8e27f6ca921003631b54ddba106ffaf534922728461267eb701154b1"
+
+
+def test_the_generated_multiple_choice_task_reads_as_belebele_and_race_with_translated_questions(tmp_path):
+    """The multiple-choice demo task (data/demo/mc): RACE-format English training rows and Belebele-format rows per
+    language load through their benchmarks' adapters; four choices, the right one the passage's object (English:
+    its words are in the passage, the others' are not); the same seed gives the same answers in every language."""
+    from data_prep.demo_data import write_multiple_choice
+    from trainer.data.benchmarks import load_benchmark
+
+    write_multiple_choice(tmp_path, ["deu_Latn", "zho_Hans"])
+    train = load_benchmark("race", "eng_Latn", "train", files=[str(tmp_path / "train" / "eng_Latn.jsonl")])
+    assert len(train) == 400 and len({e.id for e in train}) == 400
+    for e in train:
+        assert len(e.choices) == 4 and e.choices[e.label] in e.texts[0]
+        assert not any(c in e.texts[0] for k, c in enumerate(e.choices) if k != e.label)
+    assert {e.label for e in train} == {0, 1, 2, 3}
+    test = {lang: load_benchmark("belebele", lang, "test", files=[str(tmp_path / "test" / f"{lang}.jsonl")])
+            for lang in ("eng_Latn", "deu_Latn", "zho_Hans")}
+    assert [e.label for e in test["deu_Latn"]] == [e.label for e in test["eng_Latn"]] == [e.label for e in test["zho_Hans"]]
+    assert len(test["eng_Latn"]) == 100 and all(e.choices[e.label] in e.texts[0] for e in test["deu_Latn"])
+    assert [e.texts for e in test["eng_Latn"]] != [e.texts for e in train[:100]]   # another seed

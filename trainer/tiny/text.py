@@ -270,3 +270,52 @@ def write_slot_files(out_dir: str | Path, languages: list[str], n: int, seed: in
 def write_sentence_files(out_dir: str | Path, languages: list[str], n: int, seed: int) -> dict[str, Path]:
     """`synthetic_sentences` as `{lang}.jsonl` per language (the `topic_mt` benchmark's files)."""
     return _write_per_language(out_dir, languages, lambda lang: synthetic_sentences(lang, n, seed))
+
+
+# --- the generated multiple-choice task (Belebele's format; RACE's for English training) ------------------
+
+MC_CHOICES = 4
+
+
+def _mc_questions(lang: str, n: int, seed: int) -> list[tuple[str, str, list[str], int]]:
+    """`n` (passage, question, choices, answer index) in `lang`: the passage one generated sentence, the question
+    its subject and verb ("The farmer sees?"), the choices four objects, the right one the passage's own. The
+    distractors and the answer's position depend on the seed only: the same seed gives translations."""
+    rng = random.Random(f"mc:{seed}")
+    join = "" if script_of(lang) == "Hans" else " "
+    mark = "？" if join == "" else "?"
+    rows = []
+    for concepts in concept_sentences(n, seed):
+        wrong = rng.sample([o for o in OBJECTS if o != concepts[2]], MC_CHOICES - 1)
+        answer = rng.randrange(MC_CHOICES)
+        options = wrong[:answer] + [concepts[2]] + wrong[answer:]
+        question = join.join(w for c in concepts[:2] for w in concept_words(c, lang))
+        rows.append((render(concepts, lang), question[0].upper() + question[1:] + mark,
+                     [join.join(concept_words(o, lang)) for o in options], answer))
+    return rows
+
+
+def synthetic_belebele(lang: str, n: int, seed: int) -> list[dict]:
+    """`n` multiple-choice questions in Belebele's columns ({"link", "question_number", "flores_passage",
+    "question", "mc_answer1".."mc_answer4", "correct_answer_num" "1".."4"}) in `lang` (see `_mc_questions`)."""
+    return [{"link": f"mc-{seed}-{i}", "question_number": 1, "flores_passage": passage, "question": question,
+             **{f"mc_answer{k + 1}": choice for k, choice in enumerate(choices)}, "correct_answer_num": str(answer + 1)}
+            for i, (passage, question, choices, answer) in enumerate(_mc_questions(lang, n, seed))]
+
+
+def synthetic_race(lang: str, n: int, seed: int) -> list[dict]:
+    """The same questions in RACE's columns ({"example_id", "article", "question", "options", "answer" "A".."D"}):
+    the study trains Belebele's model on RACE (English)."""
+    return [{"example_id": f"mc-{seed}-{i}", "article": passage, "question": question, "options": choices,
+             "answer": "ABCD"[answer]}
+            for i, (passage, question, choices, answer) in enumerate(_mc_questions(lang, n, seed))]
+
+
+def write_belebele_files(out_dir: str | Path, languages: list[str], n: int, seed: int) -> dict[str, Path]:
+    """`synthetic_belebele` as `{lang}.jsonl` per language (read by the `belebele` benchmark)."""
+    return _write_per_language(out_dir, languages, lambda lang: synthetic_belebele(lang, n, seed))
+
+
+def write_race_files(out_dir: str | Path, languages: list[str], n: int, seed: int) -> dict[str, Path]:
+    """`synthetic_race` as `{lang}.jsonl` per language (read by the `race` benchmark)."""
+    return _write_per_language(out_dir, languages, lambda lang: synthetic_race(lang, n, seed))
