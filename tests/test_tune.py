@@ -455,6 +455,7 @@ def test_a_full_disk_in_a_sweep_is_named_by_report(tmp_path, monkeypatch, capsys
     (tmp_path / "job.yaml").write_text(yaml.safe_dump({"recipe": "stage1", "data": {"files": ["x.jsonl"]}}))
     (tmp_path / "sweep.yaml").write_text(yaml.safe_dump({
         "name": "full", "job": "job.yaml", "search": {"optim.lr": {"grid": [1e-3]}},
+        "overrides": ["checkpoint.every=50"],   # no warning logged: an earlier test's log handler may hold a closed stderr
         "output_dir": str(tmp_path / "sweeps")}))
     state = tmp_path / "sweeps" / "full" / "sweep_state.json"
 

@@ -415,12 +415,17 @@ class Engine:
         the parameters themselves, and `safe_get_full_*` return None."""
         return self.ds.zero_optimization_stage() == 0 and self.precision == "fp32"
 
+    def _full_param(self, p: torch.nn.Parameter) -> torch.Tensor | None:
+        """One trainable parameter's full fp32 weights (gathered from the ZeRO partitions); None where DeepSpeed keeps
+        no fp32 copy of it."""
+        return p.data if self._unwrapped_fp32() else safe_get_full_fp32_param(p)
+
     def _full_state(self, p: torch.nn.Parameter) -> list[torch.Tensor | None]:
         """[fp32 weights, exp_avg, exp_avg_sq] of one trainable parameter, full (gathered from the ZeRO partitions)."""
         if self._unwrapped_fp32():
             moments = torch_optimizer(self.optimizer).state.get(p, {})
             return [p.data] + [moments.get(key) for key in ADAM_STATE]
-        return [safe_get_full_fp32_param(p)] + [safe_get_full_optimizer_state(p, key) for key in ADAM_STATE]
+        return [self._full_param(p)] + [safe_get_full_optimizer_state(p, key) for key in ADAM_STATE]
 
     def _create_optimizer_state(self) -> None:
         """Make AdamW's state exist before the first step, so that it can be overwritten.
@@ -463,7 +468,7 @@ class Engine:
         for name, p in self.module.named_parameters():
             if p.requires_grad != trainable:
                 continue
-            full = self._full_state(p)[0] if trainable else None
+            full = self._full_param(p) if trainable else None
             if full is None:
                 with deepspeed.zero.GatheredParameters([p], modifier_rank=None):
                     full = p.data.detach().clone()
