@@ -68,6 +68,19 @@ def test_trial_job_applies_settings_subset_and_child_run_tags(tmp_path):
     assert tags == {"sweep": "t", "subset": "s1", "languages": "a.jsonl,b.jsonl", "subset_heuristic": "random",
                     "subset_size": "2", "subset_seed": "17", "setting.optim.lr": "0.01"}
     assert job.tracking.tags == tags
+
+
+def test_a_trial_in_tunes_folder_logs_to_the_drivers_relative_sqlite_store(tmp_path, monkeypatch):
+    """The default store `sqlite:///mlflow.db` is relative: a trial runs in Tune's own working folder, so its job must
+    name the driver's file (once it named a new mlflow.db in Tune's folder, and the sweep's children went missing)."""
+    driver = tmp_path / "checkout"
+    driver.mkdir()
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    sweep = load_sweep(write_sweep(tmp_path, search={"optim.lr": {"grid": [0.01]}}))
+    monkeypatch.chdir(tmp_path)   # Tune's folder, not the driver's
+    raw = trial_job(sweep, {"settings": {"optim.lr": 0.01}}, tmp_path / "trial0", "PARENT", "trial0",
+                    workdir=str(driver))
+    assert raw["tracking"]["uri"] == f"sqlite:///{driver / 'mlflow.db'}"
     # the trial's process group (made by Ray's TorchConfig) waits as long as the job's engine says
     assert process_group_timeout(raw) == 3600
     raw["engine"] = {**raw.get("engine", {}), "timeout_minutes": 90}

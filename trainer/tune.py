@@ -102,16 +102,17 @@ def trial_run_name(subset: str | None, settings: dict[str, Any], trial_name: str
 
 
 def trial_job(sweep: Sweep, trial_config: dict[str, Any], trial_dir: Path, parent_run_id: str | None,
-              trial_name: str, trial_id: str | None = None) -> dict[str, Any]:
+              trial_name: str, trial_id: str | None = None, workdir: str | None = None) -> dict[str, Any]:
     """The raw job dict of one trial: settings, subset, output dir, tracking as a child run, resume.
 
     `trial_id` (Tune's) is tagged on the child run, so that the driver can close it by the trial's outcome.
+    `workdir`: the driver's working directory, where a relative SQLite store lies (a trial runs in Tune's folder).
     """
     settings, subset = trial_config.get("settings") or {}, trial_config.get("subset")
     raw = sweep.trial_raw(settings, subset)
     raw["output_dir"] = str(trial_dir)
     tracking = raw.setdefault("tracking", {})
-    tracking.update(uri=sweep_tracking_uri(sweep), experiment=sweep.config.experiment,
+    tracking.update(uri=sweep_tracking_uri(sweep, workdir), experiment=sweep.config.experiment,
                     run_name=trial_run_name(subset, settings, trial_name),
                     parent_run_id=parent_run_id,
                     tags=trial_tags(sweep, settings, subset) | ({"trial_id": trial_id} if trial_id else {}))
@@ -119,13 +120,14 @@ def trial_job(sweep: Sweep, trial_config: dict[str, Any], trial_dir: Path, paren
     return raw
 
 
-def sweep_tracking_uri(sweep: Sweep) -> str:
+def sweep_tracking_uri(sweep: Sweep, workdir: str | None = None) -> str:
+    """The sweep's MLflow store; a relative SQLite path pinned to `workdir` (the driver's; default: this cwd)."""
     from trainer.tracking import DEFAULT_URI
 
     uri = sweep.config.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
-        # workers run in other directories: pin a relative SQLite path to the driver's cwd
-        uri = "sqlite:///" + str(Path(uri[len("sqlite:///"):]).resolve())
+        # trials run in Tune's own folders: pin a relative SQLite path to the driver's working directory
+        uri = "sqlite:///" + str((Path(workdir or ".") / uri[len("sqlite:///"):]).resolve())
     return uri
 
 
@@ -232,7 +234,8 @@ def run_trial(trial_config: dict[str, Any], ctx: TrialContext) -> None:
     trial_name = context.get_trial_name()
     sweep = ctx.sweep
     trial_dir = Path(ctx.sweep_dir) / TRIALS_DIR / trial_name
-    raw = trial_job(sweep, trial_config, trial_dir, ctx.parent_run_id, trial_name, context.get_trial_id())
+    raw = trial_job(sweep, trial_config, trial_dir, ctx.parent_run_id, trial_name, context.get_trial_id(),
+                    ctx.workdir)
     res = sweep.config.resources
     use_gpu = res.gpus_per_worker > 0
     resources = {"CPU": res.cpus_per_worker, **({"GPU": res.gpus_per_worker} if use_gpu else {})}
