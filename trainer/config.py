@@ -243,7 +243,9 @@ class CheckpointConfig(Section):
 
     every: int = Field(500, ge=0, description="Write resume state every N optimizer steps; 0 = never")
     save_final: bool = Field(False, description="Also write resume state after the last step")
-    keep_last: int = Field(2, gt=0, description="Keep the newest K checkpoints")
+    keep_last: int = Field(2, gt=0, description=(
+        "Keep the newest K checkpoints (a sweep's trial keeps none in its folder unless checkpoint.best_metric is "
+        "set: Ray storage keeps its newest two)"))
     best_metric: str | None = Field(
         None, description="Also keep the checkpoint with the best value of this logged metric (e.g. loss)")
     best_mode: Literal["min", "max"] = Field("min", description="Whether the lowest (min) or highest (max) "
