@@ -413,7 +413,7 @@ class Engine:
     def _unwrapped_fp32(self) -> bool:
         """ZeRO stage 0 in fp32 (ds_configs/single.json): DeepSpeed keeps no master copy, the torch optimizer steps
         the parameters themselves, and `safe_get_full_*` return None."""
-        return self.ds.zero_optimization_stage() == 0 and self.precision == "fp32"
+        return self.zero_stage == 0 and self.precision == "fp32"
 
     def _full_param(self, p: torch.nn.Parameter) -> torch.Tensor | None:
         """One trainable parameter's full fp32 weights (gathered from the ZeRO partitions); None where DeepSpeed keeps
@@ -424,8 +424,10 @@ class Engine:
         """[fp32 weights, exp_avg, exp_avg_sq] of one trainable parameter, full (gathered from the ZeRO partitions)."""
         if self._unwrapped_fp32():
             moments = torch_optimizer(self.optimizer).state.get(p, {})
-            return [p.data] + [moments.get(key) for key in ADAM_STATE]
-        return [self._full_param(p)] + [safe_get_full_optimizer_state(p, key) for key in ADAM_STATE]
+            adam = [moments.get(key) for key in ADAM_STATE]
+        else:
+            adam = [safe_get_full_optimizer_state(p, key) for key in ADAM_STATE]
+        return [self._full_param(p), *adam]
 
     def _create_optimizer_state(self) -> None:
         """Make AdamW's state exist before the first step, so that it can be overwritten.
